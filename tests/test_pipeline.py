@@ -1,0 +1,54 @@
+"End to end through real papermill kernels: caching, failure and resume, the smoke pipeline."
+import json, shutil, time
+from pathlib import Path
+import pytest
+from conftest import llmops, ROOT
+from llmops_nb import pipeline as P
+
+
+def test_cache_skips_unchanged_stages(params, tmp_path):
+    f = params({"stages": ["prepare"], "prepare": {"max_examples": 30}})
+    r1 = P.run(f, progress=False)
+    assert r1["stages"]["prepare"]["status"] == "done"
+    t = time.time(); r2 = P.run(f, progress=False); dt = time.time() - t
+    assert [s["status"] for s in r2["stages"].values()] == ["cached"]
+    assert r2["stages"]["prepare"]["out_dir"] == r1["stages"]["prepare"]["out_dir"]
+    assert dt < 10
+    r3 = P.run(f, force=True, progress=False)
+    assert r3["stages"]["prepare"]["status"] == "done"
+
+
+def test_failure_then_resume(params, tmp_path):
+    data = tmp_path/"data.jsonl"
+    good = (ROOT/"data"/"instructions.jsonl").read_text().splitlines()[:30]
+    data.write_text("\n".join(good[:10] + ['{"instruction": "broken"'] + good[10:]) + "\n")
+    f = params({"stages": ["prepare"], "prepare": {"data": str(data)}})
+    r = llmops("run", f, "--quiet")
+    assert r.returncode == 1
+    line = r.stderr.strip()
+    assert "\n" not in line and "stage 'prepare' failed" in line and "data.jsonl:11: not valid JSON" in line
+    run_id = line.split("llmops resume ")[1].split("`")[0]
+    rec = json.loads((tmp_path/"runs"/run_id/"run.json").read_text())
+    assert rec["status"] == "failed" and rec["stages"]["prepare"]["status"] == "failed"
+    nb = json.loads((tmp_path/"runs"/run_id/"prepare.ipynb").read_text())  # the failing cell is kept
+    assert any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    data.write_text("\n".join(good) + "\n")
+    r = llmops("--run-root", tmp_path/"runs", "resume", run_id, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path/"runs"/run_id/"run.json").read_text())
+    assert rec["status"] == "done" and rec["stages"]["prepare"]["metrics"]["sizes"]["train"] == 24
+
+
+def test_smoke_pipeline(tmp_path):
+    "params/smoke.yaml through the CLI: every stage executed, run.json, notebooks, offline W&B runs."
+    r = llmops("--run-root", tmp_path/"runs", "run", ROOT/"params"/"smoke.yaml", "--set", f"run_root={tmp_path/'runs'}", "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = next((tmp_path/"runs").glob("2*"))
+    rec = json.loads((run_dir/"run.json").read_text())
+    assert rec["status"] == "done" and rec["git"]["commit"] and rec["versions"]["torch"]
+    for s, st in rec["stages"].items():
+        assert st["status"] == "done", (s, st)
+        assert (run_dir/f"{s}.ipynb").exists() and (Path(st["out_dir"])/"metrics.json").exists()
+    offline = list((run_dir/"wandb").glob("offline-run-*"))
+    assert len(offline) == len(rec["stages"])
+    assert "wandb sync" in r.stdout
