@@ -1,0 +1,136 @@
+"RAG: safe persistence, model check, incremental updates, bad inputs, the QA chain."
+import json, warnings
+from pathlib import Path
+import numpy as np
+import pytest
+from llmops_nb import rag
+from llmops_nb.config import ConfigError
+
+DOCS = {
+    "battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh.\n\n## Care\n\nKeep it between 0 and 40 degrees.\n",
+    "guide/charger.md": "# Charger\n\nThe KC-11 charges cars at up to 11 kW.\n\n## Modes\n\nSolar-only mode uses surplus PV.\n",
+    "faq.txt": "Support answers within one working day. Returns are accepted within 30 days of delivery.",
+    "privacy.html": "<html><head><title>Privacy</title></head><body><h1>Privacy</h1><p>Data is stored in the EU "
+                    "for 24 months.</p><h2>Deletion</h2><p>Ask support to delete your account.</p></body></html>",
+}
+KW = dict(chunk_size=120, chunk_overlap=20)
+
+
+class Counting(rag.Embeddings):
+    "The real packaged embedding model, counting the texts it embeds for documents."
+    def __init__(self): self.inner, self.n = rag.get_embeddings(), 0
+    def embed_documents(self, texts): self.n += len(texts); return self.inner.embed_documents(texts)
+    def embed_query(self, text): return self.inner.embed_query(text)
+
+
+def write(root: Path, files: dict) -> Path:
+    for name, text in files.items():
+        (root/name).parent.mkdir(parents=True, exist_ok=True)
+        (root/name).write_text(text)
+    return root
+
+
+@pytest.fixture
+def kb(tmp_path): return write(tmp_path/"kb", DOCS)
+
+
+def test_round_trip_without_pickle(kb, tmp_path):
+    store, stats = rag.build_index(kb, tmp_path/"ix", **KW)
+    files = sorted(p.name for p in (tmp_path/"ix").iterdir())
+    assert files == ["documents.json", "index.faiss", "meta.json"]
+    for p in (tmp_path/"ix").iterdir():  # no pickle protocol header anywhere
+        assert not p.read_bytes().startswith(b"\x80"), p
+    loaded = rag.load_index(tmp_path/"ix", embedding_model="minilm-l6-v2")
+    for q in ["how big is the battery?", "when is my data deleted?", "charging power"]:
+        a = store.similarity_search_with_score(q, k=4)
+        b = loaded.similarity_search_with_score(q, k=4)
+        assert [d.id for d, _ in a] == [d.id for d, _ in b]
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-6)
+        assert [d.metadata for d, _ in a] == [d.metadata for d, _ in b]
+    meta = json.loads((tmp_path/"ix"/"meta.json").read_text())
+    assert (meta["embedding_model"], meta["dims"], meta["chunk_size"], meta["index_type"]) == ("minilm-l6-v2", 384, 120, "flat")
+    assert set(meta["files"]) == set(DOCS)
+
+
+def test_hnsw_round_trip(kb, tmp_path):
+    store, _ = rag.build_index(kb, tmp_path/"ix", index_type="hnsw", **KW)
+    loaded = rag.load_index(tmp_path/"ix")
+    assert type(loaded.index).__name__ == "IndexHNSWFlat"
+    q = "returns policy"
+    assert [d.id for d in store.similarity_search(q, k=3)] == [d.id for d in loaded.similarity_search(q, k=3)]
+
+
+def test_wrong_embedding_model_refused(kb, tmp_path):
+    rag.build_index(kb, tmp_path/"ix", **KW)
+    with pytest.raises(ConfigError, match="was built with embedding model 'minilm-l6-v2', not 'BAAI/bge-small-en-v1.5'"):
+        rag.load_index(tmp_path/"ix", embedding_model="BAAI/bge-small-en-v1.5")
+    with pytest.raises(ConfigError, match="no meta.json"):
+        rag.load_index(tmp_path)
+
+
+def test_incremental_embeds_only_changed_files(kb, tmp_path):
+    emb = Counting()
+    first, s1 = rag.build_index(kb, tmp_path/"v1", embeddings=emb, **KW)
+    assert emb.n == s1["chunks"] == s1["added"]
+    n_faq = sum(d.metadata["source"] == "faq.txt" for d in first.docs)
+    n_priv = sum(d.metadata["source"] == "privacy.html" for d in first.docs)
+    (kb/"faq.txt").write_text("Support answers within two working days.")      # changed
+    (kb/"privacy.html").unlink()                                                # deleted
+    (kb/"new.md").write_text("# New\n\nA brand new article about island mode.")  # added
+    emb.n = 0
+    upd, s2 = rag.build_index(kb, tmp_path/"v2", embeddings=emb, previous=tmp_path/"v1", **KW)
+    new_chunks = [d for d in upd.docs if d.metadata["source"] in ("faq.txt", "new.md")]
+    assert emb.n == len(new_chunks) == s2["added"] == s2["embedded"]
+    assert s2["kept"] == s1["chunks"] - n_faq - n_priv
+    assert s2["removed"] == n_faq + n_priv
+    assert s2["chunks"] == s2["kept"] + s2["added"] and s2["incremental"]
+    full, _ = rag.build_index(kb, None, **KW)  # same result as a full rebuild
+    assert [d.id for d in upd.docs] == [d.id for d in full.docs]
+    np.testing.assert_allclose(upd.vectors(), full.vectors(), atol=1e-4)
+    emb.n = 0  # nothing changed: nothing embedded
+    _, s3 = rag.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", **KW)
+    assert emb.n == 0 and s3["kept"] == s2["chunks"] and s3["removed"] == 0
+    emb.n = 0  # other chunking: a full rebuild, with the reason
+    _, s4 = rag.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", chunk_size=200, chunk_overlap=20)
+    assert emb.n == s4["chunks"] and "chunk_size changed" in s4["full_rebuild_reason"]
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path/"empty").mkdir()
+    with pytest.raises(ConfigError, match="no readable documents"):
+        rag.build_index(tmp_path/"empty")
+    with pytest.raises(ConfigError, match="does not exist"):
+        rag.build_index(tmp_path/"missing")
+    bad = write(tmp_path/"bad", {"blank.md": "\n \n", "broken.pdf": "not a pdf", "ok.txt": "Some text.", "x.docx": "?"})
+    with pytest.warns(UserWarning, match=r"skipped 3 files.*blank\.md.*broken\.pdf|skipped 3 files.*broken\.pdf.*blank\.md") as w:
+        store, stats = rag.build_index(bad)
+    assert len(w) == 1 and stats["files"] == 1 and "x.docx" in str(w[0].message)
+    q = tmp_path/"q.jsonl"
+    q.write_text('{"question": "fine", "sources": ["a.md"]}\n{"question": "fine too"}\n{"answer": "no question"}\n')
+    with pytest.raises(ConfigError, match=r"q\.jsonl:3: expected an object with a non-empty string 'question'"):
+        rag.load_questions(q)
+    q.write_text('{"question": "fine"}\n{"question": oops}\n')
+    with pytest.raises(ConfigError, match=r"q\.jsonl:2: not valid JSON"):
+        rag.load_questions(q)
+    with pytest.raises(ConfigError, match="expected one of dense, hybrid, mmr"):
+        rag.make_retriever(store, "sparse")
+
+
+def test_qa_chain_tiny_random(kb, tmp_path):
+    rag.build_index(kb, tmp_path/"ix", **KW)
+    qa = rag.qa_chain(tmp_path/"ix", model="tiny-random", k=2, max_new_tokens=8)
+    res = qa.invoke("How much energy does the KB-5 store?")
+    assert set(res) == {"answer", "sources", "cited", "documents"}
+    assert isinstance(res["answer"], str) and "Passages:" not in res["answer"]
+    assert res["sources"][0] == "battery.md" and len(res["documents"]) == 2
+    assert res["sources"] == list(dict.fromkeys(d.metadata["source"] for d in res["documents"]))
+
+
+def test_retrieval_modes_and_metrics(kb, tmp_path):
+    store, _ = rag.build_index(kb, None, **KW)
+    qs = [{"question": "How long is data stored?", "answer": "24 months.", "sources": ["privacy.html"]},
+          {"question": "charging power of the KC-11", "answer": "11 kW.", "sources": ["charger.md"]}]
+    r = rag.score_retrieval(store, qs, k=3)
+    for m in rag.MODES:
+        assert r[m]["hit_at_k"] == 1.0 and len(r[m]["hit_curve"]) == 3
+        assert r[m]["hit_at_1"] <= r[m]["mrr_at_k"] <= r[m]["hit_at_k"]
