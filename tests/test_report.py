@@ -1,0 +1,81 @@
+"Report stage, compare, sweep, promote and sync, end to end through real papermill kernels (W&B offline)."
+import json, os, re
+from pathlib import Path
+import pytest, yaml
+from bs4 import BeautifulSoup
+from conftest import llmops, ROOT
+from llmops_nb import pipeline as P, report as R
+
+SMOKE = ROOT/"params"/"smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    "The smoke pipeline's stages (plus finetune, evaluate and report when the smoke file lacks them), in a temp runs folder."
+    root = tmp_path_factory.mktemp("report")/"runs"
+    stages = yaml.safe_load(SMOKE.read_text())["stages"]
+    stages += [s for s in ("finetune", "evaluate", "report") if s not in stages]
+    sets = [f"run_root={root}", f"stages={json.dumps(stages)}", "finetune.max_steps=4", "evaluate.max_examples=3", "evaluate.n_boot=100",
+            'evaluate.gates={"rougeL": 0.0}']
+    return P.run(SMOKE, sets, progress=False)
+
+
+def test_report_sections(smoke_run):
+    run_dir = Path(smoke_run["run_dir"])
+    page = run_dir/"report.html"
+    assert page.exists() and (run_dir/"report"/"report.html").exists()
+    soup = BeautifulSoup(page.read_text(), "html.parser")
+    heads = [h.get_text(strip=True).rstrip("¶") for h in soup.find_all("h2")]
+    assert heads == list(R.SECTIONS), heads
+    text = soup.get_text(" ")
+    assert not soup.select(".jp-CodeCell .jp-InputArea") and "R.show_" not in text   # code hidden
+    assert not soup.find_all("script", src=re.compile(r"^https?://"))          # readable offline
+    assert smoke_run["id"] in text and "1/1 quality gates passed" in text
+    pngs = [i for i in soup.find_all("img") if i.get("src", "").startswith("data:image/png;base64,")]
+    assert pngs, "no embedded figures"                                          # evaluation bars at least
+    assert len(pngs) >= 2                                                      # loss curves + evaluation bars
+    # every stage notebook linked, relative, and the link works from the run folder and from the copy in report/
+    links = [a["href"] for a in soup.select("a.stage-link")]
+    for s in smoke_run["stages"]: assert f"{s}.ipynb" in links, (s, links)
+    assert all(not h.startswith(("/", "file:")) and (run_dir/h).exists() for h in links), links
+    copy = BeautifulSoup((run_dir/"report"/"report.html").read_text(), "html.parser")
+    assert all((run_dir/"report"/a["href"]).exists() for a in copy.select("a.stage-link"))
+    card = (run_dir/"MODEL_CARD.md").read_text()
+    for h in ("## Model", "## Data", "## Training", "## Evaluation", "## Quality gates", "## Intended use", "## Limits"): assert h in card
+    assert R.stage_metrics(smoke_run, "prepare")["fingerprint"] in card and "rougeL" in card
+    m = R.stage_metrics(P.load_record(run_dir), "report")
+    assert m["gates_passed"] is True and m["aliases"] == ["candidate"]
+
+
+def test_sweep_compare_promote_sync(tmp_path):
+    root = tmp_path/"runs"
+    f, key = ROOT/"params"/"sweep.yaml", "finetune.r"
+    extra = ["stages=[prepare, finetune]", "finetune.max_steps=2", "finetune.eval_steps=0"]   # the r sweep, short
+    sets = [a for s in [f"run_root={root}", *extra] for a in ("--set", s)]
+    r = llmops("sweep", f, *sets, "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = P.list_runs(root)
+    assert len(recs) == 3
+    assert sorted(rec["stages"]["prepare"]["status"] for rec in recs) == ["cached", "cached", "done"]
+    assert len({rec["stages"]["prepare"]["out_dir"] for rec in recs}) == 1
+    sw = json.loads(next((root/"sweeps").glob("*/sweep.json")).read_text())
+    assert sw["runs"] == [rec["id"] for rec in recs] and Path(sw["compare"]).exists()
+    diff = r.stdout.split("parameters that differ:")[1].split("metrics:")[0]
+    assert key in diff and "prepare." not in diff
+    ids = [rec["id"] for rec in recs]
+    r = llmops("--run-root", root, "compare", ids[0], ids[2], "--out", tmp_path/"c.html")
+    assert r.returncode == 0 and key in r.stdout and (tmp_path/"c.html").exists()
+    assert key in BeautifulSoup((tmp_path/"c.html").read_text(), "html.parser").get_text()
+    # production moves from run to run; the registry follows
+    for i in ids[:2]: assert llmops("--run-root", root, "promote", i).returncode == 0
+    assert [P.load_record(i, root).get("aliases", []) for i in ids] == [[], ["production"], []]
+    assert json.loads((root/"registry.json").read_text())["production"]["run_id"] == ids[1]
+    # offline: sync and the W&B report say what they would do, in one line for the report
+    r = llmops("--run-root", root, "sync", ids[1])
+    assert r.returncode == 0 and "offline" in r.stdout and "prepare" in r.stdout and "dataset:" in r.stdout
+    r = llmops("--run-root", root, "report", "--wandb", ids[1])
+    assert r.returncode == 0 and r.stdout.count("\n") == 1 and f"llmops report --wandb {ids[1]}" in r.stdout
+    w = tmp_path/"w.yaml"
+    assert llmops("sweep", f, "--wandb", "--out", w).returncode == 0
+    cfg = yaml.safe_load(w.read_text())
+    assert cfg["method"] == "grid" and key in cfg["parameters"] and cfg["command"][:2] == ["llmops", "sweep-run"]
