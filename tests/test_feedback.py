@@ -43,11 +43,20 @@ def sft_adapter(tmp_path_factory):
     return ft
 
 
-def test_chat_in_browser(index, sft_adapter, tmp_path):
+@pytest.fixture
+def browser():
+    "Debian's chromium and Playwright for Python, or a skip that says what is missing."
+    reason = None
+    if not Path(CHROMIUM).exists(): reason = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
+    try: import playwright.sync_api  # noqa: F401
+    except ImportError: reason = reason or "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if reason:
+        print(f"browser test skipped: {reason}"); pytest.skip(reason)
+    return CHROMIUM
+
+
+def test_chat_in_browser(browser, index, sft_adapter, tmp_path):
     "Ask in the served chat, see the answer and its sources, thumbs down, send a correction: the row is complete."
-    if not Path(CHROMIUM).exists():
-        reason = f"browser test skipped: no chromium at {CHROMIUM} (apt-get install -y chromium)"
-        print(reason); pytest.skip(reason)
     from playwright.sync_api import sync_playwright
     db = tmp_path/"fb.db"
     bot = F.Answerer(index, "tiny-random", adapter=sft_adapter/"adapter", max_new_tokens=16, run_id="run-under-test")
@@ -121,7 +130,7 @@ def test_concurrent_sessions_lose_nothing(tmp_path):
 
 
 def _history(db):
-    "3 eval questions, 2 SFT examples, 4 preference pairs."
+    "4 eval questions, 3 SFT examples, 5 preference pairs."
     r = lambda q, a, rating=None, corr=None: F.record(q, a, [{"source": "battery.md", "cited": True}], rating=rating, correction=corr, db=db)
     r("warranty?", "two years", -1, "10 years or 6,000 cycles")  # eval (correction), sft, pair
     r("warranty?", "five years", -1)                             # pair with the correction
@@ -131,27 +140,29 @@ def _history(db):
     r("charger power?", "11 kW", 1)                              # same text as the correction: no extra pair
     r("island switch time?", "slow", -1)                         # downvote, nothing better: nothing
     r("modes?", "solar-only")                                    # unrated: nothing
+    r("app reset?", "\n\n", -1, "Hold the button for 10 s")    # a blank answer corrected: eval, sft, pair
 
 
 def test_export_counts_and_formats(tmp_path):
     db = tmp_path/"fb.db"; _history(db)
     res = llmops("feedback", "export", "--db", db, "--out", tmp_path/"export")
     assert res.returncode == 0, res.stderr
-    assert "3 eval questions, 2 SFT examples, 4 preference pairs" in res.stdout, res.stdout
+    assert "4 eval questions, 3 SFT examples, 5 preference pairs" in res.stdout, res.stdout
     out = tmp_path/"export"
     qs = rag.load_questions(out/"eval_questions.jsonl")
     assert {q["question"]: q["answer"] for q in qs} == {"warranty?": "10 years or 6,000 cycles", "usable energy?": "4.8 kWh [1]",
-                                                         "charger power?": "11 kW"}
+                                                         "charger power?": "11 kW", "app reset?": "Hold the button for 10 s"}
     assert qs[1]["sources"] == ["battery.md"]
     from llmops_nb.data import load_records
-    assert len(load_records(out/"sft.jsonl")) == 2
+    assert len(load_records(out/"sft.jsonl")) == 3
     pairs = F.load_pairs(out/"pairs.jsonl")
     assert sorted((p["prompt"], p["chosen"], p["rejected"]) for p in pairs) == sorted([
         ("warranty?", "10 years or 6,000 cycles", "two years"), ("warranty?", "10 years or 6,000 cycles", "five years"),
-        ("usable energy?", "4.8 kWh [1]", "5.1 kWh"), ("charger power?", "11 kW", "22 kW")])
+        ("usable energy?", "4.8 kWh [1]", "5.1 kWh"), ("charger power?", "11 kW", "22 kW"),
+        ("app reset?", "Hold the button for 10 s", "")])
     arts = json.loads((out/"artifacts.json").read_text())
     assert [a["name"] for a in arts] == ["feedback-eval-questions", "feedback-sft", "feedback-pairs"]
-    assert json.loads((out/"metrics.json").read_text())["feedback_rows"] == 8
+    assert json.loads((out/"metrics.json").read_text())["feedback_rows"] == 9
     assert list(out.glob("wandb/offline-run-*"))
 
 
@@ -196,8 +207,8 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
                         parameters=dict(pairs=str(tmp_path/"export"/"pairs.jsonl"), finetune_dir=str(sft_adapter), out_dir=str(out),
                                         learning_rate=1e-2, max_pairs=0))
     m = read_metrics(out)
-    assert (m["n_pairs"], m["steps"], m["started_from"]) == (4, 2, str(sft_adapter/"adapter"))
-    assert len(m["history"]) == 2 and all("rewards/margins" in h for h in m["history"])
+    assert (m["n_pairs"], m["steps"], m["started_from"]) == (5, 3, str(sft_adapter/"adapter"))
+    assert len(m["history"]) == 3 and all("rewards/margins" in h for h in m["history"])
     assert not (out/"adapter"/"ref").exists()
     new, old = load_file(out/"adapter"/"adapter_model.safetensors"), load_file(sft_adapter/"adapter"/"adapter_model.safetensors")
     assert new.keys() == old.keys() and any(not (new[k] == old[k]).all() for k in new)
