@@ -212,3 +212,9 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
     assert not (out/"adapter"/"ref").exists()
     new, old = load_file(out/"adapter"/"adapter_model.safetensors"), load_file(sft_adapter/"adapter"/"adapter_model.safetensors")
     assert new.keys() == old.keys() and any(not (new[k] == old[k]).all() for k in new)
+
+
+def test_dpo_refuses_adapter_of_another_model(tmp_path, sft_adapter):
+    from llmops_nb.config import ConfigError
+    with pytest.raises(ConfigError, match="trained on .*tiny-random.*not on model 'smollm2-135m-instruct'"):
+        F.train_dpo(F.sample_pairs(2), tmp_path, "smollm2-135m-instruct", sft_adapter/"adapter")
