@@ -134,3 +134,12 @@ def test_retrieval_modes_and_metrics(kb, tmp_path):
     for m in rag.MODES:
         assert r[m]["hit_at_k"] == 1.0 and len(r[m]["hit_curve"]) == 3
         assert r[m]["hit_at_1"] <= r[m]["mrr_at_k"] <= r[m]["hit_at_k"]
+
+
+def test_stage_parameters_readable():
+    "The validator and `llmops stages` read the parameters cells with papermill."
+    from llmops_nb.config import stage_params
+    assert {"docs", "embedding_model", "chunk_size", "chunk_overlap", "index_type", "previous_index", "out_dir"} <= set(stage_params("rag_index"))
+    p = stage_params("rag_eval")
+    assert {"rag_index_dir", "finetune_dir", "model", "questions", "k", "retrieval", "max_new_tokens", "max_questions", "gates"} <= set(p)
+    assert p["gates"]["default"] == {} and p["max_questions"]["type"] is int
