@@ -150,7 +150,7 @@ def as_dataset(db=None):
                                                          "cited": datasets.Value("bool")})})
     recs = [{**r, "sources": [{k: s.get(k) for k in ("source", "title", "heading", "score", "cited")} for s in r["sources"]]}
             for r in recs]
-    return datasets.Dataset.from_list(recs, features=feats)
+    return datasets.Dataset.from_dict({c: [r[c] for r in recs] for c in COLUMNS}, features=feats)
 
 # %% ../nbs/09_feedback.ipynb #421b3c6f
 def _txt(v) -> str: return v.strip() if isinstance(v, str) else ""
@@ -227,7 +227,7 @@ def daily_stats(df, threshold: float = SIM_THRESHOLD):
     "Per UTC day: questions, rated, thumbs_down_rate, latency_p50/p95 (ms), no_source_share."
     import numpy as np, pandas as pd
     cols = ["questions", "rated", "thumbs_down_rate", "latency_p50", "latency_p95", "no_source_share"]
-    if not len(df): return pd.DataFrame(columns=cols)
+    if not len(df): return pd.DataFrame(columns=cols, index=pd.DatetimeIndex([], name="day"), dtype=float)
     d = df.assign(day=df["timestamp"].dt.tz_convert("UTC").dt.floor("D").dt.tz_localize(None),
                   down=(df["rating"] == -1).fillna(False).astype(float), rated=df["rating"].notna().astype(float),
                   nosrc=(df["top_similarity"].astype(float).fillna(-np.inf) < threshold).astype(float))
