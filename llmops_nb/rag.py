@@ -20,10 +20,11 @@ from .models import embedding_path
 
 # %% auto #0
 __all__ = ['LOADERS', 'HEADERS', 'INDEX_TYPES', 'MODES', 'SYSTEM', 'ANSWER_METRICS', 'Skip', 'read_file', 'chunk_file',
-           'file_hash', 'scan', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'FaissStore', 'build_index',
-           'load_index', 'find_previous_index', 'sample_index', 'bm25', 'HybridRetriever', 'make_retriever',
-           'format_passages', 'render_prompt', 'hf_llm', 'qa_chain', 'load_questions', 'hit_at_k', 'mrr_at_k',
-           'sentences', 'groundedness', 'retrieved_sources', 'score_retrieval', 'score_answers', 'summarize']
+           'embed_text', 'file_hash', 'scan', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'FaissStore',
+           'build_index', 'load_index', 'find_previous_index', 'sample_index', 'bm25', 'HybridRetriever',
+           'make_retriever', 'format_passages', 'render_prompt', 'hf_llm', 'qa_chain', 'load_questions', 'hit_at_k',
+           'mrr_at_k', 'sentences', 'groundedness', 'retrieved_sources', 'score_retrieval', 'score_answers',
+           'summarize']
 
 # %% ../nbs/05_rag.ipynb #ad75f52c
 LOADERS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
@@ -87,6 +88,12 @@ def chunk_file(p, root, chunk_size: int = 800, chunk_overlap: int = 100) -> list
     return docs
 
 def _chunk_id(src, pos, text): return hashlib.sha1(f"{src}\0{pos}\0{text}".encode()).hexdigest()[:16]
+
+def embed_text(d: Document) -> str:
+    "What gets embedded (and BM25-indexed) for a chunk: its title and heading path, then its text."
+    t, h = d.metadata.get("title") or "", d.metadata.get("heading") or ""
+    head = h if h.startswith(t) else " > ".join(x for x in (t, h) if x)
+    return f"{head}\n{d.page_content}" if head else d.page_content
 
 # %% ../nbs/05_rag.ipynb #57206c19
 def file_hash(p) -> str: return hashlib.sha256(Path(p).read_bytes()).hexdigest()
@@ -162,7 +169,7 @@ class FaissStore(VectorStore):
     def add_documents(self, documents, ids=None, vectors=None, **kw) -> list:
         "Embed (unless `vectors` are given) and append `documents`."
         documents = list(documents)
-        if vectors is None: vectors = embed_texts(self.embedding, [d.page_content for d in documents])
+        if vectors is None: vectors = embed_texts(self.embedding, [embed_text(d) for d in documents])
         if len(documents): self.index.add(np.ascontiguousarray(vectors, dtype="float32"))
         for i, d in enumerate(documents):
             if ids: d.id = ids[i]
@@ -252,7 +259,7 @@ class FaissStore(VectorStore):
 # %% ../nbs/05_rag.ipynb #6e4e76d0
 def _reusable(prev: dict, meta: dict) -> str:
     "Why a previous index cannot be updated incrementally ('' when it can)."
-    for k in ("embedding_model", "chunk_size", "chunk_overlap"):
+    for k in ("embedding_model", "chunk_size", "chunk_overlap", "embed_text"):
         if prev.get(k) != meta.get(k): return f"{k} changed ({prev.get(k)!r} -> {meta.get(k)!r})"
     return ""
 
@@ -266,7 +273,7 @@ def build_index(docs, index_dir=None, embedding_model: str = "minilm-l6-v2", chu
     files, other = scan(root)
     emb = embeddings or get_embeddings(embedding_model)
     meta = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root))
+                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text="title+heading")
     old, why = {}, "no previous index"
     if previous:
         prev = FaissStore.load(previous, embeddings=emb)
@@ -286,7 +293,7 @@ def build_index(docs, index_dir=None, embedding_model: str = "minilm-l6-v2", chu
                               "; ".join(f"{k}: {', '.join(v)}" for k, v in skipped.items()), stacklevel=2)
     if not kept and not new:
         raise ConfigError(f"docs folder '{docs}' has no readable documents; expected .md/.txt/.html/.pdf files with text")
-    nv = embed_texts(emb, [d.page_content for d in new])
+    nv = embed_texts(emb, [embed_text(d) for d in new])
     rows = [(d, v) for d, v in kept] + list(zip(new, nv))
     rows.sort(key=lambda r: (r[0].metadata["source"], r[0].metadata["position"]))
     dim = meta["dims"] = int(rows[0][1].shape[0])
@@ -347,7 +354,7 @@ def bm25(store: FaissStore):
     "A BM25 index over the store's chunks (built once per store)."
     if getattr(store, "_bm25", None) is None:
         from rank_bm25 import BM25Okapi
-        store._bm25 = BM25Okapi([_tokens(d.page_content) for d in store.docs])
+        store._bm25 = BM25Okapi([_tokens(embed_text(d)) for d in store.docs])
     return store._bm25
 
 class HybridRetriever(BaseRetriever):
