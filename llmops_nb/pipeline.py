@@ -158,7 +158,7 @@ def execute_stage(rec: dict, stage: str, vals: dict, progress=True):
     wb = rec["wandb"]
     env = dict(WANDB_PROJECT=wb.get("project"), WANDB_ENTITY=wb.get("entity"), WANDB_RUN_GROUP=rec["id"],
                WANDB_DIR=str(run_dir), WANDB_SILENT="true", LLMOPS_NOTEBOOK=str(nb_out), LLMOPS_RUN_ID=rec["id"],
-               TOKENIZERS_PARALLELISM="false", WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"])
+               TOKENIZERS_PARALLELISM="false", LLMOPS_PROJECT_ROOT=str(project_root()), WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"])
     st.update(status="running", started=now(), notebook=str(nb_out)); save_record(rec)
     t = time.time()
     try:
