@@ -1,0 +1,160 @@
+"""Useful tokens/s and peak memory of llmops_nb's training step vs the tutorial way, same model and data, one run.
+
+Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf16 on GPU, the chat template
+rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
+Ours: llmops_nb.finetune's path: completion-only labels, padding-free packing (DataCollatorWithFlattening),
+LM head only at supervised positions, SDPA, bf16 on GPU, optional torch.compile.
+Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
+
+  python bench/finetune.py                                   # CPU, packaged SmolLM2-135M-Instruct, shipped data
+  python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
+  python bench/finetune.py --device cuda --shape 1b --seq-len 2048
+"""
+import argparse, json, os, subprocess, sys, time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # random-init Llama shapes (GPU runs)
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                 vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=8192),
+}
+
+
+def load_model(a, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from llmops_nb.models import resolve_model
+    if a.shape:
+        torch.manual_seed(0)
+        m = LlamaForCausalLM(LlamaConfig(**SHAPES[a.shape], attn_implementation="sdpa")).to(dtype)
+    else:
+        m = AutoModelForCausalLM.from_pretrained(resolve_model(a.model), dtype=dtype, attn_implementation="sdpa")
+    m.config.use_cache = False
+    return m
+
+
+def conversations(a, tok):
+    from llmops_nb.data import load_records, SAMPLE_SYSTEM
+    ds = load_records(ROOT/a.data, system=SAMPLE_SYSTEM)
+    reps = max(1, -(-a.min_examples // len(ds)))
+    return [r["messages"] for r in ds] * reps
+
+
+class Clock:
+    "Trainer callback: useful tokens and seconds between the end of step `warmup` and the last step."
+    def __init__(self, warmup): self.warmup, self.t0, self.n0, self.t1, self.n1, self.c0, self.c1 = warmup, None, 0, None, 0, 0, 0
+    def cb(self):
+        from transformers import TrainerCallback
+        clock = self
+        class C(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                import torch
+                if torch.cuda.is_available(): torch.cuda.synchronize()
+                now = (time.perf_counter(), state.num_input_tokens_seen, time.process_time())
+                if state.global_step == clock.warmup: clock.t0, clock.n0, clock.c0 = now
+                clock.t1, clock.n1, clock.c1 = now
+        return C()
+
+
+def peak_mb(device):
+    import resource, torch
+    if device == "cuda": return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tutorial(a):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from llmops_nb.models import load_tokenizer
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    tok = load_tokenizer(a.model)
+    model = get_peft_model(load_model(a, dtype), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                                            task_type="CAUSAL_LM"))
+    texts = [tok.apply_chat_template(m, tokenize=False) for m in conversations(a, tok)]
+    train = [tok(t, truncation=True, max_length=a.seq_len) for t in texts]
+    clock = Clock(a.warmup)
+    args = TrainingArguments(output_dir=str(Path(a.tmp)/"tutorial"), per_device_train_batch_size=8, max_steps=a.warmup + a.steps,
+                             learning_rate=2e-4, bf16=dtype == torch.bfloat16, use_cpu=a.device == "cpu", save_strategy="no",
+                             report_to="none", logging_steps=1000, include_num_input_tokens_seen="non_padding", disable_tqdm=True)
+    t = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                callbacks=[clock.cb()])
+    t.train()
+    return clock
+
+
+def run_ours(a):
+    import torch
+    from peft import get_peft_model
+    from llmops_nb import finetune as FT
+    from llmops_nb.models import load_tokenizer
+    cfg = FT.FinetuneConfig(model=a.model, max_seq_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
+                            per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
+                            torch_compile=a.compile, device=a.device, lora_dropout=0.05, warmup_ratio=0)
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    tok = load_tokenizer(a.model)
+    base = load_model(a, dtype)
+    model = get_peft_model(base, FT.peft_config(cfg, base))
+    import datasets
+    exs, _ = FT.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_seq_length)
+    rows = FT.pack(exs, cfg.pack_length)
+    clock = Clock(a.warmup)
+    args = FT.training_args(cfg, Path(a.tmp)/"ours", "none", has_eval=False)
+    args.disable_tqdm = True
+    t = FT._trainer_cls()(model=model, args=args, train_dataset=rows, data_collator=FT.packed_collator(), callbacks=[clock.cb()])
+    t.train()
+    return clock
+
+
+def child(a):
+    import tempfile
+    a.tmp = tempfile.mkdtemp(prefix="bench-ft-")
+    clock = (run_tutorial if a.only == "tutorial" else run_ours)(a)
+    dt, n = clock.t1 - clock.t0, clock.n1 - clock.n0
+    print("RESULT " + json.dumps({"method": a.only, "useful_tokens": n, "seconds": round(dt, 2), "tokens_per_second": round(n / dt, 1),
+                                  "cpu_seconds": round(clock.c1 - clock.c0, 2),
+                                  "peak_memory_mb": round(peak_mb(a.device), 1)}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="model (CPU runs); its tokenizer is used for --shape too")
+    ap.add_argument("--shape", choices=list(SHAPES), help="random-init Llama of this shape instead of --model")
+    ap.add_argument("--seq-len", type=int, default=1024, help="max tokens per example; also the packed row length")
+    ap.add_argument("--pack-length", type=int, default=0, help="packed row length (default --seq-len)")
+    ap.add_argument("--rows", type=int, default=1, help="packed rows per step (ours)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our model")
+    ap.add_argument("--data", default="data/instructions.jsonl")
+    ap.add_argument("--min-examples", type=int, default=0, help="repeat the data to at least this many examples")
+    ap.add_argument("--only", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help="write the results as JSON here")
+    a = ap.parse_args()
+    if a.only: return child(a)
+    if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps) * max(1, a.rows * a.seq_len // 1300)
+    res = {}
+    for m in ("tutorial", "ours"):
+        argv = sys.argv[1:]
+        if "--out" in argv: i = argv.index("--out"); argv = argv[:i] + argv[i + 2:]
+        cmd = [sys.executable, __file__, "--only", m] + argv
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
+        res[m] = json.loads(line[7:])
+        print(f"{m:9s} {res[m]['tokens_per_second']:9.1f} useful tokens/s   peak {res[m]['peak_memory_mb']:8.1f} MB   "
+              f"({res[m]['useful_tokens']} tokens in {res[m]['seconds']} s, {res[m]['cpu_seconds']} CPU s)", flush=True)
+    res["ratio"] = round(res["ours"]["tokens_per_second"] / res["tutorial"]["tokens_per_second"], 2)
+    res["setup"] = {k: v for k, v in vars(a).items() if k not in ("only", "out")}
+    res["cpu_ratio"] = round((res["ours"]["useful_tokens"] / res["ours"]["cpu_seconds"]) / (res["tutorial"]["useful_tokens"] / res["tutorial"]["cpu_seconds"]), 2)
+    print(f"ratio ours / tutorial: {res['ratio']}x (per CPU second, robust to a busy machine: {res['cpu_ratio']}x)")
+    if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
