@@ -68,6 +68,7 @@ def ingestion(copies, tmp, reps=3):
                ingest_chunks_per_cpu_s=n / min(res["ingest_cpu_s"]), raw_chunks_per_cpu_s=n / min(res["raw_cpu_s"]), runs=res)
     out["ratio"] = out["ingest_chunks_per_s"] / out["raw_chunks_per_s"]
     out["ratio_cpu"] = out["ingest_chunks_per_cpu_s"] / out["raw_chunks_per_cpu_s"]
+    out["ratio_median"] = float(np.median(res["raw_s"]) / np.median(res["ingest_s"]))
     return out, store, emb
 
 
@@ -130,7 +131,8 @@ def main(argv=None):
             warnings.simplefilter("ignore")
             ing, store, emb = ingestion(a.copies, tmp, a.reps)
         print(f"ingestion: {ing['chunks']} chunks, {ing['ingest_chunks_per_s']:.1f} chunks/s vs raw embedding "
-              f"{ing['raw_chunks_per_s']:.1f} chunks/s -> {100*ing['ratio']:.1f}% (target >= 90%); by CPU time "
+              f"{ing['raw_chunks_per_s']:.1f} chunks/s -> {100*ing['ratio']:.1f}% (target >= 90%; best of {len(ing['runs']['raw_s'])}), "
+              f"median {100*ing['ratio_median']:.1f}%; by CPU time "
               f"{ing['ingest_chunks_per_cpu_s']:.1f} vs {ing['raw_chunks_per_cpu_s']:.1f} -> {100*ing['ratio_cpu']:.1f}%", flush=True)
         sizes = [int(s) for s in a.sizes.split(",") if s]
         rows = queries(store, emb, sizes, a.queries, [int(e) for e in a.ef.split(",")], rng, a.spread) if sizes else []
