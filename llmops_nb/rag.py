@@ -19,9 +19,9 @@ from .config import ConfigError, resolve_path
 from .models import embedding_path
 
 # %% auto #0
-__all__ = ['LOADERS', 'HEADERS', 'INDEX_TYPES', 'MODES', 'SYSTEM', 'ANSWER_METRICS', 'Skip', 'read_file', 'chunk_file',
-           'embed_text', 'file_hash', 'scan', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'FaissStore',
-           'build_index', 'load_index', 'find_previous_index', 'sample_index', 'bm25', 'HybridRetriever',
+__all__ = ['LOADERS', 'HEADERS', 'INDEX_TYPES', 'EMBED_TEXT', 'MODES', 'SYSTEM', 'ANSWER_METRICS', 'Skip', 'read_file',
+           'chunk_file', 'embed_text', 'file_hash', 'scan', 'get_embeddings', 'embed_texts', 'make_index', 'search',
+           'FaissStore', 'build_index', 'load_index', 'find_previous_index', 'sample_index', 'bm25', 'HybridRetriever',
            'make_retriever', 'format_passages', 'render_prompt', 'hf_llm', 'qa_chain', 'load_questions', 'hit_at_k',
            'mrr_at_k', 'sentences', 'groundedness', 'retrieved_sources', 'score_retrieval', 'score_answers',
            'summarize']
@@ -257,8 +257,11 @@ class FaissStore(VectorStore):
         return cls(embeddings or get_embeddings(built), index, docs, meta)
 
 # %% ../nbs/05_rag.ipynb #6e4e76d0
+EMBED_TEXT = "title+heading"  # version of `embed_text`: indexes embedded another way are rebuilt, not reused
+
 def _reusable(prev: dict, meta: dict) -> str:
     "Why a previous index cannot be updated incrementally ('' when it can)."
+    meta = {"embed_text": EMBED_TEXT, **meta}
     for k in ("embedding_model", "chunk_size", "chunk_overlap", "embed_text"):
         if prev.get(k) != meta.get(k): return f"{k} changed ({prev.get(k)!r} -> {meta.get(k)!r})"
     return ""
@@ -273,7 +276,7 @@ def build_index(docs, index_dir=None, embedding_model: str = "minilm-l6-v2", chu
     files, other = scan(root)
     emb = embeddings or get_embeddings(embedding_model)
     meta = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text="title+heading")
+                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text=EMBED_TEXT)
     old, why = {}, "no previous index"
     if previous:
         prev = FaissStore.load(previous, embeddings=emb)
@@ -314,11 +317,11 @@ def load_index(index_dir, embedding_model: str | None = None) -> FaissStore:
 
 # %% ../nbs/05_rag.ipynb #7edd6fb7
 def find_previous_index(runs_root, docs, exclude=None):
-    "Newest index folder (`*/*/index` or `*/index` below `runs_root`) built from folder `docs`, or None."
+    "Newest index folder (`*/*/index`, `*/index` or `*` below `runs_root`) built from folder `docs`, or None."
     root, docs = Path(runs_root), str(resolve_path(docs))
     ex = Path(exclude).resolve() if exclude else None
     best = None
-    for m in [*root.glob("*/*/index/meta.json"), *root.glob("*/index/meta.json")]:
+    for m in [*root.glob("*/*/index/meta.json"), *root.glob("*/index/meta.json"), *root.glob("*/meta.json")]:
         if ex and (m.parent.resolve() == ex or ex in m.parent.resolve().parents): continue
         try: meta = json.loads(m.read_text())
         except (OSError, json.JSONDecodeError): continue
@@ -337,7 +340,8 @@ def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_si
     if prev:
         files, _ = scan(root)
         meta = json.loads((d/"meta.json").read_text())
-        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})}: return d  # nothing changed
+        want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want): return d  # nothing changed
     tmp = d.with_name(f"{key}.tmp{os.getpid()}")
     store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev)
     if d.exists(): shutil.rmtree(d, ignore_errors=True)
