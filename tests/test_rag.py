@@ -23,6 +23,22 @@ class Counting(rag.Embeddings):
     def embed_query(self, text): return self.inner.embed_query(text)
 
 
+def pdf(text: str) -> bytes:
+    "A one-page PDF showing `text` (hand-written objects: no PDF writer needed)."
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+            None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    out, offs = bytearray(b"%PDF-1.4\n"), []
+    for i, o in enumerate(objs, 1):
+        offs.append(len(out))
+        body = (f"<< /Length {len(stream)} >>\nstream\n".encode() + stream + b"\nendstream") if o is None else o.encode()
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    x = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode() + b"".join(f"{o:010d} 00000 n \n".encode() for o in offs)
+    return bytes(out + f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{x}\n%%EOF\n".encode())
+
+
 def write(root: Path, files: dict) -> Path:
     for name, text in files.items():
         (root/name).parent.mkdir(parents=True, exist_ok=True)
@@ -143,3 +159,17 @@ def test_stage_parameters_readable():
     p = stage_params("rag_eval")
     assert {"rag_index_dir", "finetune_dir", "model", "questions", "k", "retrieval", "max_new_tokens", "max_questions", "gates"} <= set(p)
     assert p["gates"]["default"] == {} and p["max_questions"]["type"] is int
+
+
+def test_all_formats(kb, tmp_path):
+    (kb/"manual.pdf").write_bytes(pdf("The KG-1 gateway switches to backup power in 20 ms."))
+    store, stats = rag.build_index(kb, None, **KW)
+    by = {}
+    for d in store.docs: by.setdefault(d.metadata["source"], []).append(d)
+    assert set(by) == {*DOCS, "manual.pdf"} and stats["skipped"] == 0
+    assert by["manual.pdf"][0].metadata["page"] == 1 and "KG-1" in by["manual.pdf"][0].page_content
+    assert by["privacy.html"][0].metadata["title"] == "Privacy"
+    assert {d.metadata["heading"] for d in by["privacy.html"]} >= {"Privacy", "Privacy > Deletion"}
+    assert {d.metadata["heading"] for d in by["guide/charger.md"]} >= {"Charger", "Charger > Modes"}
+    assert all(d.metadata["position"] == i for ds in by.values() for i, d in enumerate(ds))
+    assert store.similarity_search("how fast does the gateway switch to backup?", k=1)[0].metadata["source"] == "manual.pdf"
