@@ -9,10 +9,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'RESERVED', 'SECRET', 'HUB_ID', 'DATA_EXT', 'ConfigError',
-           'project_root', 'resolve_path', 'stage_dir', 'write_metrics', 'read_metrics', 'seed_everything',
-           'pipeline_dir', 'stage_names', 'stage_params', 'upstreams', 'check_model', 'check_path', 'check_value',
-           'validate', 'apply_overrides', 'load_params']
+__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'RESERVED', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT',
+           'ConfigError', 'project_root', 'resolve_path', 'stage_dir', 'write_metrics', 'read_metrics',
+           'seed_everything', 'pipeline_dir', 'stage_names', 'stage_params', 'upstreams', 'check_model', 'check_path',
+           'check_value', 'validate', 'apply_overrides', 'load_params']
 
 # %% ../nbs/00_config.ipynb #1dd969fc
 class ConfigError(ValueError):
@@ -70,7 +70,8 @@ SHARED = ("seed", "model", "embedding_model")  # globals a stage receives when i
 WANDB_KEYS = dict(project=str, entity=(str, type(None)), mode=str, tags=list, group=str)
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 RESERVED = ("out_dir", "run_dir", "run_id")  # filled in by the runner
-SECRET = re.compile(r"(api_?key|token|secret|password)", re.I)
+SECRET = re.compile(r"(api_?key|secret|passw(or)?d|^(hf|wandb|access|auth|api)?_?token$)", re.I)  # not max_new_tokens
+SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{30,}|[0-9a-f]{40}|sk-[A-Za-z0-9_-]{20,})$")  # HF, W&B, OpenAI-style keys
 
 def pipeline_dir() -> Path:
     "Folder of the stage notebooks: `nbs/pipeline` in a checkout, else the copy shipped in the package."
@@ -147,7 +148,7 @@ def check_value(where, key, v, decl):
 # %% ../nbs/00_config.ipynb #32675e6a
 def _secrets(d, where):
     for k, v in d.items():
-        if SECRET.search(str(k)):
+        if SECRET.search(str(k)) or (isinstance(v, str) and SECRET_VALUE.match(v)):
             raise ConfigError(f"{where}: key '{k}' looks like a secret; secrets belong in the environment (WANDB_API_KEY, HF_TOKEN), never in a params file that gets logged")
         if isinstance(v, dict): _secrets(v, f"{where}: {k}")
 
