@@ -9,7 +9,7 @@ import argparse, importlib, sys
 PLUGINS = ("report", "feedback")  # their `add_commands` must import nothing heavy
 
 # %% auto #0
-__all__ = ['PLUGINS', 'show_status', 'main']
+__all__ = ['PLUGINS', 'HEADLINE', 'show_status', 'main']
 
 # %% ../nbs/08_cli.ipynb #5089f81b
 def _parser():
@@ -40,10 +40,15 @@ def _parser():
     return p
 
 # %% ../nbs/08_cli.ipynb #814ff271
+HEADLINE = ("val_loss", "train_loss", "rougeL", "hit_at", "mrr", "token_f1", "tokens_per_s", "chunks", "sizes/train")
+
 def _metric_bits(m: dict, n=4) -> str:
+    "The first `n` headline numbers of a stage's metrics (losses, ROUGE-L, hit@k, ...), else any numbers."
     from llmops_nb.tracking import flatten
-    flat = {k: v for k, v in flatten(m).items() if isinstance(v, float)}
-    return ", ".join(f"{k}={v:.4g}" for k, v in list(flat.items())[:n])
+    flat = {k: v for k, v in flatten(m).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    head = [k for k in flat if any(h in k for h in HEADLINE) and "/low" not in k and "/high" not in k]
+    keys = (head or list(flat))[:n]
+    return ", ".join(f"{k}={flat[k]:.4g}" for k in keys)
 
 def show_status(rec: dict, out=print):
     out(f"run {rec['id']}  {rec['status']}  {rec['params_file']}  {rec['created']}")
