@@ -34,7 +34,7 @@ class FinetuneConfig:
     num_train_epochs: float = 1.0
     max_steps: int = -1
     per_device_train_batch_size: int = 1  # packed rows (or examples without packing) per device per step
-    per_device_eval_batch_size: int = 4
+    per_device_eval_batch_size: int = 1   # packed rows per evaluation step (flattened: keep small on CPU)
     gradient_accumulation_steps: int = 1
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "cosine"
@@ -293,6 +293,14 @@ def _trainer_cls():
                     n = int(self.accelerator.gather(torch.tensor([n], device=labels.device)).sum())
                 self.state.num_input_tokens_seen += n
             tgt = labels[:, 1:]
+            if self.args.use_liger_kernel:  # Liger's fused linear cross-entropy lives in the model's own loss
+                kw = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None and model.training else {}
+                out = model(**inputs, labels=labels, use_cache=False, **kw)
+                loss = out.loss
+                self.loss_is_scaled_for_ga = bool(kw)
+                if kw and self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                    loss = loss * self.accelerator.num_processes
+                return (loss, out) if return_outputs else loss
             if self._keeps_logits(model):
                 pos = (tgt != -100).any(0).nonzero().squeeze(-1)
                 out = model(**inputs, logits_to_keep=pos, use_cache=False)
@@ -389,7 +397,7 @@ def train(cfg: FinetuneConfig | dict, dataset=None, run=None) -> dict:
     import torch
     from peft import get_peft_model
     from transformers import EarlyStoppingCallback
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg = FinetuneConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     out = stage_dir(cfg.out_dir, "finetune"); cfg.out_dir = str(out)
     seed_everything(cfg.seed)
@@ -428,7 +436,7 @@ def train(cfg: FinetuneConfig | dict, dataset=None, run=None) -> dict:
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     ev = [h for h in trainer.state.log_history if "eval_loss" in h]
     if val_rows and (not ev or ev[-1]["step"] != trainer.state.global_step): trainer.evaluate()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     adapter = out/"adapter"
     trainer.save_model(str(adapter))
@@ -443,7 +451,7 @@ def train(cfg: FinetuneConfig | dict, dataset=None, run=None) -> dict:
         val_loss_first=evals[0] if evals else None, val_loss_last=evals[-1] if evals else None,
         tokens_seen=trainer.state.num_input_tokens_seen, supervised_tokens_per_epoch=train_st["supervised_tokens"],
         tokens_per_second=round(trainer.state.num_input_tokens_seen / thr.train_time, 1) if thr.train_time and last is None else (tps[-1] if tps else None),
-        train_seconds=round(thr.train_time, 1), wall_seconds=round(wall, 1),
+        train_seconds=round(thr.train_time, 1), wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1),
         peak_memory_mb=peak_memory_mb(args.device), truncated=train_st["truncated"] + val_st.get("truncated", 0),
         dropped=train_st["dropped"] + val_st.get("dropped", 0), train_examples=len(train_ex), val_examples=len(val_ex),
         packed_rows=len(train_rows) if cfg.packing else None, resumed_from=last.name if last else None,
