@@ -8,6 +8,7 @@ template, as the evaluate stage does. Both modes run `evaluation.generate` (gree
 model: batched with `--batch-size` (left padding), then each prompt alone. The script asserts identical answers,
 and reports answers/s and generated tokens/s for both and the speed-up. Target: >= 4x on CPU at batch size 8.
 On a shared machine timings vary; the order is alternated over `--repeats` and the best time of each mode is kept.
+On a busy 2-core machine torch's 2 intra-op threads can be several times slower than one (`--threads 1`).
 """
 import argparse, json, os, platform, sys, time
 from pathlib import Path
