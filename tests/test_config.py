@@ -1,5 +1,5 @@
 "Bad params are caught before any kernel starts: one line, exit status 2, no run folder."
-import subprocess, sys, time
+import subprocess, sys
 from pathlib import Path
 import pytest, yaml
 from conftest import llmops, ROOT
@@ -59,12 +59,19 @@ def test_unknown_stage_in_stages_flag(params, capsys):
     assert "--stages: 'finetune' is not among the stages" in capsys.readouterr().err
 
 
-def test_exit_status_and_help_speed(params, tmp_path):
+def test_exit_status(params, tmp_path):
     r = llmops("run", params({**GOOD, "sed": 1}))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "did you mean 'seed'" in r.stderr
-    t = time.time(); r = llmops("--help"); dt = time.time() - t
-    assert r.returncode == 0 and "resume" in r.stdout
-    assert dt < 3, f"llmops --help took {dt:.2f}s"  # ~0.1 s here; the margin is for loaded CI machines
+    r = llmops("--help")
+    assert r.returncode == 0 and "resume" in r.stdout and "compare" in r.stdout and "chat" in r.stdout
+
+
+def test_help_imports_nothing_heavy():
+    "`llmops --help` stays instant because no heavy library is imported for it (time: bench/cli.py)."
+    code = ("import sys\nfrom llmops_nb.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'papermill', 'wandb', 'datasets', 'gradio', 'langchain_core') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
 
 
 def test_shipped_params_validate():

@@ -1,5 +1,4 @@
 "The packaged models load offline, fast after the first conversion, and a local folder behaves like its alias."
-import time
 import torch
 from llmops_nb.models import load_causal_lm, resolve_model, embedding_path, ALIASES
 from llmops_nb.config import ConfigError
@@ -8,9 +7,7 @@ import pytest
 
 def test_packaged_alias_loads_fast_and_answers():
     resolve_model("smollm2-135m-instruct")  # converted once per machine (cached)
-    load_causal_lm("tiny-random")  # same classes: python imports out of the timing, it measures the load
-    t = time.time(); model, tok = load_causal_lm("smollm2-135m-instruct"); dt = time.time() - t
-    assert dt < 2, f"second load took {dt:.2f}s"
+    model, tok = load_causal_lm("smollm2-135m-instruct")  # load time: bench/load.py, not a timed test
     assert model.config.model_type == "llama" and model.dtype == torch.float32
     ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
