@@ -187,6 +187,7 @@ def _plan(rec: dict, only=None):
         for u, required in ups.items():
             if required and u not in keys:
                 raise ConfigError(f"{rec['params_file']}: stage '{s}' reads the output of '{u}'; add '{u}' to stages (before '{s}')")
+        if "run_dir" in stage_params(s): up_keys = dict(keys)  # it reads the whole run, so it depends on all of it
         keys[s] = stage_key(s, vals, up_keys)
         plan.append((s, vals, up_keys))
     return keys, plan
@@ -210,12 +211,14 @@ def _execute(rec: dict, force=False, progress=True, echo=print):
             if k in decl: vals[k] = v
         key = keys[s]
         must_run = not rec.get("only") or s in rec["only"]
-        # a stage that reads the whole run (the report) describes *this* run: never reused
-        hit = None if (force and must_run) or "run_dir" in decl else cache_get(run_root, s, key)
+        hit = None if force and must_run else cache_get(run_root, s, key)
         if hit:
             st.update(status="cached", key=key, out_dir=hit["out_dir"], notebook=hit["notebook"], cached_from=hit["run_id"],
                       metrics=read_metrics(hit["out_dir"]), duration_s=0.0)
             _link(Path(hit["out_dir"]), run_dir/s); _link(Path(hit["notebook"]), run_dir/f"{s}.ipynb")
+            for v in st["metrics"].values():  # files a stage wrote at the top of its run (report.html, ...)
+                if isinstance(v, str) and Path(v).parent == Path(hit["out_dir"]).parent and Path(v).is_file():
+                    _link(Path(v), run_dir/Path(v).name)
             save_record(rec); outs[s] = hit["out_dir"]
             echo(f"[{i}/{len(plan)}] {s}: unchanged since run {hit['run_id']}, skipped")
             continue
