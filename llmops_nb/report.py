@@ -12,11 +12,11 @@ from .config import ConfigError, read_metrics, resolve_path
 # %% auto #0
 __all__ = ['SECTIONS', 'MODEL_NOTES', 'load_run', 'stage_out', 'stage_metrics', 'read_jsonl', 'demo_run', 'intervals',
            'gate_rows', 'gates_passed', 'flat_params', 'flat_metrics', 'show_summary', 'show_metadata', 'show_training',
-           'show_evaluation', 'examples', 'show_examples', 'show_retrieval', 'show_gates', 'stage_notebooks',
-           'show_notebooks', 'model_card', 'report_notebook', 'to_html', 'execute', 'render', 'compare_tables',
-           'compare_html', 'compare', 'load_sweep', 'sweep_points', 'point_sets', 'sweep', 'wandb_sweep_config',
-           'sweep_run', 'artifacts', 'adapter_artifact', 'aliases', 'wandb_alias', 'promote', 'offline_run_info',
-           'lineage', 'sync', 'wandb_report', 'add_commands']
+           'show_evaluation', 'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_feedback',
+           'stage_notebooks', 'show_notebooks', 'model_card', 'report_notebook', 'to_html', 'execute', 'render',
+           'compare_tables', 'compare_html', 'compare', 'load_sweep', 'sweep_points', 'point_sets', 'sweep',
+           'wandb_sweep_config', 'sweep_run', 'artifacts', 'adapter_artifact', 'aliases', 'wandb_alias', 'promote',
+           'offline_run_info', 'lineage', 'sync', 'wandb_report', 'add_commands']
 
 # %% ../nbs/10_report.ipynb #81a80fc6
 def load_run(run_id, run_root="runs") -> dict:
@@ -109,7 +109,7 @@ def flat_metrics(rec: dict) -> dict:
     return out
 
 # %% ../nbs/10_report.ipynb #1243899e
-SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Stage notebooks")
+SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks")
 
 def _md(s):
     from IPython.display import Markdown, display
@@ -283,7 +283,22 @@ def show_gates(rec: dict):
     _md(_verdict(rec).capitalize() + ".")
     _table([{**r, "passed": "pass" if r["passed"] else "FAIL"} for r in rows])
 
-# %% ../nbs/10_report.ipynb #7fd31c92
+
+def show_feedback(rec: dict, db=None):
+    "End users' ratings of this run's chatbot (`llmops chat`), from the feedback store: figures and the plot."
+    from llmops_nb import feedback as F
+    if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: `llmops chat {rec['id']}` serves this run's chatbot and stores ratings.*")
+    df = F.load(db)
+    df = df[df["run_id"] == rec["id"]]
+    if df.empty: return _md(f"*No end-user feedback for this run yet: `llmops chat {rec['id']}` collects it; `llmops report {rec['id']}` re-renders this page.*")
+    rated = df["rating"].notna().sum()
+    _md(f"{len(df)} questions, {rated} rated, thumbs-down rate {(df['rating'] == -1).sum() / max(rated, 1):.0%}, "
+        f"latency p50 {df['latency_ms'].quantile(0.5):.0f} ms / p95 {df['latency_ms'].quantile(0.95):.0f} ms.")
+    stats, top = F.daily_stats(df), F.top_downvoted(df)
+    _fig(F.plot_monitor(stats, top))
+    if len(top): _md("**Most downvoted questions:**"); _table(top.to_dict("records"))
+
+# %% ../nbs/10_report.ipynb #219dbb0a
 def stage_notebooks(rec: dict) -> dict:
     "stage -> executed notebook path (for stages that have one)."
     out = {}
@@ -373,7 +388,7 @@ def model_card(rec: dict) -> str:
           + f" at commit `{(rec.get('git') or {}).get('commit') or '?'}`" + (" (with uncommitted changes)" if (rec.get("git") or {}).get("dirty") else "") + "."]
     return "\n".join(L) + "\n"
 
-# %% ../nbs/10_report.ipynb #fc97be68
+# %% ../nbs/10_report.ipynb #b73dce1e
 def report_notebook(run_dir, html_dir=None):
     "The report notebook of the run in `run_dir`: a title, then one heading and one call per section."
     import nbformat as nbf
@@ -383,7 +398,7 @@ def report_notebook(run_dir, html_dir=None):
              c.new_code_cell(f"from llmops_nb import report as R\nrec = R.load_run({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
     calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)",
-                                "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})"]))
+                                "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})"]))
     for s, call in calls.items():
         cells += [c.new_markdown_cell(f"## {s}"), c.new_code_cell(f"R.{call}")]
     nb = c.new_notebook(cells=cells)
