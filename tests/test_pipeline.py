@@ -52,3 +52,16 @@ def test_smoke_pipeline(tmp_path):
     offline = list((run_dir/"wandb").glob("offline-run-*"))
     assert len(offline) == len(rec["stages"])
     assert "wandb sync" in r.stdout
+
+
+def test_dpo_adapter_compared_with_sft(params, tmp_path):
+    "With a dpo stage in the run, evaluate scores its adapter too and compares it with the SFT adapter."
+    f = params({"model": "tiny-random", "stages": ["prepare", "finetune", "dpo", "evaluate"],
+                "prepare": {"max_examples": 40}, "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2},
+                "dpo": {"max_pairs": 2}, "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}})
+    rec = P.run(f, progress=False)
+    m = rec["stages"]["evaluate"]["metrics"]
+    assert m["dpo_adapter"].startswith(rec["stages"]["dpo"]["out_dir"])
+    assert m["dpo_vs_sft"]["against"] == "sft" and set(m["dpo_vs_sft"]["delta"]) == set(m["delta"])
+    preds = [json.loads(l) for l in (Path(rec["stages"]["evaluate"]["out_dir"])/"predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all("dpo" in p and "tuned" in p for p in preds)
