@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_config.ipynb #5814929d
 from __future__ import annotations
-import difflib, json, os, random, re, tempfile
+import difflib, functools, json, os, random, re, tempfile
 from pathlib import Path
 import yaml
 
 # %% auto #0
 __all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'RESERVED', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT',
-           'ConfigError', 'project_root', 'resolve_path', 'stage_dir', 'write_metrics', 'read_metrics',
+           'ConfigError', 'project_root', 'resolve_path', 'read_jsonl', 'stage_dir', 'write_metrics', 'read_metrics',
            'seed_everything', 'pipeline_dir', 'stage_names', 'stage_params', 'upstreams', 'check_model', 'check_path',
            'check_value', 'validate', 'apply_overrides', 'load_params']
 
@@ -36,6 +36,18 @@ def resolve_path(p) -> Path:
     return (project_root()/p).resolve()
 
 # %% ../nbs/00_config.ipynb #ab7ba1dc
+def read_jsonl(path, what="JSONL file") -> list:
+    "`(line number, object)` for each non-blank line of `path`; a one-line ConfigError names the file and line."
+    p = resolve_path(path)
+    if not p.is_file(): raise ConfigError(f"{what} '{path}' does not exist; expected a JSONL file, one JSON object per line")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip(): continue
+        try: rows.append((i, json.loads(line)))
+        except json.JSONDecodeError as e: raise ConfigError(f"{p}:{i}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+    return rows
+
+# %% ../nbs/00_config.ipynb #90f64bb8
 def stage_dir(out_dir="", stage="stage") -> Path:
     "`out_dir` created if needed, or a new temporary folder when `out_dir` is empty."
     if not out_dir: return Path(tempfile.mkdtemp(prefix=f"llmops-{stage}-"))
@@ -82,13 +94,18 @@ def stage_names(where=None) -> list:
     "Stages available: one notebook each."
     return sorted(p.stem for p in Path(where or pipeline_dir()).glob("*.ipynb") if not p.stem.startswith("_"))
 
-# %% ../nbs/00_config.ipynb #af732566
+# %% ../nbs/00_config.ipynb #bd9463c4
 _TYPES = dict(str=str, int=int, float=float, bool=bool, list=list, dict=dict)
 
 def stage_params(stage, where=None) -> dict:
     "Declared parameters of `stage`: name -> dict(type, default, help)."
-    import ast, papermill as pm
     nb = Path(where or pipeline_dir())/f"{stage}.ipynb"
+    return {k: dict(v) for k, v in _inspect(str(nb), nb.stat().st_mtime_ns).items()}
+
+@functools.lru_cache(maxsize=64)
+def _inspect(nb: str, mtime):  # a run asks for each stage's parameters several times; read each notebook once
+    import ast, papermill as pm
+    nb = Path(nb)
     out, found = {}, pm.inspect_notebook(str(nb))
     cell = next((c for c in json.loads(nb.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None: raise ConfigError(f"{nb}: no cell tagged 'parameters'")
@@ -107,7 +124,7 @@ def upstreams(params: dict, stages) -> dict:
     return {n[:-4]: "optional" not in p["help"].lower() for n, p in params.items()
             if n.endswith("_dir") and n[:-4] in stages}
 
-# %% ../nbs/00_config.ipynb #bd9463c4
+# %% ../nbs/00_config.ipynb #e589660a
 def _near(key, options):
     m = difflib.get_close_matches(str(key), [str(o) for o in options], n=1, cutoff=0.6)
     return f"; did you mean '{m[0]}'?" if m else f"; expected one of: {', '.join(sorted(map(str, options)))}"

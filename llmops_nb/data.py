@@ -6,7 +6,7 @@
 from __future__ import annotations
 import hashlib, json
 from pathlib import Path
-from .config import ConfigError, project_root, resolve_path, stage_dir
+from .config import ConfigError, project_root, read_jsonl, resolve_path, stage_dir
 
 # %% auto #0
 __all__ = ['ROLES', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'load_records', 'split_dataset', 'fingerprint', 'prepare',
@@ -37,14 +37,6 @@ def to_messages(rec: dict, system: str = "") -> list:
     return msgs
 
 # %% ../nbs/02_data.ipynb #030954af
-def _read_jsonl(p: Path):
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: rows.append((i, json.loads(line)))
-        except json.JSONDecodeError as e: raise ConfigError(f"{p}:{i}: not valid JSON ({e.msg})")
-    return rows
-
 def _raw(source, split):
     import datasets
     p = resolve_path(source)
@@ -56,7 +48,7 @@ def _raw(source, split):
         return p, "row", list(enumerate(ds, 1))
     if p.exists():
         if p.suffix in (".jsonl", ".json"):
-            try: return p, "line", _read_jsonl(p)
+            try: return p, "line", read_jsonl(p)
             except ConfigError:
                 if p.suffix == ".json": return p, "row", list(enumerate(json.loads(p.read_text()), 1))
                 raise

@@ -8,7 +8,7 @@ import json, os, sqlite3, threading, time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from .config import ConfigError, project_root, resolve_path
+from .config import ConfigError, project_root, read_jsonl, resolve_path
 
 # %% auto #0
 __all__ = ['DEFAULT_DB', 'BUSY_MS', 'MIGRATIONS', 'SCHEMA_VERSION', 'COLUMNS', 'EXPORTS', 'SIM_THRESHOLD', 'db_path',
@@ -403,13 +403,8 @@ def serve(answerer, host: str = "127.0.0.1", port: int = 7860, db=None, block: b
 # %% ../nbs/09_feedback.ipynb #b57df809
 def load_pairs(path) -> list:
     "Preference rows (`prompt`, `chosen`, `rejected`; `rejected` may be blank) from a JSONL file."
-    p = resolve_path(path)
-    if not p.is_file(): raise ConfigError(f"pairs file '{path}' does not exist; expected JSONL from `llmops feedback export` (pairs.jsonl)")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: r = json.loads(line)
-        except json.JSONDecodeError as e: raise ConfigError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+    p, out = resolve_path(path), []
+    for n, r in read_jsonl(p, "pairs file (from `llmops feedback export`)"):
         if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("prompt", "chosen", "rejected")) \
            or not (r["prompt"].strip() and r["chosen"].strip()):
             raise ConfigError(f"{p}:{n}: expected an object with strings 'prompt', 'chosen' (both non-empty) and 'rejected'")

@@ -15,7 +15,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.retrievers import BaseRetriever
 
-from .config import ConfigError, resolve_path
+from .config import ConfigError, read_jsonl, resolve_path
 from .models import embedding_path
 
 # %% auto #0
@@ -438,13 +438,8 @@ def qa_chain(index, model: str = "tiny-random", adapter=None, k: int = 4, mode: 
 # %% ../nbs/05_rag.ipynb #d28b4c80
 def load_questions(path, limit: int = 0) -> list:
     "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list)."
-    p = resolve_path(path)
-    if not p.is_file(): raise ConfigError(f"questions file '{path}' does not exist; expected a JSONL file with one {{\"question\": ...}} per line")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: r = json.loads(line)
-        except json.JSONDecodeError as e: raise ConfigError(f"{p}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+    p, out = resolve_path(path), []
+    for n, r in read_jsonl(p, "questions file"):
         if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not r["question"].strip():
             raise ConfigError(f"{p}:{n}: expected an object with a non-empty string 'question'")
         src = r.get("sources") or []

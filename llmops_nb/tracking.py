@@ -38,6 +38,7 @@ def start(job_type: str, out_dir=None, config: dict | None = None, inputs=()):
     if config is None and out_dir and (Path(out_dir)/"params.json").exists():
         config = json.loads((Path(out_dir)/"params.json").read_text())
     config = {**(config or {}), "inputs": _inputs(inputs)}
+    if out_dir: config["out_dir"] = str(out_dir)  # where log_artifact lists what the stage logged
     group = os.environ.get("WANDB_RUN_GROUP")
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "llmops-nb"), job_type=job_type, group=group,
                       name=f"{group}-{job_type}" if group else None, config=config, mode=wandb_mode(),
@@ -61,7 +62,6 @@ def log_artifact(run, path, name: str, type: str, metadata: dict | None = None, 
     else: art.add_file(str(path))
     run.log_artifact(art, aliases=aliases)
     rec = Path(run.config.get("out_dir") or path.parent)/"artifacts.json"
-    if not rec.parent.exists(): rec = path.parent/"artifacts.json"
     done = json.loads(rec.read_text()) if rec.exists() else []
     rec.write_text(json.dumps(done + [{"name": name, "type": type, "digest": art.digest}], indent=1))
     return art
