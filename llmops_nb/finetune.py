@@ -11,9 +11,10 @@ from .config import ConfigError, resolve_path, stage_dir, write_metrics, read_me
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'FinetuneConfig', 'assistant_spans', 'tokenize_example', 'tokenize_split', 'pack', 'packed_collator',
-           'padded_collator', 'packed_logits_match', 'linear_module_names', 'check_target_modules', 'check_seq_length',
-           'peft_config', 'load_base', 'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb',
-           'training_args', 'train', 'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
+           'padded_collator', 'packed_logits_match', 'packed_mask', 'packed_attention', 'use_packed_attention',
+           'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config', 'load_base',
+           'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb', 'training_args', 'train',
+           'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
 
 # %% ../nbs/03_finetune.ipynb #9a1e34dc
 @dataclass
@@ -174,6 +175,43 @@ def packed_logits_match(model, examples, atol: float = 1e-4) -> bool:
     return True
 
 # %% ../nbs/03_finetune.ipynb #c912cad9
+def _plain_causal(config) -> bool:
+    return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
+
+def packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, use_vmap=False, config=None, **kw):
+    "Mask for `sdpa_packed`: none for an unpadded causal pass without cache (the attention splits it), else SDPA's own."
+    from transformers.masking_utils import sdpa_mask
+    if attention_mask is None and q_offset == 0 and q_length == kv_length and not use_vmap and _plain_causal(config): return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+                     attention_mask=attention_mask, use_vmap=use_vmap, config=config, **kw)
+
+def packed_attention(module, query, key, value, attention_mask, position_ids=None, **kw):
+    "SDPA on each example of a packed row (bounded by position ids restarting at 0) when there is no mask; plain SDPA otherwise."
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    B, L = query.shape[0], query.shape[2]
+    if attention_mask is not None or position_ids is None or L == 1 or key.shape[2] != L:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    starts = [sorted({0, *(r == 0).nonzero().squeeze(-1).tolist()}) for r in position_ids.expand(B, -1)]
+    if all(s == [0] for s in starts): return sdpa_attention_forward(module, query, key, value, None, **kw)
+    rows = []
+    for b, st in enumerate(starts):
+        cuts = list(zip(st, st[1:] + [L]))
+        rows.append(torch.cat([sdpa_attention_forward(module, query[b:b+1, :, i:j], key[b:b+1, :, i:j], value[b:b+1, :, i:j],
+                                                      None, **kw)[0] for i, j in cuts], 1))
+    return torch.cat(rows), None
+
+def use_packed_attention(model):
+    "Switch `model` (a transformers model) to `sdpa_packed`, registering it on first use."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    if "sdpa_packed" not in AttentionInterface._global_mapping:
+        AttentionInterface.register("sdpa_packed", packed_attention)
+        AttentionMaskInterface.register("sdpa_packed", packed_mask)
+    model.set_attn_implementation("sdpa_packed")
+    return model
+
+# %% ../nbs/03_finetune.ipynb #7e485ff3
 def linear_module_names(model) -> list:
     "Short names of the model's linear layers (what `target_modules` can name), without the LM head."
     import torch
@@ -199,7 +237,7 @@ def check_seq_length(model, max_seq_length: int, name: str = "model"):
     if limit and max_seq_length > limit:
         raise ConfigError(f"max_seq_length={max_seq_length} is above the limit of model '{name}' ({limit} positions); use at most {limit}")
 
-# %% ../nbs/03_finetune.ipynb #8f4b0f2a
+# %% ../nbs/03_finetune.ipynb #485a6a90
 PEFT_METHODS = ("lora", "ia3")
 
 def peft_config(cfg: FinetuneConfig, model):
@@ -243,6 +281,7 @@ def load_base(cfg: FinetuneConfig):
         dt = str(pick_dtype(cfg.dtype, pick_device(cfg.device))).replace("torch.", "")
         model, tok = load_causal_lm(cfg.model, device="cpu", dtype=dt)  # the Trainer moves it to its device
     model.config.use_cache = False  # no KV cache in training (and packed masks need cache=None)
+    if cfg.packing: use_packed_attention(model)
     return model, tok
 
 # %% ../nbs/03_finetune.ipynb #41dff3ce

@@ -200,17 +200,24 @@ def _link(src: Path, dst: Path):
 def _execute(rec: dict, force=False, progress=True, echo=print):
     run_root, run_dir = rec["config"]["run_root"], Path(rec["run_dir"])
     keys, plan = _plan(rec)
+    only, needs = rec.get("only") or [], {}  # needs: upstream stage -> the selected stages reading it
+    for s, _, up_keys in reversed(plan):
+        if s in only or s in needs:
+            for u in up_keys: needs.setdefault(u, set()).update(needs.get(s, {s}))
     outs = {}
     for i, (s, vals, up_keys) in enumerate(plan, 1):
         st = rec["stages"][s]
         if st.get("status") in ("done", "cached"):
             outs[s] = st["out_dir"]; continue
+        if only and s not in only and s not in needs:
+            st.update(status="skipped"); save_record(rec)
+            echo(f"[{i}/{len(plan)}] {s}: not in --stages, skipped"); continue
         for u in up_keys: vals[f"{u}_dir"] = outs[u]
         decl = stage_params(s)
         for k, v in dict(out_dir=str(run_dir/s), run_dir=str(run_dir), run_id=rec["id"]).items():
             if k in decl: vals[k] = v
         key = keys[s]
-        must_run = not rec.get("only") or s in rec["only"]
+        must_run = not only or s in only
         hit = None if force and must_run else cache_get(run_root, s, key)
         if hit:
             st.update(status="cached", key=key, out_dir=hit["out_dir"], notebook=hit["notebook"], cached_from=hit["run_id"],
@@ -223,7 +230,7 @@ def _execute(rec: dict, force=False, progress=True, echo=print):
             echo(f"[{i}/{len(plan)}] {s}: unchanged since run {hit['run_id']}, skipped")
             continue
         if not must_run:
-            raise StageError(f"stage '{s}' is needed by {', '.join(rec['only'])} but has no cached result with these params; add it to --stages")
+            raise StageError(f"stage '{s}' is needed by {', '.join(sorted(needs[s]))} but has no cached result with these params; add it to --stages")
         st.update(key=key, out_dir=str(run_dir/s))
         echo(f"[{i}/{len(plan)}] {s}: running -> {run_dir/s}")
         execute_stage(rec, s, vals, progress)

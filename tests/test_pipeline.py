@@ -65,3 +65,15 @@ def test_dpo_adapter_compared_with_sft(params, tmp_path):
     assert m["dpo_vs_sft"]["against"] == "sft" and set(m["dpo_vs_sft"]["delta"]) == set(m["delta"])
     preds = [json.loads(l) for l in (Path(rec["stages"]["evaluate"]["out_dir"])/"predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and all("dpo" in p and "tuned" in p for p in preds)
+
+
+def test_stage_subset(params):
+    "--stages runs the subset, takes upstream outputs from the cache, leaves downstream stages out."
+    f = params({"model": "tiny-random", "stages": ["prepare", "finetune"], "prepare": {"max_examples": 30},
+                "finetune": {"max_steps": 1, "eval_steps": 0, "save_steps": 1}})
+    r1 = P.run(f, stages=["prepare"], progress=False, echo=lambda *a: None)
+    assert [r1["stages"][s]["status"] for s in ("prepare", "finetune")] == ["done", "skipped"]
+    r2 = P.run(f, stages=["finetune"], progress=False, echo=lambda *a: None)
+    assert [r2["stages"][s]["status"] for s in ("prepare", "finetune")] == ["cached", "done"]
+    with pytest.raises(P.StageError, match="stage 'prepare' is needed by finetune but has no cached result"):
+        P.run(f, sets=["prepare.max_examples=20"], stages=["finetune"], progress=False, echo=lambda *a: None)
