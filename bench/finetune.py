@@ -2,11 +2,14 @@
 
 Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf16 on GPU, the chat template
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
-Ours: llmops_nb.finetune's path: completion-only labels, padding-free packing (DataCollatorWithFlattening),
-LM head only at supervised positions, SDPA, bf16 on GPU, optional torch.compile.
+Ours: llmops_nb.finetune's path with its defaults: completion-only labels, padding-free packing
+(DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions,
+no LoRA dropout, bf16 on GPU, optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
+--ablate also times ours with each of our choices undone, to show what each is worth:
+  ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask).
 
-  python bench/finetune.py                                   # CPU, packaged SmolLM2-135M-Instruct, shipped data
+  python bench/finetune.py [--ablate]                        # CPU, packaged SmolLM2-135M-Instruct, shipped data
   python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
   python bench/finetune.py --device cuda --shape 1b --seq-len 2048
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["tutorial", "ours", "ours-dropout", "ours-dense-mask"]
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -94,10 +98,12 @@ def run_ours(a):
     from llmops_nb.models import load_tokenizer
     cfg = FT.FinetuneConfig(model=a.model, max_seq_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
                             per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
-                            torch_compile=a.compile, device=a.device, lora_dropout=0.05, warmup_ratio=0)
+                            torch_compile=a.compile, device=a.device, warmup_ratio=0)
+    if a.only == "ours-dropout": cfg.lora_dropout = 0.05
     dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
     tok = load_tokenizer(a.model)
     base = load_model(a, dtype)
+    if a.only != "ours-dense-mask": FT.use_packed_attention(base)
     model = get_peft_model(base, FT.peft_config(cfg, base))
     import datasets
     exs, _ = FT.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_seq_length)
@@ -126,33 +132,36 @@ def main():
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model (CPU runs); its tokenizer is used for --shape too")
     ap.add_argument("--shape", choices=list(SHAPES), help="random-init Llama of this shape instead of --model")
     ap.add_argument("--seq-len", type=int, default=1024, help="max tokens per example; also the packed row length")
-    ap.add_argument("--pack-length", type=int, default=0, help="packed row length (default --seq-len)")
+    ap.add_argument("--pack-length", type=int, default=0, help="packed row length (0: --seq-len, 1024 as params/default.yaml)")
     ap.add_argument("--rows", type=int, default=1, help="packed rows per step (ours)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--compile", action="store_true", help="torch.compile our model")
     ap.add_argument("--data", default="data/instructions.jsonl")
     ap.add_argument("--min-examples", type=int, default=0, help="repeat the data to at least this many examples")
-    ap.add_argument("--only", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--ablate", action="store_true", help="also time ours without each of its choices")
+    ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     if a.only: return child(a)
     if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps) * max(1, a.rows * a.seq_len // 1300)
     res = {}
-    for m in ("tutorial", "ours"):
-        argv = sys.argv[1:]
+    for m in METHODS[:None if a.ablate else 2]:
+        argv = [x for x in sys.argv[1:] if x != "--ablate"]
         if "--out" in argv: i = argv.index("--out"); argv = argv[:i] + argv[i + 2:]
         cmd = [sys.executable, __file__, "--only", m] + argv
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
         res[m] = json.loads(line[7:])
-        print(f"{m:9s} {res[m]['tokens_per_second']:9.1f} useful tokens/s   peak {res[m]['peak_memory_mb']:8.1f} MB   "
+        print(f"{m:15s} {res[m]['tokens_per_second']:9.1f} useful tokens/s   peak {res[m]['peak_memory_mb']:8.1f} MB   "
               f"({res[m]['useful_tokens']} tokens in {res[m]['seconds']} s, {res[m]['cpu_seconds']} CPU s)", flush=True)
     res["ratio"] = round(res["ours"]["tokens_per_second"] / res["tutorial"]["tokens_per_second"], 2)
     res["setup"] = {k: v for k, v in vars(a).items() if k not in ("only", "out")}
     res["cpu_ratio"] = round((res["ours"]["useful_tokens"] / res["ours"]["cpu_seconds"]) / (res["tutorial"]["useful_tokens"] / res["tutorial"]["cpu_seconds"]), 2)
     print(f"ratio ours / tutorial: {res['ratio']}x (per CPU second, robust to a busy machine: {res['cpu_ratio']}x)")
+    for m in METHODS[2:]:
+        if m in res: print(f"  {m} / tutorial: {res[m]['tokens_per_second'] / res['tutorial']['tokens_per_second']:.2f}x")
     if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
 
 

@@ -432,7 +432,7 @@ def _check_base(adapter, model):
 def train_dpo(pairs: list, out_dir, model: str = "tiny-random", adapter=None, system: str = "", beta: float = 0.1,
               learning_rate: float = 5e-5, num_train_epochs: float = 1.0, per_device_train_batch_size: int = 4,
               gradient_accumulation_steps: int = 1, max_length: int = 512, r: int = 8, lora_alpha: int = 16,
-              lora_dropout: float = 0.05, target_modules=("q_proj", "v_proj"), seed: int = 42, logging_steps: int = 1) -> dict:
+              lora_dropout: float = 0.0, target_modules=("q_proj", "v_proj"), seed: int = 42, logging_steps: int = 1) -> dict:
     "Train a DPO adapter on `pairs` (from the SFT `adapter` if given) into `out_dir/adapter`; returns the summary."
     import datasets, peft
     from trl import DPOConfig, DPOTrainer

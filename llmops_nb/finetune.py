@@ -26,7 +26,7 @@ class FinetuneConfig:
     peft_method: str = "lora"            # lora or ia3
     r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0           # see 'Why no LoRA dropout by default' below
     target_modules: str | list = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
@@ -196,9 +196,9 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     if all(s == [0] for s in starts): return sdpa_attention_forward(module, query, key, value, None, **kw)
     rows = []
     for b, st in enumerate(starts):
-        cuts = list(zip(st, st[1:] + [L]))
-        rows.append(torch.cat([sdpa_attention_forward(module, query[b:b+1, :, i:j], key[b:b+1, :, i:j], value[b:b+1, :, i:j],
-                                                      None, **kw)[0] for i, j in cuts], 1))
+        lens = [j - i for i, j in zip(st, st[1:] + [L])]  # split, not slices: its backward is one cat, not a zero-fill per piece
+        parts = zip(*(t[b:b+1].split(lens, 2) for t in (query, key, value)))
+        rows.append(torch.cat([sdpa_attention_forward(module, q, k, v, None, **kw)[0] for q, k, v in parts], 1))
     return torch.cat(rows), None
 
 def use_packed_attention(model):
