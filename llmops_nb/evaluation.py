@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #6f76a9b6
 from __future__ import annotations
-import contextlib, importlib.util, math
+import contextlib, importlib.util, math, os
 from pathlib import Path
 import numpy as np
 from .config import ConfigError
@@ -12,8 +12,9 @@ from .config import ConfigError
 # %% auto #0
 __all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'PAIRWISE', 'default_metrics', 'metrics_dir', 'metric_names',
            'metric_path', 'load_metric', 'metric_keys', 'score_examples', 'corpus_scores', 'split_conversation',
-           'chat_prompts', 'generate', 'base_model', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError',
-           'gate_metrics', 'validate_gates', 'check_gates', 'examples_table', 'extremes', 'plot_comparison']
+           'chat_prompts', 'prepacked', 'generate', 'base_model', 'answer_and_score', 'bootstrap_ci', 'compare',
+           'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'examples_table', 'extremes',
+           'plot_comparison']
 
 # %% ../nbs/04_evaluation.ipynb #d9e925e7
 TASK_METRICS = {
@@ -108,7 +109,34 @@ def chat_prompts(tokenizer, conversations) -> tuple:
         qs.append(next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""))
     return prompts, refs, qs
 
-# %% ../nbs/04_evaluation.ipynb #e984b895
+# %% ../nbs/04_evaluation.ipynb #949228d2
+def _free_bytes() -> int:
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+@contextlib.contextmanager
+def prepacked(model, rows: int, budget_bytes: int | None = None):
+    "Within: fp32 CPU `nn.Linear` layers of `model` multiply `rows`-row inputs with MKL-packed weights; yields how many were packed."
+    import torch
+    ok = rows > 1 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32] if ok else []
+    budget = _free_bytes() // 4 if budget_bytes is None else budget_bytes
+    done, used = [], 0
+    for m in sorted(mods, key=lambda m: -m.weight.numel()):
+        w = m.weight.detach()
+        try: p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+        except RuntimeError: break  # this build cannot pack: plain products
+        used += p.numel() * p.element_size()
+        if used > budget: break
+        m.forward = lambda x, p=p, w=w, b=m.bias: torch.ops.mkl._mkl_linear(x, p, w, b, rows)
+        done.append(m)
+    try: yield len(done)
+    finally:
+        for m in done: del m.forward
+
+# %% ../nbs/04_evaluation.ipynb #27bdef9b
 def _eos_ids(model, tokenizer) -> list:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
@@ -117,7 +145,7 @@ def _eos_ids(model, tokenizer) -> list:
 
 def generate(model, tokenizer, prompts, batch_size: int = 8, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1, seed: int = 42,
-             progress: bool = True, desc: str = "generate") -> list:
+             progress: bool = True, desc: str = "generate", prepack: bool = True) -> list:
     "Answers to the already templated `prompts`: a str each, or a list of `num_return_sequences` str."
     import torch
     from transformers import set_seed
@@ -130,15 +158,17 @@ def generate(model, tokenizer, prompts, batch_size: int = 8, max_new_tokens: int
     if do_sample: kw.update(temperature=temperature, top_p=top_p)
     dev, side, out = next(model.parameters()).device, tokenizer.padding_side, [None]*len(prompts)
     tokenizer.padding_side = "left"
+    rows = min(batch_size, len(prompts)) * num_return_sequences
     try:
-        for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-            idx = order[s:s+batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-            with torch.inference_mode(): gen = model.generate(**enc, **kw)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for j, i in enumerate(idx):
-                o = [t.strip() for t in texts[j*num_return_sequences:(j+1)*num_return_sequences]]
-                out[i] = o if num_return_sequences > 1 else o[0]
+        with prepacked(model, rows) if prepack else contextlib.nullcontext():
+            for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+                idx = order[s:s+batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+                with torch.inference_mode(): gen = model.generate(**enc, **kw)
+                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                for j, i in enumerate(idx):
+                    o = [t.strip() for t in texts[j*num_return_sequences:(j+1)*num_return_sequences]]
+                    out[i] = o if num_return_sequences > 1 else o[0]
     finally: tokenizer.padding_side = side
     return out
 
