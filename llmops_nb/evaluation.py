@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_evaluation.ipynb #6f76a9b6
 from __future__ import annotations
-import contextlib, importlib.util, math, os
+import contextlib, importlib.util, math
 from pathlib import Path
 import numpy as np
 from .config import ConfigError
@@ -110,26 +110,22 @@ def chat_prompts(tokenizer, conversations) -> tuple:
     return prompts, refs, qs
 
 # %% ../nbs/04_evaluation.ipynb #949228d2
-def _free_bytes() -> int:
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError: return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
 @contextlib.contextmanager
 def prepacked(model, rows: int, budget_bytes: int | None = None):
     "Within: fp32 CPU `nn.Linear` layers of `model` multiply `rows`-row inputs with MKL-packed weights; yields how many were packed."
     import torch
     ok = rows > 1 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
     mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32] if ok else []
-    budget = _free_bytes() // 4 if budget_bytes is None else budget_bytes
+    if mods and budget_bytes is None:
+        import psutil  # an accelerate dependency
+        budget_bytes = psutil.virtual_memory().available // 4
     done, used = [], 0
     for m in sorted(mods, key=lambda m: -m.weight.numel()):
         w = m.weight.detach()
         try: p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         except RuntimeError: break  # this build cannot pack: plain products
         used += p.numel() * p.element_size()
-        if used > budget: break
+        if used > budget_bytes: break
         m.forward = lambda x, p=p, w=w, b=m.bias: torch.ops.mkl._mkl_linear(x, p, w, b, rows)
         done.append(m)
     try: yield len(done)

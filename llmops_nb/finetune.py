@@ -202,12 +202,11 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     return torch.cat(rows), None
 
 def use_packed_attention(model):
-    "Switch `model` (a transformers model) to `sdpa_packed`, registering it on first use."
+    "Switch `model` (a transformers model) to `sdpa_packed`, registering it with transformers."
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
-    if "sdpa_packed" not in AttentionInterface._global_mapping:
-        AttentionInterface.register("sdpa_packed", packed_attention)
-        AttentionMaskInterface.register("sdpa_packed", packed_mask)
+    AttentionInterface.register("sdpa_packed", packed_attention)  # registering again is harmless
+    AttentionMaskInterface.register("sdpa_packed", packed_mask)
     model.set_attn_implementation("sdpa_packed")
     return model
 
