@@ -4,22 +4,23 @@ Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
 Ours: llmops_nb.finetune's path with its defaults: completion-only labels, padding-free packing
 (DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions,
-no LoRA dropout, bf16 on GPU, optional torch.compile.
+no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), bf16 on GPU, optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
 --ablate also times ours with each of our choices undone, to show what each is worth:
-  ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask).
+  ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
+  ours-unfused: PEFT's own LoRA sum (scale and add after the thin products).
 
-  python bench/finetune.py [--ablate]                        # CPU, packaged SmolLM2-135M-Instruct, shipped data
+  python bench/finetune.py [--ablate] [--repeat 3]                    # CPU, packaged SmolLM2-135M-Instruct, shipped data
   python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
   python bench/finetune.py --device cuda --shape 1b --seq-len 2048
 """
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["tutorial", "ours", "ours-dropout", "ours-dense-mask"]
+METHODS = ["tutorial", "ours", "ours-dropout", "ours-dense-mask", "ours-unfused"]
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -105,6 +106,7 @@ def run_ours(a):
     base = load_model(a, dtype)
     if a.only != "ours-dense-mask": FT.use_packed_attention(base)
     model = get_peft_model(base, FT.peft_config(cfg, base))
+    if a.only != "ours-unfused": FT.fuse_lora(model)
     import datasets
     exs, _ = FT.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_seq_length)
     rows = FT.pack(exs, cfg.pack_length)
@@ -140,28 +142,35 @@ def main():
     ap.add_argument("--data", default="data/instructions.jsonl")
     ap.add_argument("--min-examples", type=int, default=0, help="repeat the data to at least this many examples")
     ap.add_argument("--ablate", action="store_true", help="also time ours without each of its choices")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of all methods, interleaved; medians are reported")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results as JSON here")
     a = ap.parse_args()
     if a.only: return child(a)
     if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps) * max(1, a.rows * a.seq_len // 1300)
-    res = {}
-    for m in METHODS[:None if a.ablate else 2]:
-        argv = [x for x in sys.argv[1:] if x != "--ablate"]
-        if "--out" in argv: i = argv.index("--out"); argv = argv[:i] + argv[i + 2:]
-        cmd = [sys.executable, __file__, "--only", m] + argv
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
-        res[m] = json.loads(line[7:])
-        print(f"{m:15s} {res[m]['tokens_per_second']:9.1f} useful tokens/s   peak {res[m]['peak_memory_mb']:8.1f} MB   "
-              f"({res[m]['useful_tokens']} tokens in {res[m]['seconds']} s, {res[m]['cpu_seconds']} CPU s)", flush=True)
-    res["ratio"] = round(res["ours"]["tokens_per_second"] / res["tutorial"]["tokens_per_second"], 2)
+    methods, runs = METHODS[:None if a.ablate else 2], {}
+    argv = [x for x in sys.argv[1:] if x != "--ablate"]
+    for opt in ("--out", "--repeat"):
+        if opt in argv: i = argv.index(opt); argv = argv[:i] + argv[i + 2:]
+    for k in range(a.repeat):  # rounds interleave the methods, so a slow spell of the machine hits them alike
+        for m in methods:
+            p = subprocess.run([sys.executable, __file__, "--only", m] + argv, capture_output=True, text=True, cwd=ROOT)
+            line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
+            r = runs.setdefault(m, []); r.append(json.loads(line[7:])); r = r[-1]
+            print(f"{m:15s} {r['tokens_per_second']:9.1f} useful tokens/s   peak {r['peak_memory_mb']:8.1f} MB   "
+                  f"({r['useful_tokens']} tokens in {r['seconds']} s, {r['cpu_seconds']} CPU s)", flush=True)
+    med = lambda m, f: statistics.median(f(r) for r in runs[m])
+    tps = lambda m: med(m, lambda r: r["tokens_per_second"])
+    res = {m: dict(runs[m][0], tokens_per_second=tps(m), runs=runs[m]) for m in methods}
+    res["ratio"] = round(tps("ours") / tps("tutorial"), 2)
+    res["round_ratios"] = [round(o["tokens_per_second"] / t["tokens_per_second"], 2) for o, t in zip(runs["ours"], runs["tutorial"])]
     res["setup"] = {k: v for k, v in vars(a).items() if k not in ("only", "out")}
-    res["cpu_ratio"] = round((res["ours"]["useful_tokens"] / res["ours"]["cpu_seconds"]) / (res["tutorial"]["useful_tokens"] / res["tutorial"]["cpu_seconds"]), 2)
+    per_cpu = lambda m: med(m, lambda r: r["useful_tokens"] / r["cpu_seconds"])
+    res["cpu_ratio"] = round(per_cpu("ours") / per_cpu("tutorial"), 2)
+    if a.repeat > 1: print(f"medians of {a.repeat} rounds: " + ", ".join(f"{m} {tps(m):.1f}" for m in methods) + f"; ratio per round {res['round_ratios']}")
     print(f"ratio ours / tutorial: {res['ratio']}x (per CPU second, robust to a busy machine: {res['cpu_ratio']}x)")
-    for m in METHODS[2:]:
-        if m in res: print(f"  {m} / tutorial: {res[m]['tokens_per_second'] / res['tutorial']['tokens_per_second']:.2f}x")
+    for m in methods[2:]: print(f"  {m} / tutorial: {tps(m) / tps('tutorial'):.2f}x")
     if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
 
 

@@ -12,7 +12,7 @@ from .config import ConfigError, resolve_path, stage_dir, write_metrics, read_me
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'FinetuneConfig', 'assistant_spans', 'tokenize_example', 'tokenize_split', 'pack', 'packed_collator',
            'padded_collator', 'packed_logits_match', 'packed_mask', 'packed_attention', 'use_packed_attention',
-           'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config', 'load_base',
+           'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config', 'load_base', 'fuse_lora',
            'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb', 'training_args', 'train',
            'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
 
@@ -284,6 +284,39 @@ def load_base(cfg: FinetuneConfig):
     return model, tok
 
 # %% ../nbs/03_finetune.ipynb #41dff3ce
+def _fused_lora_cls():
+    import torch
+    from peft.tuners.lora.layer import LoraVariant
+    class FusedLora(LoraVariant):
+        "Vanilla LoRA with `scaling * B(A(x))` added to the base output by `addmm`."
+        @staticmethod
+        def init(module, adapter_name, **kw): pass
+        @staticmethod
+        def merge_safe(module, active_adapter, orig_weight): return orig_weight + module.get_delta_weight(active_adapter)
+        @staticmethod
+        def merge_unsafe(module, active_adapter, orig_weight): orig_weight.data += module.get_delta_weight(active_adapter)
+        @staticmethod
+        def unmerge(module, active_adapter, orig_weight): return orig_weight - module.get_delta_weight(active_adapter)
+        @staticmethod
+        def forward(module, active_adapter, x, result, **kw):
+            h = module.lora_A[active_adapter](module.lora_dropout[active_adapter](x))
+            B, s = module.lora_B[active_adapter].weight, module.scaling[active_adapter]
+            if not (result.dtype == h.dtype == B.dtype or torch.is_autocast_enabled(result.device.type)):
+                return result + module.lora_B[active_adapter](h) * s  # mixed dtypes without autocast: PEFT's own sum
+            return torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), B.t(), alpha=s).view(result.shape)
+    return FusedLora
+
+def fuse_lora(model) -> int:
+    "Give every plain LoRA `Linear` of `model` the `FusedLora` forward; returns how many adapters got it."
+    from peft.tuners.lora.layer import Linear
+    V, n = _fused_lora_cls(), 0
+    for m in model.modules():
+        if type(m) is not Linear: continue
+        for a in m.lora_A:
+            if a not in m.lora_variant and not m.lora_bias.get(a, False): m.lora_variant[a] = V(); n += 1
+    return n
+
+# %% ../nbs/03_finetune.ipynb #25fdb377
 def base_fingerprint(model) -> str:
     "Content fingerprint of a base model: shape and the first rows of its input embeddings."
     import torch
@@ -415,7 +448,7 @@ def training_args(cfg: FinetuneConfig, out: Path, report_to="none", has_eval=Tru
         prediction_loss_only=True, remove_unused_columns=False, report_to=report_to, disable_tqdm=False,
         ddp_find_unused_parameters=False, dataloader_num_workers=0)
 
-# %% ../nbs/03_finetune.ipynb #5188608c
+# %% ../nbs/03_finetune.ipynb #ac754d88
 def _report_to(cfg, run):
     if cfg.report_to != "auto": return cfg.report_to
     import wandb
@@ -444,6 +477,7 @@ def train(cfg: FinetuneConfig | dict, dataset=None, run=None) -> dict:
     check_seq_length(model, cfg.max_seq_length, cfg.model)
     fp = base_fingerprint(model)
     model = get_peft_model(model, peft_config(cfg, model))
+    if cfg.peft_method == "lora": fuse_lora(model)
     if cfg.gradient_checkpointing: model.enable_input_require_grads()
 
     train_ex, train_st = tokenize_split(tok, dd["train"], cfg.max_seq_length, "train")
@@ -512,7 +546,7 @@ def merge_adapter(model_name: str, adapter, out) -> Path:
     merged.save_pretrained(str(out)); tok.save_pretrained(str(out))
     return Path(out)
 
-# %% ../nbs/03_finetune.ipynb #ac754d88
+# %% ../nbs/03_finetune.ipynb #17d0b6e1
 def _free_port() -> int:
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
