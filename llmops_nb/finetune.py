@@ -4,17 +4,17 @@
 
 # %% ../nbs/03_finetune.ipynb #e3e68b0d
 from __future__ import annotations
-import dataclasses, hashlib, importlib.util, inspect, json, os, shutil, socket, subprocess, sys, time
+import dataclasses, functools, hashlib, importlib.util, inspect, itertools, json, os, shutil, socket, subprocess, sys, time, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import ConfigError, resolve_path, stage_dir, write_metrics, read_metrics, seed_everything
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'FinetuneConfig', 'assistant_spans', 'tokenize_example', 'tokenize_split', 'pack', 'packed_collator',
-           'padded_collator', 'packed_logits_match', 'packed_mask', 'packed_attention', 'use_packed_attention',
-           'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config', 'load_base', 'fuse_lora',
-           'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb', 'training_args', 'train',
-           'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
+           'padded_collator', 'packed_logits_match', 'packed_mask', 'example_lens', 'packed_attention',
+           'use_packed_attention', 'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config',
+           'load_base', 'fuse_lora', 'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb',
+           'training_args', 'train', 'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
 
 # %% ../nbs/03_finetune.ipynb #9a1e34dc
 @dataclass
@@ -185,6 +185,38 @@ def packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attent
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
                      attention_mask=attention_mask, use_vmap=use_vmap, config=config, **kw)
 
+_lens_memo = [lambda: None, None]  # weak reference to a position_ids tensor, its example lengths
+
+def example_lens(position_ids) -> list:
+    "Per row, the lengths of the examples packed in it (position ids restart at 0 at each one)."
+    if _lens_memo[0]() is position_ids: return _lens_memo[1]  # every layer of a forward gets the same tensor: one sync, not one per layer
+    L, lens = position_ids.shape[-1], []
+    for r in position_ids.tolist():
+        st = [0] + [i for i, p in enumerate(r) if p == 0 and i]
+        lens.append([j - i for i, j in zip(st, st[1:] + [L])])
+    _lens_memo[:] = [weakref.ref(position_ids), lens]
+    return lens
+
+def _varlen_attn():
+    try: from torch.nn.attention.varlen import varlen_attn  # torch >= 2.10
+    except ImportError: return None
+    return varlen_attn
+
+@functools.lru_cache(maxsize=4)
+def _offsets(lens: tuple, device):
+    import torch
+    return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
+
+def _varlen(query, key, value, lens, **kw):
+    "One flash-attention varlen call over all examples (CUDA, half precision): no loop, no padding."
+    import torch
+    varlen_attn = _varlen_attn()
+    cu = _offsets(tuple(lens), query.device)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, head_dim)
+    o = varlen_attn(q, k, v, cu, cu, max(lens), max(lens), scale=kw.get("scaling"), window_size=(-1, 0),
+                    enable_gqa=k.shape[1] != q.shape[1])
+    return o.unsqueeze(0), None
+
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, **kw):
     "SDPA on each example of a packed row (bounded by position ids restarting at 0) when there is no mask; plain SDPA otherwise."
     import torch
@@ -192,12 +224,14 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     B, L = query.shape[0], query.shape[2]
     if attention_mask is not None or position_ids is None or L == 1 or key.shape[2] != L:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
-    starts = [sorted({0, *(r == 0).nonzero().squeeze(-1).tolist()}) for r in position_ids.expand(B, -1)]
-    if all(s == [0] for s in starts): return sdpa_attention_forward(module, query, key, value, None, **kw)
+    lens = example_lens(position_ids)
+    if len(lens) != B: lens = lens * B  # one row of position ids for the whole batch
+    if all(len(n) == 1 for n in lens): return sdpa_attention_forward(module, query, key, value, None, **kw)
+    if B == 1 and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not kw.get("dropout") and _varlen_attn():
+        return _varlen(query, key, value, lens[0], **kw)
     rows = []
-    for b, st in enumerate(starts):
-        lens = [j - i for i, j in zip(st, st[1:] + [L])]  # split, not slices: its backward is one cat, not a zero-fill per piece
-        parts = zip(*(t[b:b+1].split(lens, 2) for t in (query, key, value)))
+    for b, n in enumerate(lens):  # split, not slices: its backward is one cat, not a zero-fill per piece
+        parts = zip(*(t[b:b+1].split(n, 2) for t in (query, key, value)))
         rows.append(torch.cat([sdpa_attention_forward(module, q, k, v, None, **kw)[0] for q, k, v in parts], 1))
     return torch.cat(rows), None
 
@@ -210,7 +244,7 @@ def use_packed_attention(model):
     model.set_attn_implementation("sdpa_packed")
     return model
 
-# %% ../nbs/03_finetune.ipynb #7e485ff3
+# %% ../nbs/03_finetune.ipynb #e38bda46
 def linear_module_names(model) -> list:
     "Short names of the model's linear layers (what `target_modules` can name), without the LM head."
     import torch
