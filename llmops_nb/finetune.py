@@ -14,7 +14,8 @@ __all__ = ['PEFT_METHODS', 'FinetuneConfig', 'assistant_spans', 'tokenize_exampl
            'padded_collator', 'packed_logits_match', 'packed_mask', 'example_lens', 'packed_attention',
            'use_packed_attention', 'linear_module_names', 'check_target_modules', 'check_seq_length', 'peft_config',
            'load_base', 'fuse_lora', 'base_fingerprint', 'last_checkpoint', 'check_base', 'peak_memory_mb',
-           'training_args', 'train', 'merge_adapter', 'launch_command', 'launch', 'finetune', 'main', 'plot_history']
+           'training_args', 'train', 'merge_adapter', 'check_accelerate_config', 'launch_command', 'launch', 'finetune',
+           'main', 'plot_history']
 
 # %% ../nbs/03_finetune.ipynb #9a1e34dc
 @dataclass
@@ -561,7 +562,8 @@ def train(cfg: FinetuneConfig | dict, dataset=None, run=None) -> dict:
         peak_memory_mb=peak_memory_mb(args.device), truncated=train_st["truncated"] + val_st.get("truncated", 0),
         dropped=train_st["dropped"] + val_st.get("dropped", 0), train_examples=len(train_ex), val_examples=len(val_ex),
         packed_rows=len(train_rows) if cfg.packing else None, resumed_from=last.name if last else None,
-        num_processes=trainer.accelerator.num_processes, device=str(args.device))
+        num_processes=trainer.accelerator.num_processes, distributed=str(trainer.accelerator.distributed_type).split(".")[-1].lower(),
+        device=str(args.device))
     metrics = {"training_summary": summary, "history": hist, "config": cfg.to_dict(), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(adapter))
@@ -584,12 +586,20 @@ def merge_adapter(model_name: str, adapter, out) -> Path:
 def _free_port() -> int:
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
+def check_accelerate_config(path) -> Path:
+    "The accelerate config file at `path`; an error when it is missing or asks for FSDP without a CUDA GPU."
+    import torch, yaml
+    p = resolve_path(path)
+    if not p.is_file(): raise ConfigError(f"accelerate_config '{path}' not found; expected an accelerate config file such as params/accelerate/fsdp.yaml")
+    if (yaml.safe_load(p.read_text()) or {}).get("distributed_type") == "FSDP" and not torch.cuda.is_available():
+        raise ConfigError(f"accelerate_config '{path}' asks for FSDP, which needs CUDA GPUs (on CPU accelerate would quietly run plain data parallel); on CPU leave accelerate_config empty and set num_processes only")
+    return p
+
 def launch_command(cfg: FinetuneConfig, cfg_path) -> list:
     "The `accelerate launch` command line for `cfg`."
-    import torch
     cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--num_processes", str(cfg.num_processes),
            "--num_machines", "1", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    if cfg.accelerate_config: cmd += ["--config_file", str(resolve_path(cfg.accelerate_config))]
+    if cfg.accelerate_config: cmd += ["--config_file", str(check_accelerate_config(cfg.accelerate_config))]
     else: cmd += ["--multi_gpu", "--mixed_precision", "no"]  # torchrun; on CPU the Trainer picks gloo (use_cpu)
     return cmd + ["-m", "llmops_nb.finetune", str(cfg_path)]
 

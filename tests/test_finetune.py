@@ -112,7 +112,7 @@ def test_two_processes(tmp_path, prep_dir):
     m = FT.finetune(dict(prepare_dir=str(prep_dir), out_dir=str(tmp_path), num_processes=2, max_steps=3, logging_steps=1,
                          save_steps=3, pack_length=256, max_seq_length=256), echo=None)
     s = m["training_summary"]
-    assert s["num_processes"] == 2 and s["steps"] == 3
+    assert s["num_processes"] == 2 and s["steps"] == 3 and s["distributed"] == ("multi_gpu" if torch.cuda.is_available() else "multi_cpu")
     assert (tmp_path/"adapter"/"adapter_model.safetensors").exists()
     # each step saw one packed row per process: more tokens than one row can hold
     assert s["tokens_seen"] > 3 * 256
@@ -136,3 +136,15 @@ def test_dataset_without_assistant_turns(tmp_path):
                               validation=datasets.Dataset.from_dict({"messages": [CONV[:2]]}))
     with pytest.raises(ConfigError, match="train split: none of its 3 conversations has an assistant turn"):
         FT.train(FT.FinetuneConfig(out_dir=str(tmp_path), **FAST), dataset=dd)
+
+
+def test_fsdp_config_reaches_accelerate(tmp_path):
+    "params/accelerate/fsdp.yaml is read by `accelerate launch` as FSDP2 with one shard unit per decoder layer."
+    import subprocess, sys
+    probe = tmp_path/"probe.py"
+    probe.write_text('import os, json; print("ENV", json.dumps({k: v for k, v in os.environ.items() if k.startswith(("ACCELERATE_", "FSDP_"))}))')
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", "params/accelerate/fsdp.yaml",
+                        "--num_processes", "1", "--main_process_port", str(FT._free_port()), str(probe)], capture_output=True, text=True)
+    env = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("ENV "))[4:])
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
