@@ -144,8 +144,8 @@ def _flattening():
     return PackedCollator
 
 def packed_collator():
-    "Collator for rows made by `pack`: one flattened sequence, position ids restarting per example."
-    return _flattening()()
+    "Collator for rows made by `pack`: one flattened sequence, position ids restarting per example, example offsets."
+    return _flattening()(return_flash_attn_kwargs=True)  # cu_seq_lens_*: the boundaries without reading position ids back
 
 def padded_collator(pad_token_id: int):
     "Collator for unpacked examples: right padding, attention mask, labels -100 on padding."
@@ -208,14 +208,10 @@ def _offsets(lens: tuple, device):
     import torch
     return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
 
-def _varlen(query, key, value, lens, **kw):
+def _varlen(query, key, value, cu, max_len, scaling=None, **kw):
     "One flash-attention varlen call over all examples (CUDA, half precision): no loop, no padding."
-    import torch
-    varlen_attn = _varlen_attn()
-    cu = _offsets(tuple(lens), query.device)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, head_dim)
-    o = varlen_attn(q, k, v, cu, cu, max(lens), max(lens), scale=kw.get("scaling"), window_size=(-1, 0),
-                    enable_gqa=k.shape[1] != q.shape[1])
+    o = _varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), enable_gqa=k.shape[1] != q.shape[1])
     return o.unsqueeze(0), None
 
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, **kw):
@@ -225,11 +221,14 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     B, L = query.shape[0], query.shape[2]
     if attention_mask is not None or position_ids is None or L == 1 or key.shape[2] != L:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    if B == 1 and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not kw.get("dropout") and _varlen_attn():
+        cu, mx = kw.get("cu_seq_lens_q"), kw.get("max_length_q")  # from packed_collator: no device sync at all
+        if cu is None or mx is None:
+            n = example_lens(position_ids)[0]; cu, mx = _offsets(tuple(n), query.device), max(n)
+        return _varlen(query, key, value, cu.to(torch.int32), mx, **kw)
     lens = example_lens(position_ids)
     if len(lens) != B: lens = lens * B  # one row of position ids for the whole batch
     if all(len(n) == 1 for n in lens): return sdpa_attention_forward(module, query, key, value, None, **kw)
-    if B == 1 and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not kw.get("dropout") and _varlen_attn():
-        return _varlen(query, key, value, lens[0], **kw)
     rows = []
     for b, n in enumerate(lens):  # split, not slices: its backward is one cat, not a zero-fill per piece
         parts = zip(*(t[b:b+1].split(n, 2) for t in (query, key, value)))
