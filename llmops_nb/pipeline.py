@@ -212,8 +212,9 @@ def _execute(rec: dict, force=False, progress=True, echo=print):
         if only and s not in only and s not in needs:
             st.update(status="skipped"); save_record(rec)
             echo(f"[{i}/{len(plan)}] {s}: not in --stages, skipped"); continue
-        for u in up_keys: vals[f"{u}_dir"] = outs[u]
         decl = stage_params(s)
+        for u in up_keys:
+            if f"{u}_dir" in decl: vals[f"{u}_dir"] = outs[u]  # the report depends on every stage but declares none of their dirs
         for k, v in dict(out_dir=str(run_dir/s), run_dir=str(run_dir), run_id=rec["id"]).items():
             if k in decl: vals[k] = v
         key = keys[s]

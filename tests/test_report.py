@@ -20,6 +20,16 @@ def smoke_run(tmp_path_factory):
     return P.run(SMOKE, sets, progress=False)
 
 
+def test_stages_get_only_the_parameters_they_declare(smoke_run):
+    "papermill warns of (and injects) any undeclared parameter: the report reads the whole run, but declares no upstream dirs."
+    for s in smoke_run["stages"]:
+        nb = json.loads((Path(smoke_run["run_dir"])/f"{s}.ipynb").read_text())
+        injected = {l.split(" = ")[0] for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])
+                    for l in "".join(c["source"]).splitlines() if " = " in l}
+        declared = set(P.stage_params(s))
+        assert injected and injected <= declared, (s, injected - declared)
+
+
 def test_report_sections(smoke_run):
     run_dir = Path(smoke_run["run_dir"])
     page = run_dir/"report.html"
