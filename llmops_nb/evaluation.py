@@ -12,8 +12,8 @@ from .config import ConfigError
 # %% auto #0
 __all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'PAIRWISE', 'default_metrics', 'metrics_dir', 'metric_names',
            'metric_path', 'load_metric', 'metric_keys', 'score_examples', 'corpus_scores', 'split_conversation',
-           'chat_prompts', 'prepacked', 'generate', 'base_model', 'answer_and_score', 'bootstrap_ci', 'compare',
-           'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'examples_table', 'extremes',
+           'chat_prompts', 'prepacked', 'merged', 'generate', 'base_model', 'answer_and_score', 'bootstrap_ci',
+           'compare', 'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'examples_table', 'extremes',
            'plot_comparison']
 
 # %% ../nbs/04_evaluation.ipynb #d9e925e7
@@ -133,6 +133,20 @@ def prepacked(model, rows: int, budget_bytes: int | None = None):
         for m in done: del m.forward
 
 # %% ../nbs/04_evaluation.ipynb #27bdef9b
+@contextlib.contextmanager
+def merged(model):
+    "Within: the active adapter of a PEFT `model` is merged into its base weights; yields whether it merged."
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    ok = bool(layers) and not any(m.disable_adapters or m.merged for m in layers) \
+         and all(type(m.get_base_layer()) is torch.nn.Linear for m in layers)
+    if ok: model.merge_adapter()
+    try: yield ok
+    finally:
+        if ok: model.unmerge_adapter()
+
+# %% ../nbs/04_evaluation.ipynb #dba8c214
 def _eos_ids(model, tokenizer) -> list:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
@@ -141,7 +155,7 @@ def _eos_ids(model, tokenizer) -> list:
 
 def generate(model, tokenizer, prompts, batch_size: int = 8, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1, seed: int = 42,
-             progress: bool = True, desc: str = "generate", prepack: bool = True) -> list:
+             progress: bool = True, desc: str = "generate", prepack: bool = True, merge: bool = True) -> list:
     "Answers to the already templated `prompts`: a str each, or a list of `num_return_sequences` str."
     import torch
     from transformers import set_seed
@@ -156,7 +170,7 @@ def generate(model, tokenizer, prompts, batch_size: int = 8, max_new_tokens: int
     tokenizer.padding_side = "left"
     rows = min(batch_size, len(prompts)) * num_return_sequences
     try:
-        with prepacked(model, rows) if prepack else contextlib.nullcontext():
+        with merged(model) if merge else contextlib.nullcontext(), prepacked(model, rows) if prepack else contextlib.nullcontext():
             for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
                 idx = order[s:s+batch_size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)

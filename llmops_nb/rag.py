@@ -400,18 +400,14 @@ def render_prompt(tok, question: str, docs) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 def hf_llm(model: str = "tiny-random", adapter=None, max_new_tokens: int = 128, batch_size: int = 8, device="auto"):
-    "A LangChain LLM (`HuggingFacePipeline`, greedy, generated text only) for a causal LM alias/path/hub id (+ adapter)."
-    import logging
+    "A LangChain LLM (`HuggingFacePipeline`, greedy, generated text only) for a causal LM alias/path/hub id (+ adapter, merged)."
     from transformers import pipeline
     from langchain_huggingface import HuggingFacePipeline
     from llmops_nb.models import load_causal_lm
     lm, tok = load_causal_lm(model, device=device, adapter=adapter or None)
+    if adapter: lm = lm.merge_and_unload()  # it only answers: the adapter folded into the weights, no extra products per layer
     tok.padding_side = "left"  # batched generation continues every prompt from its own end
-    lg = logging.getLogger("transformers.pipelines.base"); lvl = lg.level
-    lg.setLevel(logging.CRITICAL)  # a PeftModel triggers a harmless "not supported for text-generation" error
-    try: pipe = pipeline("text-generation", model=lm, tokenizer=tok, max_new_tokens=max_new_tokens, do_sample=False,
-                         return_full_text=False)
-    finally: lg.setLevel(lvl)
+    pipe = pipeline("text-generation", model=lm, tokenizer=tok, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
     return HuggingFacePipeline(pipeline=pipe, batch_size=batch_size, model_id=str(model))
 
 def _package(x: dict) -> dict:
@@ -435,7 +431,7 @@ def qa_chain(index, model: str = "tiny-random", adapter=None, k: int = 4, mode: 
             | RunnablePassthrough.assign(answer=prompt | llm | StrOutputParser())
             | RunnableLambda(_package))
 
-# %% ../nbs/05_rag.ipynb #d28b4c80
+# %% ../nbs/05_rag.ipynb #7def32f5
 def load_questions(path, limit: int = 0) -> list:
     "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list)."
     p, out = resolve_path(path), []
