@@ -407,7 +407,8 @@ def hf_llm(model: str = "tiny-random", adapter=None, max_new_tokens: int = 128, 
     lm, tok = load_causal_lm(model, device=device, adapter=adapter or None)
     if adapter: lm = lm.merge_and_unload()  # it only answers: the adapter folded into the weights, no extra products per layer
     tok.padding_side = "left"  # batched generation continues every prompt from its own end
-    pipe = pipeline("text-generation", model=lm, tokenizer=tok, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
+    pipe = pipeline("text-generation", model=lm, tokenizer=tok, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False,
+                    batch_size=batch_size)  # else the pipeline runs the prompts LangChain hands it one by one
     return HuggingFacePipeline(pipeline=pipe, batch_size=batch_size, model_id=str(model))
 
 def _package(x: dict) -> dict:
@@ -418,17 +419,33 @@ def _package(x: dict) -> dict:
     cited = list(dict.fromkeys(docs[n - 1].metadata.get("source") for n in sorted(nums) if 0 < n <= len(docs)))
     return {"answer": x["answer"].strip(), "sources": srcs, "cited": cited, "documents": docs}
 
+def _answer_step(llm, tok):
+    "Chain step {question, documents} -> + answer; a batch of questions is one batched LLM call."
+    from langchain_core.runnables import Runnable
+    from llmops_nb.evaluation import prepacked
+    from langchain_core.output_parsers import StrOutputParser
+    gen = llm | StrOutputParser()
+    class Answer(Runnable):  # LangChain's own assign step would call the LLM once per question, from threads
+        def invoke(self, x, config=None, **kw): return self.batch([x], config)[0]
+        def batch(self, xs, config=None, **kw):
+            ps = [render_prompt(tok, x["question"], x["documents"]) for x in xs]
+            order = sorted(range(len(ps)), key=lambda i: -len(ps[i]))  # similar lengths together: less padding
+            cfg = [config[i] for i in order] if isinstance(config, list) else config
+            with prepacked(llm.pipeline.model, min(llm.batch_size, len(ps))):
+                out = gen.batch([ps[i] for i in order], cfg)
+            answers = [None] * len(ps)
+            for i, a in zip(order, out): answers[i] = a
+            return [{**x, "answer": a} for x, a in zip(xs, answers)]
+    return Answer()
+
 def qa_chain(index, model: str = "tiny-random", adapter=None, k: int = 4, mode: str = "dense", max_new_tokens: int = 128,
              llm=None, **retriever_kw):
     "LCEL chain question -> {answer, sources, cited, documents} over an index folder (or `FaissStore`)."
     from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
-    from langchain_core.output_parsers import StrOutputParser
     store = index if isinstance(index, FaissStore) else load_index(index)
     llm = llm or hf_llm(model, adapter, max_new_tokens)
-    tok = llm.pipeline.tokenizer
-    prompt = RunnableLambda(lambda x: render_prompt(tok, x["question"], x["documents"]))
     return (RunnableParallel(question=RunnablePassthrough(), documents=make_retriever(store, mode, k, **retriever_kw))
-            | RunnablePassthrough.assign(answer=prompt | llm | StrOutputParser())
+            | _answer_step(llm, llm.pipeline.tokenizer)
             | RunnableLambda(_package))
 
 # %% ../nbs/05_rag.ipynb #7def32f5
