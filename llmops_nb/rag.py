@@ -448,7 +448,7 @@ def qa_chain(index, model: str = "tiny-random", adapter=None, k: int = 4, mode: 
             | _answer_step(llm, llm.pipeline.tokenizer)
             | RunnableLambda(_package))
 
-# %% ../nbs/05_rag.ipynb #7def32f5
+# %% ../nbs/05_rag.ipynb #a7989922
 def load_questions(path, limit: int = 0) -> list:
     "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list)."
     p, out = resolve_path(path), []
