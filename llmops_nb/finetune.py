@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_finetune.ipynb #e3e68b0d
 from __future__ import annotations
-import dataclasses, functools, hashlib, importlib.util, inspect, itertools, json, os, shutil, socket, subprocess, sys, time, weakref
+import dataclasses, hashlib, importlib.util, inspect, itertools, json, os, shutil, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .config import ConfigError, resolve_path, stage_dir, write_metrics, read_metrics, seed_everything
@@ -186,16 +186,13 @@ def packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attent
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
                      attention_mask=attention_mask, use_vmap=use_vmap, config=config, **kw)
 
-_lens_memo = [lambda: None, None]  # weak reference to a position_ids tensor, its example lengths
-
-def example_lens(position_ids) -> list:
-    "Per row, the lengths of the examples packed in it (position ids restart at 0 at each one)."
-    if _lens_memo[0]() is position_ids: return _lens_memo[1]  # every layer of a forward gets the same tensor: one sync, not one per layer
+def example_lens(position_ids, cu_seq_lens=None) -> list:
+    "Per row, the lengths of its packed examples: from the collator's offsets (one flattened row), else where position ids restart at 0."
+    if cu_seq_lens is not None and position_ids.shape[0] == 1: return [cu_seq_lens.diff().tolist()]
     L, lens = position_ids.shape[-1], []
     for r in position_ids.tolist():
         st = [0] + [i for i, p in enumerate(r) if p == 0 and i]
         lens.append([j - i for i, j in zip(st, st[1:] + [L])])
-    _lens_memo[:] = [weakref.ref(position_ids), lens]
     return lens
 
 def _varlen_attn():
@@ -203,8 +200,7 @@ def _varlen_attn():
     except ImportError: return None
     return varlen_attn
 
-@functools.lru_cache(maxsize=4)
-def _offsets(lens: tuple, device):
+def _offsets(lens, device):
     import torch
     return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
 
@@ -221,12 +217,12 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     B, L = query.shape[0], query.shape[2]
     if attention_mask is not None or position_ids is None or L == 1 or key.shape[2] != L:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
+    cu = kw.get("cu_seq_lens_q")  # packed_collator's example offsets, passed down by transformers
     if B == 1 and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not kw.get("dropout") and _varlen_attn():
-        cu, mx = kw.get("cu_seq_lens_q"), kw.get("max_length_q")  # from packed_collator: no device sync at all
-        if cu is None or mx is None:
-            n = example_lens(position_ids)[0]; cu, mx = _offsets(tuple(n), query.device), max(n)
-        return _varlen(query, key, value, cu.to(torch.int32), mx, **kw)
-    lens = example_lens(position_ids)
+        if cu is None or kw.get("max_length_q") is None:  # only position ids: one device sync to read them
+            n = example_lens(position_ids)[0]; return _varlen(query, key, value, _offsets(n, query.device), max(n), **kw)
+        return _varlen(query, key, value, cu.to(torch.int32), kw["max_length_q"], **kw)  # no device sync at all
+    lens = example_lens(position_ids, cu)
     if len(lens) != B: lens = lens * B  # one row of position ids for the whole batch
     if all(len(n) == 1 for n in lens): return sdpa_attention_forward(module, query, key, value, None, **kw)
     rows = []
