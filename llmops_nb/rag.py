@@ -399,17 +399,26 @@ def render_prompt(tok, question: str, docs) -> str:
             {"role": "user", "content": f"Passages:\n{format_passages(docs)}\n\nQuestion: {question}"}]
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
+def _local_llm_cls():
+    from langchain_core.language_models.llms import BaseLLM
+    from langchain_core.outputs import Generation, LLMResult
+    from llmops_nb.evaluation import generate
+    class LocalLLM(BaseLLM):
+        "LangChain LLM over `evaluation.generate`: a batch of prompts is generated longest first, `batch_size` at a time."
+        lm: Any; tok: Any; max_new_tokens: int = 128; batch_size: int = 8
+        @property
+        def _llm_type(self) -> str: return "llmops-nb"
+        def _generate(self, prompts, stop=None, run_manager=None, **kw):
+            out = generate(self.lm, self.tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, progress=False)
+            return LLMResult(generations=[[Generation(text=t)] for t in out])
+    return LocalLLM
+
 def hf_llm(model: str = "tiny-random", adapter=None, max_new_tokens: int = 128, batch_size: int = 8, device="auto"):
-    "A LangChain LLM (`HuggingFacePipeline`, greedy, generated text only) for a causal LM alias/path/hub id (+ adapter, merged)."
-    from transformers import pipeline
-    from langchain_huggingface import HuggingFacePipeline
+    "A LangChain LLM (greedy, generated text only, the evaluate stage's `generate`) for a causal LM alias/path/hub id (+ adapter, merged)."
     from llmops_nb.models import load_causal_lm
     lm, tok = load_causal_lm(model, device=device, adapter=adapter or None)
-    if adapter: lm = lm.merge_and_unload()  # it only answers: the adapter folded into the weights, no extra products per layer
-    tok.padding_side = "left"  # batched generation continues every prompt from its own end
-    pipe = pipeline("text-generation", model=lm, tokenizer=tok, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False,
-                    batch_size=batch_size)  # else the pipeline runs the prompts LangChain hands it one by one
-    return HuggingFacePipeline(pipeline=pipe, batch_size=batch_size, model_id=str(model))
+    if adapter: lm = lm.merge_and_unload()  # it only answers: the adapter folded into the weights once, no extra products per layer
+    return _local_llm_cls()(lm=lm, tok=tok, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 def _package(x: dict) -> dict:
     docs, srcs = x["documents"], []
@@ -422,19 +431,12 @@ def _package(x: dict) -> dict:
 def _answer_step(llm, tok):
     "Chain step {question, documents} -> + answer; a batch of questions is one batched LLM call."
     from langchain_core.runnables import Runnable
-    from llmops_nb.evaluation import prepacked
     from langchain_core.output_parsers import StrOutputParser
     gen = llm | StrOutputParser()
     class Answer(Runnable):  # LangChain's own assign step would call the LLM once per question, from threads
         def invoke(self, x, config=None, **kw): return self.batch([x], config)[0]
         def batch(self, xs, config=None, **kw):
-            ps = [render_prompt(tok, x["question"], x["documents"]) for x in xs]
-            order = sorted(range(len(ps)), key=lambda i: -len(ps[i]))  # similar lengths together: less padding
-            cfg = [config[i] for i in order] if isinstance(config, list) else config
-            with prepacked(llm.pipeline.model, min(llm.batch_size, len(ps))):
-                out = gen.batch([ps[i] for i in order], cfg)
-            answers = [None] * len(ps)
-            for i, a in zip(order, out): answers[i] = a
+            answers = gen.batch([render_prompt(tok, x["question"], x["documents"]) for x in xs], config)
             return [{**x, "answer": a} for x, a in zip(xs, answers)]
     return Answer()
 
@@ -445,7 +447,7 @@ def qa_chain(index, model: str = "tiny-random", adapter=None, k: int = 4, mode: 
     store = index if isinstance(index, FaissStore) else load_index(index)
     llm = llm or hf_llm(model, adapter, max_new_tokens)
     return (RunnableParallel(question=RunnablePassthrough(), documents=make_retriever(store, mode, k, **retriever_kw))
-            | _answer_step(llm, llm.pipeline.tokenizer)
+            | _answer_step(llm, llm.tok)
             | RunnableLambda(_package))
 
 # %% ../nbs/05_rag.ipynb #a7989922
