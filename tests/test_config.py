@@ -75,7 +75,7 @@ def test_help_imports_nothing_heavy():
 
 
 def test_shipped_params_validate():
-    from llmops_nb.config import load_params
+    from llmops_nb.params import load_params
     for f in sorted((ROOT/"params").glob("*.yaml")):
         if f.name.startswith("sweep"): continue
         cfg = load_params(f)

@@ -14,8 +14,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 import evaluate  # noqa: E402
-from llmops_nb import evaluation as E  # noqa: E402
-from llmops_nb.config import ConfigError  # noqa: E402
+from llmops_nb import evaluation as E, generation as G  # noqa: E402
+from llmops_nb.core import ConfigError  # noqa: E402
 
 PREDS = ["The KH-5 is a 5 kW inverter with two MPPT trackers.", "Hold the reset pin for ten seconds",
          "yes, the battery works off-grid with the backup box", "Warranty is 10 years.",
@@ -198,12 +198,12 @@ def test_batched_equals_one_by_one_greedy(tiny):
     # the tiny random model alone only emits newlines: a random LoRA on top makes the answers vary
     pm = get_peft_model(m, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ds = load_records("data/instructions.jsonl")
-    prompts, _, _ = E.chat_prompts(tok, ds.select(range(10))["messages"])
+    prompts, _, _ = G.chat_prompts(tok, ds.select(range(10))["messages"])
     kw = dict(max_new_tokens=20, progress=False)
-    batched = E.generate(pm, tok, prompts, batch_size=4, **kw)
-    single = [E.generate(pm, tok, [p], batch_size=1, **kw)[0] for p in prompts]
+    batched = G.generate(pm, tok, prompts, batch_size=4, **kw)
+    single = [G.generate(pm, tok, [p], batch_size=1, **kw)[0] for p in prompts]
     assert all(batched) and len(set(batched)) > 1
     assert batched == single
-    with E.base_model(pm):
-        assert E.generate(pm, tok, prompts[:4], batch_size=4, **kw) == [E.generate(pm, tok, [p], **kw)[0] for p in prompts[:4]]
+    with G.base_model(pm):
+        assert G.generate(pm, tok, prompts[:4], batch_size=4, **kw) == [G.generate(pm, tok, [p], **kw)[0] for p in prompts[:4]]
     pm.unload()  # leave the shared tiny model as it was

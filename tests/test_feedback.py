@@ -5,8 +5,7 @@ import pytest
 from conftest import llmops
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-from llmops_nb import feedback as F
-from llmops_nb import rag
+from llmops_nb import chat as C, feedback as F, preference as PR, retrieval as R, vectorstore as V
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -27,7 +26,7 @@ def index(tmp_path_factory):
     "A small real FAISS index (packaged MiniLM) of three documents."
     root = tmp_path_factory.mktemp("kb")
     for name, text in DOCS.items(): (root/name).write_text(text)
-    rag.build_index(root, root.parent/"index", chunk_size=200, chunk_overlap=20)
+    V.build_index(root, root.parent/"index", chunk_size=200, chunk_overlap=20)
     return root.parent/"index"
 
 
@@ -59,9 +58,9 @@ def test_chat_in_browser(browser, index, sft_adapter, tmp_path):
     "Ask in the served chat, see the answer and its sources, thumbs down, send a correction: the row is complete."
     from playwright.sync_api import sync_playwright
     db = tmp_path/"fb.db"
-    bot = F.Answerer(index, "tiny-random", adapter=sft_adapter/"adapter", max_new_tokens=16, run_id="run-under-test")
+    bot = C.Answerer(index, "tiny-random", adapter=sft_adapter/"adapter", max_new_tokens=16, run_id="run-under-test")
     port = _free_port()
-    app = F.serve(bot, "127.0.0.1", port, db=db, block=False)
+    app = C.serve(bot, "127.0.0.1", port, db=db, block=False)
     question = "How long is the battery warranty?"
     try:
         with sync_playwright() as p:
@@ -149,13 +148,13 @@ def test_export_counts_and_formats(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "4 eval questions, 3 SFT examples, 5 preference pairs" in res.stdout, res.stdout
     out = tmp_path/"export"
-    qs = rag.load_questions(out/"eval_questions.jsonl")
+    qs = R.load_questions(out/"eval_questions.jsonl")
     assert {q["question"]: q["answer"] for q in qs} == {"warranty?": "10 years or 6,000 cycles", "usable energy?": "4.8 kWh [1]",
                                                          "charger power?": "11 kW", "app reset?": "Hold the button for 10 s"}
     assert qs[1]["sources"] == ["battery.md"]
     from llmops_nb.data import load_records
     assert len(load_records(out/"sft.jsonl")) == 3
-    pairs = F.load_pairs(out/"pairs.jsonl")
+    pairs = PR.load_pairs(out/"pairs.jsonl")
     assert sorted((p["prompt"], p["chosen"], p["rejected"]) for p in pairs) == sorted([
         ("warranty?", "10 years or 6,000 cycles", "two years"), ("warranty?", "10 years or 6,000 cycles", "five years"),
         ("usable energy?", "4.8 kWh [1]", "5.1 kWh"), ("charger power?", "11 kW", "22 kW"),
@@ -181,7 +180,7 @@ def test_monitor(tmp_path):
 
 def test_chat_needs_run_or_index():
     res = llmops("chat")
-    assert res.returncode == 2 and "RUN_ID" in res.stderr
+    assert res.returncode == 2 and "give a RUN" in res.stderr
 
 
 def test_run_inputs(tmp_path, index, sft_adapter):
@@ -190,7 +189,7 @@ def test_run_inputs(tmp_path, index, sft_adapter):
            "stages": {"rag_index": {"status": "done", "out_dir": str(index.parent)},
                       "finetune": {"status": "done", "out_dir": str(sft_adapter)}}}
     (run/"run.json").write_text(json.dumps(rec))
-    got = F.run_inputs("r1", tmp_path/"runs")
+    got = C.run_inputs("r1", tmp_path/"runs")
     assert (got["index"], got["adapter"], got["model"]) == (index, sft_adapter/"adapter", "tiny-random")
 
 
@@ -198,12 +197,13 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
     "The dpo stage on exported pairs, continuing from an SFT adapter: a new adapter that differs from it."
     import papermill as pm
     from safetensors.torch import load_file
-    from llmops_nb.config import pipeline_dir, read_metrics
+    from llmops_nb.core import read_metrics
+    from llmops_nb.stages import notebook
     from llmops_nb.pipeline import ensure_kernel
     db = tmp_path/"fb.db"; _history(db)
     F.export(tmp_path/"export", db=db, log=False)
     out = tmp_path/"dpo"
-    pm.execute_notebook(str(pipeline_dir()/"dpo.ipynb"), str(tmp_path/"dpo.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
+    pm.execute_notebook(str(notebook("dpo")), str(tmp_path/"dpo.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
                         parameters=dict(pairs=str(tmp_path/"export"/"pairs.jsonl"), finetune_dir=str(sft_adapter), out_dir=str(out),
                                         learning_rate=1e-2, max_pairs=0))
     m = read_metrics(out)
@@ -215,6 +215,7 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
 
 
 def test_dpo_refuses_adapter_of_another_model(tmp_path, sft_adapter):
-    from llmops_nb.config import ConfigError
+    from llmops_nb.core import ConfigError
     with pytest.raises(ConfigError, match="trained on .*tiny-random.*not on model 'smollm2-135m-instruct'"):
-        F.train_dpo(F.sample_pairs(2), tmp_path, "smollm2-135m-instruct", sft_adapter/"adapter")
+        from llmops_nb.settings import PreferenceConfig
+        PR.train_dpo(PreferenceConfig(model="smollm2-135m-instruct"), PR.sample_pairs(2), tmp_path, sft_adapter/"adapter")

@@ -1,8 +1,9 @@
 "Fine-tuning on the tiny random model: PEFT methods, labels, packing, resume, two processes, bad input."
 import json
 import datasets, pytest, torch
-from llmops_nb import finetune as FT
-from llmops_nb.config import ConfigError
+from llmops_nb import labels as L, launch, packing as PK, trainer as T
+from llmops_nb.core import ConfigError
+from llmops_nb.settings import FinetuneConfig
 from llmops_nb.data import prepare
 from llmops_nb.models import load_causal_lm, load_tokenizer
 
@@ -11,7 +12,7 @@ CONV = [{"role": "system", "content": "You are the Kestrel Home support assistan
         {"role": "assistant", "content": "The KH-8-3P, the three-phase KH-8."},
         {"role": "user", "content": "Any extra hardware?"},
         {"role": "assistant", "content": "No, only the standard meter."}]
-FAST = dict(max_steps=6, learning_rate=2e-2, logging_steps=1, save_steps=100, warmup_ratio=0.0, lr_scheduler_type="constant")
+FAST = dict(max_steps=6, learning_rate=2e-2, logging_steps=1, save_steps=100, warmup_steps=0.0, lr_scheduler_type="constant")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def prep_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("method,lr", [("lora", 2e-2), ("ia3", 3e-1)])
 def test_peft_methods_learn(tmp_path, overfit, method, lr):
-    m = FT.train(FT.FinetuneConfig(out_dir=str(tmp_path), peft_method=method, **{**FAST, "learning_rate": lr}), dataset=overfit)
+    m = T.train(FinetuneConfig(peft_method=method, **{**FAST, "learning_rate": lr}), out_dir=str(tmp_path), dataset=overfit)
     s = m["training_summary"]
     assert s["peft_method"] == method and s["steps"] == 6
     assert s["val_loss_last"] < s["val_loss_first"] - 0.05, s
@@ -49,8 +50,8 @@ def test_peft_methods_learn(tmp_path, overfit, method, lr):
 
 
 def test_completion_only_labels_are_exactly_the_assistant_turns(tok):
-    text, spans = FT.assistant_spans(tok, CONV)
-    ex = FT.tokenize_example(tok, CONV)
+    text, spans = L.assistant_spans(tok, CONV)
+    ex = L.tokenize_example(tok, CONV)
     ids, labels = ex["input_ids"], ex["labels"]
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
     sup = [i for i, l in enumerate(labels) if l != -100]
@@ -69,8 +70,8 @@ def test_completion_only_labels_are_exactly_the_assistant_turns(tok):
 
 def test_packed_logits_equal_unpacked(tok):
     model, _ = load_causal_lm("tiny-random", device="cpu")
-    exs = [FT.tokenize_example(tok, c) for c in (CONV, CONV[:3], CONV[1:3])]
-    assert FT.packed_logits_match(model, exs)
+    exs = [L.tokenize_example(tok, c) for c in (CONV, CONV[:3], CONV[1:3])]
+    assert PK.packed_logits_match(model, exs)
     # control: the same concatenation without restarting positions does mix the examples
     flat = torch.tensor([sum((e["input_ids"] for e in exs), [])])
     with torch.no_grad():
@@ -81,16 +82,16 @@ def test_packed_logits_equal_unpacked(tok):
 
 
 def test_truncation_is_counted(tok, overfit):
-    full = [len(FT.tokenize_example(tok, r["messages"], 10**6)["input_ids"]) for r in overfit["train"]]
-    exs, st = FT.tokenize_split(tok, overfit["train"], max_seq_length=40)
+    full = [len(L.tokenize_example(tok, r["messages"], 10**6)["input_ids"]) for r in overfit["train"]]
+    exs, st = L.tokenize_split(tok, overfit["train"], max_length=40)
     assert st["truncated"] == sum(n > 40 for n in full) > 0 and all(len(e["input_ids"]) <= 40 for e in exs)
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path, overfit):
-    cfg = dict(out_dir=str(tmp_path), **{**FAST, "max_steps": 4, "save_steps": 2})
-    first = FT.train(FT.FinetuneConfig(**cfg), dataset=overfit)["training_summary"]
+    cfg = {**FAST, "max_steps": 4, "save_steps": 2}
+    first = T.train(FinetuneConfig(**cfg), out_dir=str(tmp_path), dataset=overfit)["training_summary"]
     assert first["steps"] == 4 and first["resumed_from"] is None
-    again = FT.train(FT.FinetuneConfig(**{**cfg, "max_steps": 7}), dataset=overfit)
+    again = T.train(FinetuneConfig(**{**cfg, "max_steps": 7}), out_dir=str(tmp_path), dataset=overfit)
     s = again["training_summary"]
     assert s["resumed_from"] == "checkpoint-4" and s["steps"] == 7
     assert s["tokens_seen"] > first["tokens_seen"]
@@ -100,17 +101,17 @@ def test_resume_continues_from_last_checkpoint(tmp_path, overfit):
 
 
 def test_resume_refuses_other_base_model(tmp_path, overfit):
-    FT.train(FT.FinetuneConfig(out_dir=str(tmp_path/"ft"), **{**FAST, "max_steps": 2, "save_steps": 2}), dataset=overfit)
+    T.train(FinetuneConfig(**{**FAST, "max_steps": 2, "save_steps": 2}), out_dir=str(tmp_path/"ft"), dataset=overfit)
     other, tok = load_causal_lm("tiny-random", device="cpu")
     with torch.no_grad(): other.get_input_embeddings().weight.mul_(1.5)
     other.save_pretrained(tmp_path/"other"); tok.save_pretrained(tmp_path/"other")
     with pytest.raises(ConfigError, match="trained from base model 'tiny-random', not '.*other'"):
-        FT.train(FT.FinetuneConfig(model=str(tmp_path/"other"), out_dir=str(tmp_path/"ft"), **FAST), dataset=overfit)
+        T.train(FinetuneConfig(model=str(tmp_path/"other"), **FAST), out_dir=str(tmp_path/"ft"), dataset=overfit)
 
 
 def test_two_processes(tmp_path, prep_dir):
-    m = FT.finetune(dict(prepare_dir=str(prep_dir), out_dir=str(tmp_path), num_processes=2, max_steps=3, logging_steps=1,
-                         save_steps=3, pack_length=256, max_seq_length=256), echo=None)
+    m = launch.finetune(FinetuneConfig(num_processes=2, max_steps=3, logging_steps=1, save_steps=3, pack_length=256, max_length=256),
+                        str(prep_dir), str(tmp_path), echo=None)
     s = m["training_summary"]
     assert s["num_processes"] == 2 and s["steps"] == 3 and s["distributed"] == ("multi_gpu" if torch.cuda.is_available() else "multi_cpu")
     assert (tmp_path/"adapter"/"adapter_model.safetensors").exists()
@@ -120,14 +121,14 @@ def test_two_processes(tmp_path, prep_dir):
 
 @pytest.mark.parametrize("change,message", [
     (dict(target_modules=["q_proj", "attn_qkv"]), r"target_modules \['attn_qkv'\] not in model; available linear modules: down_proj, gate_proj"),
-    (dict(max_seq_length=100_000), "max_seq_length=100000 is above the limit"),
+    (dict(max_length=100_000), "max_length=100000 is above the limit"),
     (dict(peft_method="prompt_tuning"), "expected one of: lora, ia3"),
     (dict(load_in_4bit=True), "needs a CUDA GPU" if not torch.cuda.is_available() else "bitsandbytes"),
 ])
 def test_bad_input(tmp_path, overfit, change, message):
     if change.get("load_in_4bit") and torch.cuda.is_available(): pytest.skip("CUDA present")
     with pytest.raises(ConfigError, match=message) as e:
-        FT.train(FT.FinetuneConfig(out_dir=str(tmp_path), **FAST, **change), dataset=overfit)
+        T.train(FinetuneConfig(**FAST, **change), out_dir=str(tmp_path), dataset=overfit)
     assert "\n" not in str(e.value)
 
 
@@ -135,7 +136,7 @@ def test_dataset_without_assistant_turns(tmp_path):
     dd = datasets.DatasetDict(train=datasets.Dataset.from_dict({"messages": [CONV[:2]] * 3}),
                               validation=datasets.Dataset.from_dict({"messages": [CONV[:2]]}))
     with pytest.raises(ConfigError, match="train split: none of its 3 conversations has an assistant turn"):
-        FT.train(FT.FinetuneConfig(out_dir=str(tmp_path), **FAST), dataset=dd)
+        T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path), dataset=dd)
 
 
 def test_fsdp_config_reaches_accelerate(tmp_path):
@@ -144,7 +145,7 @@ def test_fsdp_config_reaches_accelerate(tmp_path):
     probe = tmp_path/"probe.py"
     probe.write_text('import os, json; print("ENV", json.dumps({k: v for k, v in os.environ.items() if k.startswith(("ACCELERATE_", "FSDP_"))}))')
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", "params/accelerate/fsdp.yaml",
-                        "--num_processes", "1", "--main_process_port", str(FT._free_port()), str(probe)], capture_output=True, text=True)
+                        "--num_processes", "1", "--main_process_port", str(launch._free_port()), str(probe)], capture_output=True, text=True)
     env = json.loads(next(l for l in p.stdout.splitlines() if l.startswith("ENV "))[4:])
     assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP" and env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"

@@ -1,7 +1,7 @@
 "The packaged models load offline, fast after the first conversion, and a local folder behaves like its alias."
 import torch
 from llmops_nb.models import load_causal_lm, resolve_model, embedding_path, ALIASES
-from llmops_nb.config import ConfigError
+from llmops_nb.core import ConfigError
 import pytest
 
 

@@ -51,7 +51,7 @@ def test_smoke_pipeline(tmp_path):
         assert (run_dir/f"{s}.ipynb").exists() and (Path(st["out_dir"])/"metrics.json").exists()
     offline = list((run_dir/"wandb").glob("offline-run-*"))
     assert len(offline) == len(rec["stages"])
-    assert "wandb sync" in r.stdout
+    assert f"llmops sync {rec['id']}" in r.stdout
 
 
 def test_dpo_adapter_compared_with_sft(params, tmp_path):

@@ -3,8 +3,8 @@ import json, warnings
 from pathlib import Path
 import numpy as np
 import pytest
-from llmops_nb import rag
-from llmops_nb.config import ConfigError
+from llmops_nb import rag, retrieval as R, vectorstore as V
+from llmops_nb.core import ConfigError
 
 DOCS = {
     "battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh.\n\n## Care\n\nKeep it between 0 and 40 degrees.\n",
@@ -16,9 +16,9 @@ DOCS = {
 KW = dict(chunk_size=120, chunk_overlap=20)
 
 
-class Counting(rag.Embeddings):
+class Counting(V.Embeddings):
     "The real packaged embedding model, counting the texts it embeds for documents."
-    def __init__(self): self.inner, self.n = rag.get_embeddings(), 0
+    def __init__(self): self.inner, self.n = V.get_embeddings(), 0
     def embed_documents(self, texts): self.n += len(texts); return self.inner.embed_documents(texts)
     def embed_query(self, text): return self.inner.embed_query(text)
 
@@ -51,12 +51,12 @@ def kb(tmp_path): return write(tmp_path/"kb", DOCS)
 
 
 def test_round_trip_without_pickle(kb, tmp_path):
-    store, stats = rag.build_index(kb, tmp_path/"ix", **KW)
+    store, stats = V.build_index(kb, tmp_path/"ix", **KW)
     files = sorted(p.name for p in (tmp_path/"ix").iterdir())
     assert files == ["documents.json", "index.faiss", "meta.json"]
     for p in (tmp_path/"ix").iterdir():  # no pickle protocol header anywhere
         assert not p.read_bytes().startswith(b"\x80"), p
-    loaded = rag.load_index(tmp_path/"ix", embedding_model="minilm-l6-v2")
+    loaded = V.load_index(tmp_path/"ix", embedding_model="minilm-l6-v2")
     for q in ["how big is the battery?", "when is my data deleted?", "charging power"]:
         a = store.similarity_search_with_score(q, k=4)
         b = loaded.similarity_search_with_score(q, k=4)
@@ -69,24 +69,24 @@ def test_round_trip_without_pickle(kb, tmp_path):
 
 
 def test_hnsw_round_trip(kb, tmp_path):
-    store, _ = rag.build_index(kb, tmp_path/"ix", index_type="hnsw", **KW)
-    loaded = rag.load_index(tmp_path/"ix")
+    store, _ = V.build_index(kb, tmp_path/"ix", index_type="hnsw", **KW)
+    loaded = V.load_index(tmp_path/"ix")
     assert type(loaded.index).__name__ == "IndexHNSWFlat"
     q = "returns policy"
     assert [d.id for d in store.similarity_search(q, k=3)] == [d.id for d in loaded.similarity_search(q, k=3)]
 
 
 def test_wrong_embedding_model_refused(kb, tmp_path):
-    rag.build_index(kb, tmp_path/"ix", **KW)
+    V.build_index(kb, tmp_path/"ix", **KW)
     with pytest.raises(ConfigError, match="was built with embedding model 'minilm-l6-v2', not 'BAAI/bge-small-en-v1.5'"):
-        rag.load_index(tmp_path/"ix", embedding_model="BAAI/bge-small-en-v1.5")
+        V.load_index(tmp_path/"ix", embedding_model="BAAI/bge-small-en-v1.5")
     with pytest.raises(ConfigError, match="no meta.json"):
-        rag.load_index(tmp_path)
+        V.load_index(tmp_path)
 
 
 def test_incremental_embeds_only_changed_files(kb, tmp_path):
     emb = Counting()
-    first, s1 = rag.build_index(kb, tmp_path/"v1", embeddings=emb, **KW)
+    first, s1 = V.build_index(kb, tmp_path/"v1", embeddings=emb, **KW)
     assert emb.n == s1["chunks"] == s1["added"]
     n_faq = sum(d.metadata["source"] == "faq.txt" for d in first.docs)
     n_priv = sum(d.metadata["source"] == "privacy.html" for d in first.docs)
@@ -94,47 +94,47 @@ def test_incremental_embeds_only_changed_files(kb, tmp_path):
     (kb/"privacy.html").unlink()                                                # deleted
     (kb/"new.md").write_text("# New\n\nA brand new article about island mode.")  # added
     emb.n = 0
-    upd, s2 = rag.build_index(kb, tmp_path/"v2", embeddings=emb, previous=tmp_path/"v1", **KW)
+    upd, s2 = V.build_index(kb, tmp_path/"v2", embeddings=emb, previous=tmp_path/"v1", **KW)
     new_chunks = [d for d in upd.docs if d.metadata["source"] in ("faq.txt", "new.md")]
     assert emb.n == len(new_chunks) == s2["added"] == s2["embedded"]
     assert s2["kept"] == s1["chunks"] - n_faq - n_priv
     assert s2["removed"] == n_faq + n_priv
     assert s2["chunks"] == s2["kept"] + s2["added"] and s2["incremental"]
-    full, _ = rag.build_index(kb, None, **KW)  # same result as a full rebuild
+    full, _ = V.build_index(kb, None, **KW)  # same result as a full rebuild
     assert [d.id for d in upd.docs] == [d.id for d in full.docs]
     np.testing.assert_allclose(upd.vectors(), full.vectors(), atol=1e-4)
     emb.n = 0  # nothing changed: nothing embedded
-    _, s3 = rag.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", **KW)
+    _, s3 = V.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", **KW)
     assert emb.n == 0 and s3["kept"] == s2["chunks"] and s3["removed"] == 0
     emb.n = 0  # other chunking: a full rebuild, with the reason
-    _, s4 = rag.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", chunk_size=200, chunk_overlap=20)
+    _, s4 = V.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", chunk_size=200, chunk_overlap=20)
     assert emb.n == s4["chunks"] and "chunk_size changed" in s4["full_rebuild_reason"]
 
 
 def test_bad_inputs(tmp_path):
     (tmp_path/"empty").mkdir()
     with pytest.raises(ConfigError, match="no readable documents"):
-        rag.build_index(tmp_path/"empty")
+        V.build_index(tmp_path/"empty")
     with pytest.raises(ConfigError, match="does not exist"):
-        rag.build_index(tmp_path/"missing")
+        V.build_index(tmp_path/"missing")
     bad = write(tmp_path/"bad", {"blank.md": "\n \n", "broken.pdf": "not a pdf", "ok.txt": "Some text.", "x.docx": "?"})
     with pytest.warns(UserWarning, match=r"skipped 3 files.*blank\.md.*broken\.pdf|skipped 3 files.*broken\.pdf.*blank\.md") as w:
-        store, stats = rag.build_index(bad)
+        store, stats = V.build_index(bad)
     assert len(w) == 1 and stats["files"] == 1 and "x.docx" in str(w[0].message)
     q = tmp_path/"q.jsonl"
     q.write_text('{"question": "fine", "sources": ["a.md"]}\n{"question": "fine too"}\n{"answer": "no question"}\n')
     with pytest.raises(ConfigError, match=r"q\.jsonl:3: expected an object with a non-empty string 'question'"):
-        rag.load_questions(q)
+        R.load_questions(q)
     q.write_text('{"question": "fine"}\n{"question": oops}\n')
     with pytest.raises(ConfigError, match=r"q\.jsonl:2: not valid JSON"):
-        rag.load_questions(q)
+        R.load_questions(q)
     with pytest.raises(ConfigError, match="expected one of dense, hybrid, mmr"):
-        rag.make_retriever(store, "sparse")
+        R.make_retriever(store, "sparse")
 
 
 def test_qa_chain_tiny_random(kb, tmp_path):
-    rag.build_index(kb, tmp_path/"ix", **KW)
-    qa = rag.qa_chain(tmp_path/"ix", model="tiny-random", k=2, max_new_tokens=8)
+    V.build_index(kb, tmp_path/"ix", **KW)
+    qa = rag.qa_chain(tmp_path/"ix", model="tiny-random", k=2, gen={"max_new_tokens": 8})
     res = qa.invoke("How much energy does the KB-5 store?")
     assert set(res) == {"answer", "sources", "cited", "documents"}
     assert isinstance(res["answer"], str) and "Passages:" not in res["answer"]
@@ -143,27 +143,27 @@ def test_qa_chain_tiny_random(kb, tmp_path):
 
 
 def test_retrieval_modes_and_metrics(kb, tmp_path):
-    store, _ = rag.build_index(kb, None, **KW)
+    store, _ = V.build_index(kb, None, **KW)
     qs = [{"question": "How long is data stored?", "answer": "24 months.", "sources": ["privacy.html"]},
           {"question": "charging power of the KC-11", "answer": "11 kW.", "sources": ["charger.md"]}]
-    r = rag.score_retrieval(store, qs, k=3)
-    for m in rag.MODES:
+    r = R.score_retrieval(store, qs, k=3)
+    for m in R.MODES:
         assert r[m]["hit_at_k"] == 1.0 and len(r[m]["hit_curve"]) == 3
         assert r[m]["hit_at_1"] <= r[m]["mrr_at_k"] <= r[m]["hit_at_k"]
 
 
-def test_stage_parameters_readable():
-    "The validator and `llmops stages` read the parameters cells with papermill."
-    from llmops_nb.config import stage_params
-    assert {"docs", "embedding_model", "chunk_size", "chunk_overlap", "index_type", "previous_index", "out_dir"} <= set(stage_params("rag_index"))
-    p = stage_params("rag_eval")
+def test_stage_parameters_declared():
+    "The stage contracts give rag_index and rag_eval their settings, inputs and out_dir."
+    from llmops_nb.stages import parameters
+    assert {"docs", "embedding_model", "chunk_size", "chunk_overlap", "index_type", "previous_index", "out_dir"} <= set(parameters("rag_index"))
+    p = parameters("rag_eval")
     assert {"rag_index_dir", "finetune_dir", "model", "questions", "k", "retrieval", "max_new_tokens", "max_questions", "gates"} <= set(p)
     assert p["gates"]["default"] == {} and p["max_questions"]["type"] is int
 
 
 def test_all_formats(kb, tmp_path):
     (kb/"manual.pdf").write_bytes(pdf("The KG-1 gateway switches to backup power in 20 ms."))
-    store, stats = rag.build_index(kb, None, **KW)
+    store, stats = V.build_index(kb, None, **KW)
     by = {}
     for d in store.docs: by.setdefault(d.metadata["source"], []).append(d)
     assert set(by) == {*DOCS, "manual.pdf"} and stats["skipped"] == 0

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, yaml
 from bs4 import BeautifulSoup
 from conftest import llmops, ROOT
-from llmops_nb import pipeline as P, report as R
+from llmops_nb import pipeline as P, report as R, runs, stages
 
 SMOKE = ROOT/"params"/"smoke.yaml"
 
@@ -26,7 +26,7 @@ def test_stages_get_only_the_parameters_they_declare(smoke_run):
         nb = json.loads((Path(smoke_run["run_dir"])/f"{s}.ipynb").read_text())
         injected = {l.split(" = ")[0] for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])
                     for l in "".join(c["source"]).splitlines() if " = " in l}
-        declared = set(P.stage_params(s))
+        declared = set(stages.parameters(s))
         assert injected and injected <= declared, (s, injected - declared)
 
 
@@ -52,8 +52,8 @@ def test_report_sections(smoke_run):
     assert all((run_dir/"report"/a["href"]).exists() for a in copy.select("a.stage-link"))
     card = (run_dir/"MODEL_CARD.md").read_text()
     for h in ("## Model", "## Data", "## Training", "## Evaluation", "## Quality gates", "## Intended use", "## Limits"): assert h in card
-    assert R.stage_metrics(smoke_run, "prepare")["fingerprint"] in card and "rougeL" in card
-    m = R.stage_metrics(P.load_record(run_dir), "report")
+    assert runs.stage_metrics(smoke_run, "prepare")["fingerprint"] in card and "rougeL" in card
+    m = runs.stage_metrics(runs.load_record(run_dir), "report")
     assert m["gates_passed"] is True and m["aliases"] == ["candidate"]
 
 
@@ -64,7 +64,7 @@ def test_sweep_compare_promote_sync(tmp_path):
     sets = [a for s in [f"run_root={root}", *extra] for a in ("--set", s)]
     r = llmops("sweep", f, *sets, "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = P.list_runs(root)
+    recs = runs.list_runs(root)
     assert len(recs) == 3
     assert sorted(rec["stages"]["prepare"]["status"] for rec in recs) == ["cached", "cached", "done"]
     assert len({rec["stages"]["prepare"]["out_dir"] for rec in recs}) == 1
@@ -78,7 +78,7 @@ def test_sweep_compare_promote_sync(tmp_path):
     assert key in BeautifulSoup((tmp_path/"c.html").read_text(), "html.parser").get_text()
     # production moves from run to run; the registry follows
     for i in ids[:2]: assert llmops("--run-root", root, "promote", i).returncode == 0
-    assert [P.load_record(i, root).get("aliases", []) for i in ids] == [[], ["production"], []]
+    assert [runs.load_record(i, root).get("aliases", []) for i in ids] == [[], ["production"], []]
     assert json.loads((root/"registry.json").read_text())["production"]["run_id"] == ids[1]
     # offline: sync and the W&B report say what they would do, in one line for the report
     r = llmops("--run-root", root, "sync", ids[1])
