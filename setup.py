@@ -1,5 +1,7 @@
 from configparser import ConfigParser
-import setuptools, shlex
+from pathlib import Path
+import setuptools, shlex, shutil
+from setuptools.command.build_py import build_py
 
 # nbdev 2's setup: everything comes from settings.ini
 config = ConfigParser(delimiters=['='])
@@ -32,7 +34,17 @@ if pkg_data:
 # Add package data to setup_cfg for setuptools.setup(..., **setup_cfg)
 setup_cfg['package_data'] = package_data
 
+class build_py_with_stages(build_py):
+    "Also ship the stage notebooks (nbs/pipeline) inside the package: an installed llmops_nb runs its pipeline from anywhere."
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False): return  # an editable install reads nbs/pipeline from the checkout
+        dst = Path(self.build_lib)/cfg['lib_path']/'pipeline'
+        dst.mkdir(parents=True, exist_ok=True)
+        for nb in sorted(Path('nbs/pipeline').glob('*.ipynb')): shutil.copy(nb, dst/nb.name)
+
 setuptools.setup(
+    cmdclass = {'build_py': build_py_with_stages},
     name = cfg['lib_name'],
     license = lic[0],
     classifiers = [

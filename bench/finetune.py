@@ -2,7 +2,7 @@
 
 Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf16 on GPU, the chat template
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
-Ours: llmops_nb.finetune's path with its defaults: completion-only labels, padding-free packing
+Ours: llmops_nb.trainer's path with its defaults: completion-only labels, padding-free packing
 (DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions,
 no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), bf16 on GPU, optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
@@ -95,25 +95,26 @@ def run_tutorial(a):
 def run_ours(a):
     import torch
     from peft import get_peft_model
-    from llmops_nb import finetune as FT
+    from llmops_nb import labels, lora, packing, trainer
     from llmops_nb.models import load_tokenizer
-    cfg = FT.FinetuneConfig(model=a.model, max_seq_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
-                            per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
-                            torch_compile=a.compile, device=a.device, warmup_ratio=0)
+    from llmops_nb.settings import FinetuneConfig
+    cfg = FinetuneConfig(model=a.model, max_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
+                         per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
+                         torch_compile=a.compile, device=a.device, warmup_steps=0)
     if a.only == "ours-dropout": cfg.lora_dropout = 0.05
     dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
     tok = load_tokenizer(a.model)
     base = load_model(a, dtype)
-    if a.only != "ours-dense-mask": FT.use_packed_attention(base)
-    model = get_peft_model(base, FT.peft_config(cfg, base))
-    if a.only != "ours-unfused": FT.fuse_lora(model)
+    if a.only != "ours-dense-mask": packing.use_packed_attention(base)
+    model = get_peft_model(base, lora.peft_config(cfg, base))
+    if a.only != "ours-unfused": lora.fuse_lora(model)
     import datasets
-    exs, _ = FT.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_seq_length)
-    rows = FT.pack(exs, cfg.pack_length)
+    exs, _ = labels.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_length)
+    rows = packing.pack(exs, cfg.pack_length)
     clock = Clock(a.warmup)
-    args = FT.training_args(cfg, Path(a.tmp)/"ours", "none", has_eval=False)
+    args = trainer.training_args(cfg, Path(a.tmp)/"ours", "none", has_eval=False)
     args.disable_tqdm = True
-    t = FT._trainer_cls()(model=model, args=args, train_dataset=rows, data_collator=FT.packed_collator(), callbacks=[clock.cb()])
+    t = trainer.CompletionTrainer(model=model, args=args, train_dataset=rows, data_collator=packing.PackedCollator(), callbacks=[clock.cb()])
     t.train()
     return clock
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from llmops_nb import evaluation as E  # noqa: E402
+from llmops_nb import generation as G  # noqa: E402
 from llmops_nb.data import load_records  # noqa: E402
 from llmops_nb.models import load_causal_lm  # noqa: E402
 
@@ -41,15 +41,15 @@ def main(argv=None):
     if a.threads: torch.set_num_threads(a.threads)
     model, tok = load_causal_lm(a.model, device=a.device, dtype=a.dtype)
     ds = load_records(ROOT/"data"/"instructions.jsonl")
-    prompts, _, _ = E.chat_prompts(tok, ds.select(range(min(a.n, len(ds))))["messages"])
-    E.generate(model, tok, prompts[:2], batch_size=2, max_new_tokens=4, progress=False)  # warm up
+    prompts, _, _ = G.chat_prompts(tok, ds.select(range(min(a.n, len(ds))))["messages"])
+    G.generate(model, tok, prompts[:2], batch_size=2, max_new_tokens=4, progress=False)  # warm up
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def run(mode):
         sync(); t = time.perf_counter()
-        if mode != "single": out = E.generate(model, tok, prompts, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+        if mode != "single": out = G.generate(model, tok, prompts, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                                               progress=False, prepack=mode == "batched")
-        else: out = [E.generate(model, tok, [p], batch_size=1, max_new_tokens=a.max_new_tokens, progress=False)[0] for p in prompts]
+        else: out = [G.generate(model, tok, [p], batch_size=1, max_new_tokens=a.max_new_tokens, progress=False)[0] for p in prompts]
         sync(); return time.perf_counter() - t, out
 
     modes = ["batched", "single"] + (["batched-plain"] if a.ablate else [])

@@ -2,7 +2,7 @@
 
     python bench/rag.py [--copies 2] [--sizes 1000,10000,100000] [--queries 200] [--out bench/out/rag.json]
 
-1. Ingestion: `rag.build_index` on `--copies` copies of data/kb (read, chunk, embed, index, save), in chunks/s,
+1. Ingestion: `vectorstore.build_index` on `--copies` copies of data/kb (read, chunk, embed, index, save), in chunks/s,
    against `SentenceTransformer.encode` alone on the very same chunk texts (same batch size, normalised).
    Target: ingestion >= 90% of the raw rate.
 2. Queries, one at a time: embedding (real questions through the packaged model) and search, p50/p95, with the
@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from llmops_nb import rag  # noqa: E402
+from llmops_nb import documents, retrieval, vectorstore  # noqa: E402
 
 
 def pct(xs, p): return float(np.percentile(np.asarray(xs) * 1e3, p))  # seconds -> ms
@@ -43,23 +43,23 @@ def queries_near(centres, m, d, rng, spread=1.5):
 def time_search(index, qs, k=10):
     ts, ids = [], []
     for q in qs:
-        t = time.perf_counter(); _, I = rag.search(index, q[None], k); ts.append(time.perf_counter() - t); ids.append(I[0])
+        t = time.perf_counter(); _, I = vectorstore.search(index, q[None], k); ts.append(time.perf_counter() - t); ids.append(I[0])
     return ts, np.stack(ids)
 
 
 def ingestion(copies, tmp, reps=3):
     kb = tmp/"kb"
     for i in range(copies): shutil.copytree(ROOT/"data"/"kb", kb/f"copy{i}")
-    emb = rag.get_embeddings()
+    emb = vectorstore.get_embeddings()
     st = emb._client  # the very SentenceTransformer the index uses: the raw model, without our code around it
     st.encode(["warm up"] * 64, batch_size=32)
     res = {"ingest_s": [], "raw_s": [], "ingest_cpu_s": [], "raw_cpu_s": []}
     for rep in range(reps):  # alternate and keep the best of each: the machine may be shared
         shutil.rmtree(tmp/"ix", ignore_errors=True)
         t, c = time.perf_counter(), time.process_time()
-        store, stats = rag.build_index(kb, tmp/"ix")
+        store, stats = vectorstore.build_index(kb, tmp/"ix")
         res["ingest_s"].append(time.perf_counter() - t); res["ingest_cpu_s"].append(time.process_time() - c)
-        texts = [rag.embed_text(d).replace("\n", " ") for d in store.docs]
+        texts = [documents.embed_text(d).replace("\n", " ") for d in store.docs]
         t, c = time.perf_counter(), time.process_time()
         st.encode(texts, batch_size=32, normalize_embeddings=True)
         res["raw_s"].append(time.perf_counter() - t); res["raw_cpu_s"].append(time.process_time() - c)
@@ -74,7 +74,7 @@ def ingestion(copies, tmp, reps=3):
 
 def queries(store, emb, sizes, n_q, efs, rng, spread):
     import faiss
-    qtext = [q["question"] for q in rag.load_questions(ROOT/"data"/"rag_questions.jsonl")]
+    qtext = [q["question"] for q in retrieval.load_questions(ROOT/"data"/"rag_questions.jsonl")]
     qtext = (qtext * (n_q // len(qtext) + 1))[:n_q]
     emb.embed_query("warm up")
     et, qv = [], []
@@ -96,7 +96,7 @@ def queries(store, emb, sizes, n_q, efs, rng, spread):
         time_search(flat, qs[:10])
         ft, truth = time_search(flat, qs)
         _, Iq = flat.search(qv, 10)  # end to end: the real query embedding, then search
-        t = time.perf_counter(); hn = rag.make_index("hnsw", d); hn.add(xb); build = time.perf_counter() - t
+        t = time.perf_counter(); hn = vectorstore.make_index("hnsw", d); hn.add(xb); build = time.perf_counter() - t
         base = dict(n=n, embed_p50_ms=pct(et, 50), embed_p95_ms=pct(et, 95))
         e2e = [a + b for a, b in zip(et, ft)]
         rows.append(dict(base, index="flat", ef_search=None, build_s=0.0, search_p50_ms=pct(ft, 50), search_p95_ms=pct(ft, 95),

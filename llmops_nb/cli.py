@@ -219,3 +219,5 @@ def main(argv=None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left: say nothing more
     return 0
+
+if __name__ == "__main__" and sys.argv[0].endswith("cli.py"): sys.exit(main())  # python -m llmops_nb.cli

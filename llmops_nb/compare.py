@@ -39,7 +39,11 @@ def compare_html(params, metrics, title="Run comparison", runs_html="") -> str:
             + (fmt(params) if len(params) else "<p>None: the runs used the same parameters.</p>")
             + f"<h2>Metrics</h2><p>delta columns: value minus the first run's.</p>{fmt(metrics)}</body></html>")
 
-def compare(run_ids, run_root="runs", out=None, echo=print) -> Path:
+def compare(run_ids, # two or more runs (ids, short ids or aliases)
+            run_root="runs", # folder of runs
+            out=None, # the HTML page (default: <run_root>/compare-<ids>.html)
+            echo=print, # where the tables go
+           ) -> Path: # the page's path
     "Compare runs: print both tables, write the HTML page to `out` (default `run_root/compare-<ids>.html`)."
     import pandas as pd
     if len(run_ids) < 2: raise ConfigError(f"compare: give at least two run ids (got {len(run_ids)}); `llmops list` shows them")

@@ -34,11 +34,14 @@ def resolve_path(p) -> Path:
     return (project_root()/p).resolve()
 
 # %% ../nbs/00_core.ipynb #c1989412
+_UMASK = os.umask(0); os.umask(_UMASK)  # read once: the process's file-creation mask
+
 def write_atomic(path, data: str | bytes) -> Path:
     "Write `data` to `path` so that readers see the old content or the new, never a part."
     p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; the target gets what open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json
 from pathlib import Path
 from .core import ConfigError, project_root, read_jsonl, resolve_path, stage_dir
+from .stages import output
 
 # %% auto #0
 __all__ = ['ROLES', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'load_records', 'split_dataset', 'fingerprint', 'prepare',
@@ -60,7 +61,10 @@ def _raw(source, split):
     except Exception as e: raise ConfigError(f"data '{source}': not a local file or folder, and not loadable from the hub ({str(e).splitlines()[0]})") from e
     return source, "row", list(enumerate(ds, 1))
 
-def load_records(source, split=None, system: str = ""):
+def load_records(source, # a data file, a datasets folder or a hub dataset id
+                 split=None, # the split to read from a hub dataset or DatasetDict folder
+                 system: str = "", # system message to put first (empty: none)
+                ):
     "A `datasets.Dataset` with one column `messages` from a file, a folder or a hub id."
     import datasets
     where, unit, rows = _raw(source, split)
@@ -93,21 +97,28 @@ def fingerprint(dd) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/05_data.ipynb #21789640
-def prepare(source, out_dir="", val_size=0.1, test_size=0.1, seed=42, system_prompt="", max_examples=0, split=None) -> dict:
+def prepare(source, # a data file, a datasets folder or a hub dataset id
+            out_dir="", # the stage folder (empty: a temporary one)
+            val_size=0.1, # share held out for validation
+            test_size=0.1, # share held out for the test
+            seed=42, # seed of the shuffle before splitting
+            system_prompt="", # system message put first in every conversation (empty: none)
+            max_examples=0, # use only this many records (0: all)
+            split=None, # the split of a hub dataset or DatasetDict folder to read
+           ) -> dict: # fingerprint, source, out_dir and split sizes
     "Load, normalise, split and save `source` under `out_dir/dataset`; returns summary metrics."
     ds = load_records(source, split=split, system=system_prompt)
     if max_examples: ds = ds.shuffle(seed=seed).select(range(min(max_examples, len(ds))))
     dd = split_dataset(ds, val_size, test_size, seed)
     out = stage_dir(out_dir, "prepare")
-    dd.save_to_disk(str(out/"dataset"))
+    dd.save_to_disk(str(output("prepare", out, "dataset", must_exist=False)))
     return {"fingerprint": fingerprint(dd), "source": str(source), "out_dir": str(out),
             "sizes": {s: len(dd[s]) for s in dd}}
 
 def load_prepared(prepare_dir):
     "The DatasetDict the prepare stage saved in `prepare_dir`."
     import datasets
-    p = Path(prepare_dir)/"dataset"
-    if not p.exists(): raise ConfigError(f"{prepare_dir}: no 'dataset' folder; expected the output folder of the prepare stage")
+    p = output("prepare", prepare_dir, "dataset")
     return datasets.load_from_disk(str(p))
 
 SAMPLE = "data/instructions.jsonl"

@@ -13,8 +13,8 @@ from .generation import generate
 # %% auto #0
 __all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'PAIRWISE', 'default_metrics', 'metrics_dir', 'metric_names',
            'metric_path', 'load_metric', 'metric_keys', 'score_examples', 'corpus_scores', 'answer_and_score',
-           'bootstrap_ci', 'compare', 'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'examples_table',
-           'extremes', 'plot_comparison']
+           'bootstrap_ci', 'compare', 'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'summary_table',
+           'examples_table', 'extremes', 'plot_comparison']
 
 # %% ../nbs/12_evaluation.ipynb #d9e925e7
 TASK_METRICS = {
@@ -67,7 +67,14 @@ def metric_keys(name: str) -> list:
     raise ConfigError(f"metric '{name}': unknown; expected one of rouge, {', '.join(ROUGE_TYPES)}, "
                       f"{', '.join(PAIRWISE)}, semantic_similarity, perplexity")
 
-def score_examples(name, predictions, references, prompts=None, model=None, tokenizer=None, batch_size=8) -> dict:
+def score_examples(name, # a metric name (see metric_keys)
+                   predictions, # answers
+                   references, # reference answers
+                   prompts=None, # the prompts (perplexity scores the reference given its prompt)
+                   model=None, # the model (perplexity only)
+                   tokenizer=None, # its tokenizer (perplexity only)
+                   batch_size=8, # perplexity batch size
+                  ) -> dict: # {key: [score per example]}
     "Per-example scores `{key: [float]}` of metric `name`; `perplexity` needs `model`, `tokenizer` and `prompts`."
     preds, refs = list(predictions), list(references)
     metric_keys(name)
@@ -110,7 +117,12 @@ def bootstrap_ci(x, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> t
     means = x[np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))].mean(1)
     return float(x.mean()), float(np.quantile(means, alpha/2)), float(np.quantile(means, 1 - alpha/2))
 
-def compare(base: dict, tuned: dict | None = None, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+def compare(base: dict, # per-example scores {key: [..]} of the base model
+            tuned: dict | None = None, # those of the tuned model, paired example by example (None: base only)
+            n_boot: int = 1000, # bootstrap resamples
+            alpha: float = 0.05, # 1 - the interval coverage
+            seed: int = 0, # seed of the resampling
+           ) -> dict: # {base, tuned, delta} means and their {group}_ci intervals
     "Means and CIs of per-example scores `{key: [..]}`: base, tuned and paired delta (tuned - base)."
     out = {}
     groups = {"base": base} if tuned is None else {"base": base, "tuned": tuned,
@@ -147,7 +159,10 @@ def validate_gates(gates: dict, keys) -> None:
         if name not in keys:
             raise ConfigError(f"gate '{name}': no such metric; expected one of {', '.join(sorted(keys))}")
 
-def check_gates(metrics: dict, gates: dict, raise_error: bool = True) -> dict:
+def check_gates(metrics: dict, # flat {name: value}, e.g. gate_metrics(compare(...))
+                gates: dict, # {name: threshold} or {name: {min or max: threshold}}
+                raise_error: bool = True, # raise GateError when a gate fails
+               ) -> dict: # {gate: {value, threshold, kind, passed}}
     "`{gate: {value, threshold, kind, passed}}`; raises `GateError` (one line) when one fails."
     validate_gates(gates, metrics)
     res = {}
@@ -159,6 +174,13 @@ def check_gates(metrics: dict, gates: dict, raise_error: bool = True) -> dict:
               for n, r in res.items() if not r["passed"]]
     if failed and raise_error: raise GateError("quality gate failed: " + "; ".join(failed))
     return res
+
+# %% ../nbs/12_evaluation.ipynb #a3c1e7d2
+def summary_table(summary: dict, keys, groups=("base", "tuned", "delta")):
+    "DataFrame metric x group of 'mean [low, high]' strings from `compare`'s output."
+    import pandas as pd
+    cell = lambda g, k: f"{summary[g][k]:.4g} [{summary[g + '_ci'][k][0]:.4g}, {summary[g + '_ci'][k][1]:.4g}]"
+    return pd.DataFrame({g: {k: cell(g, k) for k in keys} for g in groups if g in summary})
 
 # %% ../nbs/12_evaluation.ipynb #490b749f
 def examples_table(questions, references, base_answers, base_scores, tuned_answers=None, tuned_scores=None):

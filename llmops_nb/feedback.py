@@ -93,8 +93,20 @@ def connect(db=None):
     finally: con.close()
 
 # %% ../nbs/23_feedback.ipynb #3a55c7b9
-def record(question: str, answer: str, sources=(), run_id=None, model_id=None, adapter_id=None, rating=None,
-           correction=None, comment=None, latency_ms=None, top_similarity=None, timestamp=None, db=None) -> int:
+def record(question: str, # what the user asked
+           answer: str, # what the model answered
+           sources=(), # source names, or dicts with source, score, cited
+           run_id=None, # the run that served it
+           model_id=None, # the base model
+           adapter_id=None, # the adapter
+           rating=None, # 1, -1 or None
+           correction=None, # the user's corrected answer
+           comment=None, # a free comment
+           latency_ms=None, # time to answer
+           top_similarity=None, # best similarity of a retrieved chunk
+           timestamp=None, # UTC ISO time (default: now)
+           db=None, # the store file (default: db_path())
+          ) -> int: # the row id
     "Store one interaction; returns its id. `sources`: list of source names or dicts (`source`, `score`, ...)."
     if rating not in (None, 1, -1): raise ConfigError(f"rating {rating!r}: expected 1 (thumbs up), -1 (thumbs down) or None")
     srcs = [s if isinstance(s, dict) else {"source": str(s)} for s in sources or ()]

@@ -13,7 +13,7 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'LORA_FIELDS', 'linear_module_names', 'target_list', 'check_target_modules', 'peft_config',
-           'FusedLora', 'fuse_lora', 'base_fingerprint', 'check_base', 'merge_adapter']
+           'FusedLora', 'fuse_lora', 'base_fingerprint', 'check_base', 'stable_config', 'merge_adapter']
 
 # %% ../nbs/08_lora.ipynb #768d5d28
 def linear_module_names(model) -> list:
@@ -104,6 +104,17 @@ def check_base(folder, fingerprint: str, model_name: str):
     b = json.loads(f.read_text())
     if b.get("fingerprint") != fingerprint:
         raise ConfigError(f"{folder}: checkpoint/adapter was trained from base model '{b.get('model')}', not '{model_name}'; use another out_dir or resume: false")
+
+# %% ../nbs/08_lora.ipynb #d0b9f2a1
+def stable_config(folder) -> Path:
+    "Sort the set-valued fields PEFT wrote as lists into `folder/adapter_config.json`, so equal adapters are equal bytes."
+    from llmops_nb.core import write_json
+    p = Path(folder)/"adapter_config.json"
+    cfg = json.loads(p.read_text())
+    for k in ("target_modules", "modules_to_save", "exclude_modules"):
+        if isinstance(cfg.get(k), list): cfg[k] = sorted(cfg[k])
+    write_json(p, cfg, indent=2)
+    return p
 
 # %% ../nbs/08_lora.ipynb #e0890fa5
 def merge_adapter(model_name: str, adapter, out) -> Path:

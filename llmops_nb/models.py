@@ -104,7 +104,12 @@ def load_tokenizer(name: str):
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return tok
 
-def load_causal_lm(name: str = "tiny-random", device="auto", dtype="auto", adapter=None, attn_implementation="sdpa"):
+def load_causal_lm(name: str = "tiny-random", # packaged alias, local folder or hub id
+                   device="auto", # auto, cpu, cuda, cuda:1 or mps
+                   dtype="auto", # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16
+                   adapter=None, # a PEFT adapter folder to load on top
+                   attn_implementation="sdpa", # a transformers attention implementation
+                  ): # (model in eval mode, tokenizer with a pad token)
     "(model, tokenizer) for an alias, local folder or hub id; optionally with a PEFT `adapter` on top."
     from transformers import AutoModelForCausalLM
     dev = pick_device(device)

@@ -262,7 +262,13 @@ def _execute(rec: dict, force=False, progress=True, echo=print) -> dict:
     return rec
 
 # %% ../nbs/19_pipeline.ipynb #12df4e47
-def run(params_file, sets=(), stages=None, force=False, progress=True, echo=print) -> dict:
+def run(params_file, # a params YAML file
+        sets=(), # --set overrides, stage.key=value
+        stages=None, # a subset of the file's stages to run (None: all)
+        force=False, # rerun even unchanged stages
+        progress=True, # papermill progress bars
+        echo=print, # where progress lines go
+       ) -> dict: # the run record
     "Validate `params_file` (+ `--set` overrides) and run its stages; returns the run record."
     cfg = load_params(params_file, sets)
     if stages:
@@ -281,7 +287,12 @@ def run(params_file, sets=(), stages=None, force=False, progress=True, echo=prin
     echo(f"run {rid}: {len(cfg['stages'])} stages -> {run_dir}")
     return _execute(rec, force, progress, echo)
 
-def resume(ref, run_root="runs", sets=(), progress=True, echo=print) -> dict:
+def resume(ref, # the run: id, short id, latest or alias
+           run_root="runs", # folder of runs
+           sets=(), # --set overrides to apply first
+           progress=True, # papermill progress bars
+           echo=print, # where progress lines go
+          ) -> dict: # the run record
     "Continue the run `ref` names from its first stage that did not finish; `sets` change parameters first."
     rec = load_record(ref, run_root)
     if rec["status"] == "done" and not sets: echo(f"run {rec['id']} already finished"); return rec

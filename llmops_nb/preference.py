@@ -6,11 +6,12 @@
 from __future__ import annotations
 import dataclasses, json
 from pathlib import Path
+from . import stages as ST
 from .core import ConfigError, read_jsonl, resolve_path
 from .settings import PreferenceConfig
 
 # %% auto #0
-__all__ = ['load_pairs', 'sample_pairs', 'check_adapter_base', 'train_dpo']
+__all__ = ['load_pairs', 'sample_pairs', 'check_adapter_base', 'dpo_args', 'train_dpo']
 
 # %% ../nbs/26_preference.ipynb #b57df809
 def load_pairs(path) -> list:
@@ -49,27 +50,33 @@ def _dataset(pairs, system):
                                         "chosen": [{"role": "assistant", "content": p["chosen"]}],
                                         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
 
+def dpo_args(cfg: PreferenceConfig, out: Path):
+    "TRL's `DPOConfig` for `cfg`: every setting named like a `DPOConfig` field goes in under its own name."
+    import torch
+    from trl import DPOConfig
+    names = {f.name for f in dataclasses.fields(DPOConfig)}
+    return DPOConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, output_dir=str(Path(out)/"checkpoints"),
+                     save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=False, dataloader_num_workers=0)
+
 def train_dpo(cfg: PreferenceConfig, # the stage's settings
               pairs: list, # {prompt, chosen, rejected} rows
               out_dir, # where adapter/ goes
               adapter=None, # the SFT adapter folder to continue from (None: a new LoRA adapter)
              ) -> dict: # the training summary
     "Train a DPO adapter on `pairs` into `out_dir/adapter`."
-    import peft, torch
-    from trl import DPOConfig, DPOTrainer
-    from llmops_nb.lora import peft_config
+    import peft
+    from trl import DPOTrainer
+    from llmops_nb.lora import peft_config, stable_config
     from llmops_nb.models import load_causal_lm
     out = Path(out_dir)
     if adapter: check_adapter_base(adapter, cfg.model)
     lm, tok = load_causal_lm(cfg.model, adapter=None)
     if adapter: lm, new = peft.PeftModel.from_pretrained(lm, str(adapter), is_trainable=True), None  # TRL adds a frozen "ref" copy as the reference
     else: new = peft_config(cfg, lm)
-    names = {f.name for f in dataclasses.fields(DPOConfig)}
-    args = DPOConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, output_dir=str(out/"checkpoints"),
-                     save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=False, dataloader_num_workers=0)
-    trainer = DPOTrainer(model=lm, args=args, train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new)
+    trainer = DPOTrainer(model=lm, args=dpo_args(cfg, out), train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new)
     res = trainer.train()
-    trainer.model.save_pretrained(str(out/"adapter"), selected_adapters=["default"]); tok.save_pretrained(str(out/"adapter"))
+    dst = ST.output("dpo", out, "adapter", must_exist=False)
+    trainer.model.save_pretrained(str(dst), selected_adapters=["default"]); tok.save_pretrained(str(dst)); stable_config(dst)
     hist = [h for h in trainer.state.log_history if "loss" in h]
     last = hist[-1] if hist else {}
     return {"n_pairs": len(pairs), "started_from": str(adapter) if adapter else "new LoRA adapter",

@@ -108,7 +108,12 @@ def groundedness(answer: str, passages: list, emb: Embeddings, threshold: float 
 # %% ../nbs/16_rag.ipynb #f3aa4bba
 ANSWER_METRICS = ("rougeL", "token_f1", "semantic_similarity")
 
-def score_answers(results: list, questions: list, k: int, emb: Embeddings, threshold: float = 0.5) -> list:
+def score_answers(results: list, # qa_chain outputs, one per question
+                  questions: list, # the questions (question, answer, sources)
+                  k: int, # passages retrieved per question
+                  emb: Embeddings, # the index embeddings (for groundedness)
+                  threshold: float = 0.5, # similarity a sentence needs to a passage to count as supported
+                 ) -> list: # one row per question with its scores
     "One row per question: question, sources, answer, reference and its scores."
     from llmops_nb.evaluation import score_examples
     rows = []

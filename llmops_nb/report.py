@@ -279,7 +279,11 @@ def _relink(page: str, src_dir: Path, dst_dir: Path) -> str:
     fix = lambda m: f'class="stage-link" href="{html.escape(os.path.relpath(src_dir/html.unescape(m[1]), dst_dir))}"'
     return re.sub(r'class="stage-link" href="([^"]*)"', fix, page)
 
-def render(run_dir, out_dir=None, notebooks=True, timeout=600) -> dict:
+def render(run_dir, # the run's folder
+           out_dir=None, # the report stage's folder (default: run_dir/report)
+           notebooks=True, # also convert the executed stage notebooks to HTML
+           timeout=600, # seconds the report notebook may run
+          ) -> dict: # paths of the report, model card, notebook and copy
     "Write `run_dir/report.html` (+ a copy in `out_dir`), `run_dir/MODEL_CARD.md` and HTML copies of the stage notebooks."
     import nbformat
     run_dir = Path(run_dir).resolve()

@@ -127,7 +127,12 @@ def aliases(rec: dict) -> list:
     return sorted(set(rec.get("aliases", [])) | ({"candidate"} if gates_passed(rec) else set()))
 
 # %% ../nbs/18_runs.ipynb #701cdc31
-def promote(ref, alias: str = "production", run_root="runs", force: bool = False, echo=print) -> dict:
+def promote(ref, # the run: id, short id, latest, candidate or alias
+            alias: str = "production", # the alias to move
+            run_root="runs", # folder of runs
+            force: bool = False, # promote even though a quality gate failed
+            echo=print, # where the messages go
+           ) -> dict: # the run record
     "Move `alias` to the run `ref` names (its run record, the registry, and W&B when online)."
     from llmops_nb import tracking
     rec = load_record(ref, run_root)

@@ -112,11 +112,15 @@ def _literal(v) -> str:
     if isinstance(v, dict): return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
+def _annotation(t) -> str:
+    "The annotation papermill reads: a plain type name, or a quoted `Union[...]` (papermill's parser knows no `|`)."
+    return f'"Union[{", ".join(a.__name__ for a in t.__args__)}]"' if hasattr(t, "__args__") else t.__name__
+
 HEADER = "# generated from llmops_nb.settings and llmops_nb.stages: edit the declarations there, then run `python -m llmops_nb.stages`"
 
 def parameters_cell(name: str) -> str:
     "Source of the `parameters` cell of stage `name`."
-    lines = [HEADER] + [f"{k}: {_type_src(d['type'])} = {_literal(d['default'])}  # {d['help']}" for k, d in parameters(name).items()]
+    lines = [HEADER] + [f"{k}: {_annotation(d['type'])} = {_literal(d['default'])}  # {d['help']}" for k, d in parameters(name).items()]
     return "\n".join(lines)
 
 # %% ../nbs/02_stages.ipynb #f98e292a

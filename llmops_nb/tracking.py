@@ -63,7 +63,13 @@ def log_table(run, key: str, data):
     df = df.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)  # Table cells are scalars
     run.log({key: wandb.Table(dataframe=df)})
 
-def log_artifact(run, path, name: str, type: str, metadata: dict | None = None, aliases=None):
+def log_artifact(run, # the stage's W&B run
+                 path, # the file or folder
+                 name: str, # the artifact's name
+                 type: str, # its type (dataset, model, index, ...)
+                 metadata: dict | None = None, # extra metadata (the run's inputs are added)
+                 aliases=None, # W&B aliases for this version
+                ):
     "Log the file or folder `path` as an artifact and list it in the stage folder's `artifacts.json`."
     import wandb
     path = Path(path)

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 from peft import get_peft_model
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from . import stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_json, write_metrics
 from .labels import tokenize_split
-from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config
+from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
 from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
 from .settings import FinetuneConfig
@@ -233,16 +234,16 @@ def train(cfg: FinetuneConfig, # the stage's settings
     if val_rows and (not ev or ev[-1]["step"] != trainer.state.global_step): trainer.evaluate()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    adapter = out/"adapter"
+    adapter = ST.output("finetune", out, "adapter", must_exist=False)
     trainer.save_model(str(adapter))
     summary, hist = _summary(cfg, trainer, model, thr, args, {"train": st_train, "val": st_val}, last, wall, cpu,
                              len(train_ex), len(val_ex), len(train_rows))
     metrics = {"training_summary": summary, "history": hist, "config": dataclasses.asdict(cfg), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
-        tok.save_pretrained(str(adapter))
+        tok.save_pretrained(str(adapter)); stable_config(adapter)
         (adapter/"training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in metrics.json
         write_json(adapter/"base_model.json", {"model": cfg.model, "fingerprint": fp})
-        if cfg.merge: metrics["merged_dir"] = str(merge_adapter(cfg.model, adapter, out/"merged"))
+        if cfg.merge: metrics["merged_dir"] = str(merge_adapter(cfg.model, adapter, ST.output("finetune", out, "merged", must_exist=False)))
         write_metrics(out, metrics)
     trainer.accelerator.wait_for_everyone()
     return metrics

@@ -175,9 +175,17 @@ def _reusable(prev: dict, meta: dict) -> str:
         if prev.get(k) != meta.get(k): return f"{k} changed ({prev.get(k)!r} -> {meta.get(k)!r})"
     return ""
 
-def build_index(docs, index_dir=None, embedding_model: str = "minilm-l6-v2", chunk_size: int = 800,
-                chunk_overlap: int = 100, index_type: str = "flat", previous=None, embeddings: Embeddings | None = None,
-                hnsw_m: int = 32, ef_search: int = 64) -> tuple:
+def build_index(docs, # folder of documents
+                index_dir=None, # where to save the index (None: not saved)
+                embedding_model: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
+                chunk_size: int = 800, # characters per chunk
+                chunk_overlap: int = 100, # characters shared by neighbouring chunks
+                index_type: str = "flat", # flat (exact) or hnsw (approximate)
+                previous=None, # an index folder to reuse unchanged files from
+                embeddings: Embeddings | None = None, # a LangChain Embeddings to use instead of embedding_model
+                hnsw_m: int = 32, # HNSW graph degree
+                ef_search: int = 64, # HNSW search breadth
+               ) -> tuple: # (FaissStore, stats: chunks, files, added, kept, removed, embedded, skipped, incremental)
     "(store, stats): index the folder `docs` (saved into `index_dir` when given), reusing `previous` where possible."
     if chunk_overlap >= chunk_size: raise ConfigError(f"chunk_overlap {chunk_overlap} must be smaller than chunk_size {chunk_size}")
     if index_type not in INDEX_TYPES: raise ConfigError(f"index_type '{index_type}' is not known; expected one of {', '.join(INDEX_TYPES)}")
@@ -266,7 +274,11 @@ def pick_previous(choice: str, docs, exclude=None):
     root = Path(os.environ.get("LLMOPS_RUN_ROOT") or project_root()/"runs")
     return find_previous_index(root, docs, exclude=exclude) or find_previous_index(cache_dir()/"rag", docs, exclude=exclude)
 
-def update_index(docs, index_dir, previous: str = "auto", **kw) -> tuple:
+def update_index(docs, # folder of documents
+                 index_dir, # where the index goes
+                 previous: str = "auto", # auto, an index folder, or empty (see pick_previous)
+                 **kw, # build_index settings (embedding_model, chunk_size, ...)
+                ) -> tuple:
     "(store, stats): `build_index` of `docs` into `index_dir`, updating the index `previous` names (see `pick_previous`)."
     prev = pick_previous(previous, docs, exclude=Path(index_dir).parent)
     try: store, stats = build_index(docs, index_dir, previous=prev, **kw)

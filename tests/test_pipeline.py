@@ -77,3 +77,43 @@ def test_stage_subset(params):
     assert [r2["stages"][s]["status"] for s in ("prepare", "finetune")] == ["cached", "done"]
     with pytest.raises(P.StageError, match="stage 'prepare' is needed by finetune but has no cached result"):
         P.run(f, sets=["prepare.max_examples=20"], stages=["finetune"], progress=False, echo=lambda *a: None)
+
+
+def test_cache_keys_follow_the_code_each_stage_runs(tmp_path):
+    "In a copy of the package: a report-only edit reruns only report; a fine-tuning edit reruns finetune, and what reads its adapter only when the adapter changed."
+    import os, subprocess, sys, yaml
+    proj = tmp_path/"proj"
+    shutil.copytree(ROOT/"llmops_nb", proj/"llmops_nb", ignore=shutil.ignore_patterns("__pycache__", "pipeline"))
+    shutil.copytree(ROOT/"nbs"/"pipeline", proj/"nbs"/"pipeline")
+    shutil.copy(ROOT/"settings.ini", proj)
+    f = proj/"p.yaml"
+    f.write_text(yaml.safe_dump({"model": "tiny-random", "run_root": str(proj/"runs"), "wandb": {"mode": "offline"},
+        "stages": ["prepare", "finetune", "evaluate", "rag_index", "report"],
+        "prepare": {"data": str(ROOT/"data"/"instructions.jsonl"), "max_examples": 30},
+        "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2},
+        "evaluate": {"max_examples": 2, "max_new_tokens": 4, "n_boot": 20}, "rag_index": {"docs": str(ROOT/"data"/"kb")}}))
+    env = {**os.environ, "PYTHONPATH": str(proj)}  # the copy, in this process and in every stage kernel
+
+    def run():
+        r = subprocess.run([sys.executable, "-m", "llmops_nb.cli", "run", str(f), "--quiet"], cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rec = json.loads(sorted((proj/"runs").glob("2*/run.json"))[-1].read_text())
+        return {s: st["status"] for s, st in rec["stages"].items()}, rec
+
+    def edit(module, old, new):
+        p = proj/"llmops_nb"/f"{module}.py"; src = p.read_text()
+        assert old in src; p.write_text(src.replace(old, new, 1))
+
+    first, r1 = run()
+    assert set(first.values()) == {"done"}
+    edit("report", "def _rows(p) -> list:", "# a report-only edit\ndef _rows(p) -> list:")
+    assert run()[0] == {"prepare": "cached", "finetune": "cached", "evaluate": "cached", "rag_index": "cached", "report": "done"}
+    edit("trainer", "def _history(log_history) -> list:", "# a comment: fine-tuning code changed, its result did not\ndef _history(log_history) -> list:")
+    st, r3 = run()
+    assert st == {"prepare": "cached", "finetune": "done", "evaluate": "cached", "rag_index": "cached", "report": "done"}
+    adapter = lambda rec: json.loads((Path(rec["stages"]["finetune"]["out_dir"])/"manifest.json").read_text())["files"]["adapter"]
+    assert adapter(r3) == adapter(r1)  # byte for byte the same adapter, so evaluate kept its result
+    edit("trainer", "    seed_everything(cfg.seed)\n", "    seed_everything(cfg.seed + 1)\n")  # another initialisation: another adapter
+    st, r4 = run()
+    assert st == {"prepare": "cached", "finetune": "done", "evaluate": "done", "rag_index": "cached", "report": "done"}
+    assert adapter(r4) != adapter(r1)
