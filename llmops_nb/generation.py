@@ -78,6 +78,8 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
              do_sample: bool = False, # sample instead of greedy decoding
              temperature: float = 1.0, # sampling temperature (with do_sample)
              top_p: float = 1.0, # nucleus sampling mass (with do_sample)
+             repetition_penalty: float = 1.0, # scores of tokens already in the sequence divided (or multiplied) by it; 1: off
+             no_repeat_ngram_size: int = 0, # no n-gram of this many tokens occurs twice in prompt + answer; 0: off
              num_return_sequences: int = 1, # answers per prompt
              seed: int = 42, # seed of the sampling
              progress: bool = True, # show a progress bar
@@ -94,6 +96,8 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
     kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_return_sequences,
               pad_token_id=tokenizer.pad_token_id, eos_token_id=_eos_ids(model, tokenizer))
     if do_sample: kw.update(temperature=temperature, top_p=top_p)
+    if repetition_penalty != 1.0: kw.update(repetition_penalty=float(repetition_penalty))
+    if no_repeat_ngram_size > 0: kw.update(no_repeat_ngram_size=int(no_repeat_ngram_size))
     dev, side, out = next(model.parameters()).device, tokenizer.padding_side, [None]*len(prompts)
     tokenizer.padding_side = "left"
     rows = min(batch_size, len(prompts)) * num_return_sequences
