@@ -14,6 +14,7 @@ from langchain_core.outputs import Generation, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 from .generation import generate
 from .retrieval import hit_at_k, make_retriever, mrr_at_k
+from .settings import Generation as GenerationSettings
 from .vectorstore import FaissStore, embed_texts, load_index
 
 # %% auto #0
@@ -44,6 +45,8 @@ class LocalLLM(BaseLLM):
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    repetition_penalty: float = GenerationSettings.repetition_penalty  # the shared setting's default, for callers that give none (the chat)
+    no_repeat_ngram_size: int = GenerationSettings.no_repeat_ngram_size
     seed: int = 42
 
     @property
@@ -51,7 +54,8 @@ class LocalLLM(BaseLLM):
 
     def _generate(self, prompts, stop=None, run_manager=None, **kw):
         out = generate(self.lm, self.tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                       do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, seed=self.seed, progress=False)
+                       do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                       no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False)
         return LLMResult(generations=[[Generation(text=t)] for t in out])
 
 def hf_llm(model: str = "tiny-random", adapter=None, device="auto", **gen) -> LocalLLM:
