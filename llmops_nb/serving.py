@@ -83,7 +83,7 @@ def sources(docs: list, scores: dict, answer: str) -> tuple:
             "score": scores.get(d.id), "cited": d.metadata.get("source") in cited} for d in docs]
     return out, max(scores.values(), default=None)
 
-# %% ../nbs/33_serving.ipynb #d4276df2
+# %% ../nbs/33_serving.ipynb #a4d95fc1
 class Run:
     "One generation in progress: `events()` yields ('delta', text) ... then ('done', reason) or ('error', message)."
     def __init__(self, request, q: asyncio.Queue):
@@ -101,7 +101,7 @@ class Run:
     def completion_tokens(self) -> int: return len(self.request.gen)
 
     @property
-    def ttft(self) -> float | None: return None if self.request.t_first is None else self.request.t_first - self.request.t_submit
+    def t_first(self) -> float | None: return self.request.t_first  # perf_counter() when the first token came
 
 class HFBackend:
     "Generation in this process, by the batching `engine.Engine`."
