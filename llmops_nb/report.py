@@ -12,8 +12,8 @@ from .runs import _num, flat_metrics, flat_params, gate_rows, gates_passed, load
 
 # %% auto #0
 __all__ = ['SECTIONS', 'show_summary', 'show_metadata', 'show_training', 'show_evaluation', 'examples', 'show_examples',
-           'show_retrieval', 'show_gates', 'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook',
-           'to_html', 'execute', 'render', 'wandb_report']
+           'show_retrieval', 'show_gates', 'show_serving', 'show_feedback', 'stage_notebooks', 'show_notebooks',
+           'report_notebook', 'to_html', 'execute', 'render', 'wandb_report']
 
 # %% ../nbs/20_report.ipynb #1243899e
 SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks")
@@ -195,10 +195,22 @@ def show_gates(rec: dict):
     _table([{**r, "passed": "pass" if r["passed"] else "FAIL"} for r in rows])
 
 
+def show_serving(rec: dict, db=None):
+    "What `llmops serve` recorded for this run: requests, error rate, latency and time to first token per served model."
+    from llmops_nb import monitor as M, servelog as SL
+    req = SL.load_requests(db, run_id=rec["id"])
+    if req.empty: return _md(f"*Not served yet: `llmops serve {rec['id']}` (or `llmops promote {rec['id']}`, then `llmops serve production`) records every request here.*")
+    st = M.serving_stats(req)
+    _md(f"**Served** ({len(req)} requests, {req['timestamp'].min():%Y-%m-%d %H:%M} to {req['timestamp'].max():%Y-%m-%d %H:%M} UTC): "
+        f"error rate {st['errors'].sum() / len(req):.1%}, latency p50 {req.loc[req['status'] == 200, 'latency_ms'].median():.0f} ms, "
+        f"time to first token p50 {req.loc[req['status'] == 200, 'ttft_ms'].median():.0f} ms; per served model:")
+    _table(st.reset_index().to_dict("records"))  # rows, not an index: model names are escaped like every other cell
+
 def show_feedback(rec: dict, db=None):
-    "End users' ratings of this run's chatbot (`llmops chat`), from the feedback store: figures and the plot."
+    "End users' ratings of this run's chatbot (`llmops chat`, `llmops serve`), from the feedback store: serving figures, ratings and the plot."
     from llmops_nb import feedback as F, monitor as M
-    if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: `llmops chat {rec['id']}` serves this run's chatbot and stores ratings.*")
+    if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: `llmops serve {rec['id']}` or `llmops chat {rec['id']}` serves this run and stores ratings.*")
+    show_serving(rec, db)
     df = F.load(db)
     df = df[df["run_id"] == rec["id"]]
     if df.empty: return _md(f"*No end-user feedback for this run yet: `llmops chat {rec['id']}` collects it; `llmops report {rec['id']}` re-renders this page.*")
