@@ -64,7 +64,7 @@ class Deployment:
     models: dict # name -> Served
     created: int = field(default_factory=lambda: int(time.time()))
 
-# %% ../nbs/31_deploy.ipynb #d1ca83e4
+# %% ../nbs/31_deploy.ipynb #017baa3e
 def load(target: str, # a run id, short id, latest, candidate or registry alias
          run_root="runs", # the runs folder
          name: str | None = None, # served name of the tuned model (see `model_names`)
@@ -82,9 +82,11 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
     lineage = lambda adapter: {"base": p["model"], "adapter": str(adapter) if adapter else None, "run_id": rec["id"]}
     old = {(s.kind, s.lineage.get("base"), s.lineage.get("adapter")): s for s in (previous.models.values() if previous else ())}
     def served(kind, adapter):
-        if engine == "vllm":
-            tok = load_tokenizer(p["model"])
-            return (names["base"] if adapter is None else f"{rec['id']}-{Path(adapter).parent.name}"), tok, 0
+        if engine == "vllm":  # vLLM holds the weights; here the tokenizer (prompts, counts) and the context length
+            from transformers import AutoConfig
+            from llmops_nb.models import resolve_model
+            ctx = int(getattr(AutoConfig.from_pretrained(resolve_model(p["model"])), "max_position_embeddings", 0) or 2048)
+            return (names["base"] if adapter is None else f"{rec['id']}-{Path(adapter).parent.name}"), load_tokenizer(p["model"]), ctx
         from llmops_nb.engine import Model
         reuse = old.get(("base", p["model"], None)) if adapter is None else None
         if reuse: return reuse.model, reuse.tok, reuse.context

@@ -243,7 +243,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
 
     return app
 
-# %% ../nbs/35_server.ipynb #0cee1b7d
+# %% ../nbs/35_server.ipynb #c2c4a561
 class Running:
     "A uvicorn server for `app` in a background thread: `url`, `stop()`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
@@ -287,7 +287,7 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
     elif engine == "vllm":
         from llmops_nb import vllm_engine
         follow = deploy.Follower(target, run_root, engine="vllm")
-        backend = vllm_engine.VLLMBackend.start(follow, max_num_seqs=max_batch, extra=vllm_args)
+        backend = vllm_engine.VLLMBackend.launch(follow, max_num_seqs=max_batch, extra=vllm_args)
     else: raise ConfigError(f"--engine {engine}: expected hf or vllm")
     reqlog = RequestLog(db)
     app = create_app(follow, backend, reqlog, caps, key, db)
