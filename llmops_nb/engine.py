@@ -13,7 +13,7 @@ from .generation import _eos_ids, prepacked
 # %% auto #0
 __all__ = ['Sampling', 'Busy', 'Request', 'Model', 'Batch', 'prefill', 'choose', 'Engine']
 
-# %% ../nbs/28_engine.ipynb #286e034d
+# %% ../nbs/28_engine.ipynb #9a5c8012
 @dataclass
 class Sampling:
     "How one request decodes: OpenAI's names, and generate's for the repetition controls."
@@ -38,13 +38,17 @@ class Request:
         self.gen, self.text, self.sent, self.finish, self.cancelled, self.error = [], "", 0, None, False, None
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
         self.rng = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed()) if sampling.temperature > 0 else None
+        self.seen = None  # for the repetition penalty: which tokens prompt and answer hold, as a mask over the vocabulary
+        if sampling.repetition_penalty != 1.0:
+            self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device)
+            self.seen[torch.tensor(sorted(set(self.prompt_ids)), dtype=torch.long, device=model.device)] = True
         self.ngrams, n = {}, sampling.no_repeat_ngram_size
         for i in range(len(self.prompt_ids) - n + 1 if n > 0 else 0):  # the n-grams of the prompt count too, as in generate
             self.ngrams.setdefault(tuple(self.prompt_ids[i:i + n - 1]), set()).add(self.prompt_ids[i + n - 1])
 
     def cancel(self): self.cancelled = True
 
-# %% ../nbs/28_engine.ipynb #f00b0abd
+# %% ../nbs/28_engine.ipynb #465caef2
 class Model:
     "A causal LM ready for the engine: eval mode, EOS ids, context length, weights packed for `max_batch` rows."
     def __init__(self, lm, tok, name: str = "model", max_batch: int = 16, prepack: bool = True):
@@ -54,6 +58,7 @@ class Model:
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else min(self.eos)
         self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"  # renamed in transformers 5
         self.device = next(lm.parameters()).device
+        self.vocab = lm.get_output_embeddings().weight.shape[0]
         self._pack = prepacked(lm, max_batch) if prepack else None
         self.packed = self._pack.__enter__() if self._pack else 0
 
@@ -138,7 +143,7 @@ class Batch:
         self.front += 1
         return out.logits[:, -1, :].float()
 
-# %% ../nbs/28_engine.ipynb #22df7710
+# %% ../nbs/28_engine.ipynb #1de4ad9d
 def prefill(model: Model, reqs) -> tuple:
     "(DynamicCache of the prompts' keys/values, prompt lengths, next-token logits) for `reqs` run as one left-padded batch."
     lens = [len(r.prompt_ids) for r in reqs]
@@ -162,33 +167,36 @@ def _plain(s: Sampling) -> bool:
 def choose(reqs, logits: torch.Tensor) -> list:
     "The next token of each request from its row of `logits`: its repetition controls, then greedy or sampled."
     out = logits.argmax(-1).tolist()
-    for j, r in enumerate(reqs):
-        s = r.s
-        if _plain(s): continue
-        x = logits[j].clone()
-        if s.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(r.prompt_ids) | set(r.gen)), dtype=torch.long, device=x.device)
-            v = x[seen]
-            x[seen] = torch.where(v < 0, v * s.repetition_penalty, v / s.repetition_penalty)
+    rows = [j for j, r in enumerate(reqs) if not _plain(r.s)]
+    if not rows: return out
+    x = logits[rows].clone()
+    pen = [i for i, j in enumerate(rows) if reqs[j].seen is not None]
+    if pen:  # generate's repetition penalty, for all such rows at once: the scores of tokens seen in prompt or answer
+        m = torch.stack([reqs[rows[i]].seen for i in pen])
+        p = torch.tensor([reqs[rows[i]].s.repetition_penalty for i in pen], device=x.device)[:, None]
+        v = x[pen]
+        x[pen] = torch.where(m, torch.where(v < 0, v * p, v / p), v)
+    for i, j in enumerate(rows):
+        r, s, xi = reqs[j], reqs[j].s, x[i]
         n = s.no_repeat_ngram_size
-        if n > 0:
+        if n > 0:  # generate's no_repeat_ngram_size: no token that would complete an n-gram already in prompt + answer
             tail = (r.prompt_ids[-(n - 1):] + r.gen[-(n - 1):])[-(n - 1):] if n > 1 else []
             banned = r.ngrams.get(tuple(tail), ()) if len(tail) == n - 1 else ()
-            if banned: x[list(banned)] = -float("inf")
+            if banned: xi[list(banned)] = -float("inf")
         if (s.presence_penalty or s.frequency_penalty) and r.gen:
-            t, c = torch.unique(torch.tensor(r.gen, device=x.device), return_counts=True)
-            x[t] -= s.frequency_penalty * c.float() + s.presence_penalty
-        if s.temperature <= 0: out[j] = int(x.argmax()); continue
-        x = x / s.temperature
+            t, c = torch.unique(torch.tensor(r.gen, device=xi.device), return_counts=True)
+            xi[t] -= s.frequency_penalty * c.float() + s.presence_penalty
+        if s.temperature <= 0: out[j] = int(xi.argmax()); continue
+        xi = xi / s.temperature
         if s.top_p < 1.0:  # generate's TopPLogitsWarper: drop the least likely tokens holding 1 - top_p of the mass
-            srt, idx = torch.sort(x)
+            srt, idx = torch.sort(xi)
             drop = srt.softmax(-1).cumsum(-1) <= 1 - s.top_p
             drop[-1] = False
-            x[idx[drop]] = -float("inf")
-        out[j] = int(torch.multinomial(x.softmax(-1).cpu(), 1, generator=r.rng))
+            xi[idx[drop]] = -float("inf")
+        out[j] = int(torch.multinomial(xi.softmax(-1).cpu(), 1, generator=r.rng))
     return out
 
-# %% ../nbs/28_engine.ipynb #06b5019c
+# %% ../nbs/28_engine.ipynb #3ad528bf
 class Engine:
     "Dynamic batching: queued requests join their model's running batch at step boundaries and leave it when done."
     def __init__(self, max_batch: int = 16, # rows decoded together, per model
@@ -266,6 +274,7 @@ class Engine:
         if r.cancelled: r.finish = "cancelled"; return
         if tok in m.eos: r.finish = "stop"; return self._send(r, final=True)
         r.gen.append(tok); self.tokens += 1
+        if r.seen is not None: r.seen[tok] = True
         n = s.no_repeat_ngram_size
         if n > 0:
             seq = (r.prompt_ids[-n:] + r.gen[-n:])[-n:]
