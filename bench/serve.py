@@ -10,6 +10,7 @@ model (SmolLM2-135M-Instruct, no adapter):
   what a tutorial's endpoint amounts to), greedy, no streaming;
 - `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching, packed
   weights), streamed;
+- `hf-plain` (an ablation): our server without MKL-packed weights (`engine.Model(prepack=False)`);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
 
 Clients are threads using the official `openai` SDK, each sending the shipped test prompts (the test split of
@@ -78,9 +79,9 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
     import tempfile
     name = deploy.base_name(model)
     lineage = {"base": model, "adapter": None, "run_id": "bench"}
-    if kind == "hf":
+    if kind in ("hf", "hf-plain"):
         lm, tok = load_causal_lm(model, device=device)
-        m = EN.Model(lm, tok, name, max_batch=max_batch)
+        m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind == "hf")
         dep = deploy.Deployment("bench", "bench", {name: deploy.Served(name, "base", m, tok, m.context, lineage)})
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=4096))
     else:
@@ -157,7 +158,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="test prompts (the test split has 40)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, vllm")
+    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-plain, vllm (the first is the reference)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)

@@ -13,7 +13,7 @@ from .generation import _eos_ids, prepacked
 # %% auto #0
 __all__ = ['Sampling', 'Busy', 'Request', 'Model', 'Batch', 'prefill', 'choose', 'Engine']
 
-# %% ../nbs/28_engine.ipynb #9a5c8012
+# %% ../nbs/28_engine.ipynb #7cab22ee
 @dataclass
 class Sampling:
     "How one request decodes: OpenAI's names, and generate's for the repetition controls."
@@ -38,13 +38,9 @@ class Request:
         self.gen, self.text, self.sent, self.finish, self.cancelled, self.error = [], "", 0, None, False, None
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
         self.rng = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed()) if sampling.temperature > 0 else None
-        self.seen = None  # for the repetition penalty: which tokens prompt and answer hold, as a mask over the vocabulary
-        if sampling.repetition_penalty != 1.0:
-            self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device)
-            self.seen[torch.tensor(sorted(set(self.prompt_ids)), dtype=torch.long, device=model.device)] = True
-        self.ngrams, n = {}, sampling.no_repeat_ngram_size
-        for i in range(len(self.prompt_ids) - n + 1 if n > 0 else 0):  # the n-grams of the prompt count too, as in generate
-            self.ngrams.setdefault(tuple(self.prompt_ids[i:i + n - 1]), set()).add(self.prompt_ids[i + n - 1])
+        # the repetition controls count the answer only (as `generation.answer_processors`): the tokens it holds, its n-grams
+        self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device) if sampling.repetition_penalty != 1.0 else None
+        self.ngrams = {}
 
     def cancel(self): self.cancelled = True
 
@@ -143,7 +139,7 @@ class Batch:
         self.front += 1
         return out.logits[:, -1, :].float()
 
-# %% ../nbs/28_engine.ipynb #1de4ad9d
+# %% ../nbs/28_engine.ipynb #5a479810
 def prefill(model: Model, reqs) -> tuple:
     "(DynamicCache of the prompts' keys/values, prompt lengths, next-token logits) for `reqs` run as one left-padded batch."
     lens = [len(r.prompt_ids) for r in reqs]
@@ -180,7 +176,7 @@ def choose(reqs, logits: torch.Tensor) -> list:
         r, s, xi = reqs[j], reqs[j].s, x[i]
         n = s.no_repeat_ngram_size
         if n > 0:  # generate's no_repeat_ngram_size: no token that would complete an n-gram already in prompt + answer
-            tail = (r.prompt_ids[-(n - 1):] + r.gen[-(n - 1):])[-(n - 1):] if n > 1 else []
+            tail = r.gen[len(r.gen) - n + 1:] if n > 1 else []
             banned = r.ngrams.get(tuple(tail), ()) if len(tail) == n - 1 else ()
             if banned: xi[list(banned)] = -float("inf")
         if (s.presence_penalty or s.frequency_penalty) and r.gen:
@@ -196,7 +192,7 @@ def choose(reqs, logits: torch.Tensor) -> list:
         out[j] = int(torch.multinomial(xi.softmax(-1).cpu(), 1, generator=r.rng))
     return out
 
-# %% ../nbs/28_engine.ipynb #3ad528bf
+# %% ../nbs/28_engine.ipynb #1d0cb9b2
 class Engine:
     "Dynamic batching: queued requests join their model's running batch at step boundaries and leave it when done."
     def __init__(self, max_batch: int = 16, # rows decoded together, per model
@@ -277,7 +273,7 @@ class Engine:
         if r.seen is not None: r.seen[tok] = True
         n = s.no_repeat_ngram_size
         if n > 0:
-            seq = (r.prompt_ids[-n:] + r.gen[-n:])[-n:]
+            seq = r.gen[-n:]
             if len(seq) == n: r.ngrams.setdefault(tuple(seq[:-1]), set()).add(seq[-1])
         text = m.tok.decode(r.gen, skip_special_tokens=True).lstrip()
         for st in s.stop:

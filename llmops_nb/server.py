@@ -92,7 +92,7 @@ class SSEResponse(StreamingResponse):
         try: await super().__call__(scope, receive, send)
         finally: await self.body_iterator.aclose()
 
-# %% ../nbs/35_server.ipynb #b658f1a5
+# %% ../nbs/35_server.ipynb #c6f69d00
 def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment`)
                backend, # `serving.HFBackend` or `vllm_engine.VLLMBackend`
                reqlog, # `servelog.RequestLog`
@@ -192,6 +192,8 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
             run = await backend.start(served, prep.ids, prep.sampling)
         except ApiError as e:
             note(rec, t0, e.status, error=e.code or e.type); raise
+        except Exception as e:  # answered 500 by the handler above; recorded here
+            note(rec, t0, 500, error=type(e).__name__); raise
         rid, created, fp = new_id(), int(time.time()), served.lineage["run_id"]
         rec["response_id"] = rid
         def ended(text, reason, status=200, error=None):
