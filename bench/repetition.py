@@ -42,6 +42,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-examples", type=int, default=0, help="0: the whole test split")
     ap.add_argument("--via", choices=["engine", "generate"], default="engine", help="answer through the serving engine or generation.generate")
+    ap.add_argument("--task", choices=["evaluate", "rag"], default="evaluate",
+                    help="evaluate: the test split; rag: rag_eval's questions (max_questions of them) with the run's index, retriever and k")
     ap.add_argument("--out", default=str(ROOT/"bench"/"out"/"repetition.json"))
     a = ap.parse_args(argv)
     rec = runs.load_record(a.run, a.run_root)
@@ -52,6 +54,15 @@ def main(argv=None):
     if a.max_examples: ds = ds.select(range(min(a.max_examples, len(ds))))
     lm, tok = G.with_adapters(model, {"tuned": adapter}, device="cpu")
     prompts, refs, _ = G.chat_prompts(tok, ds["messages"])
+    if a.task == "rag":  # the rag_eval stage's prompts: retrieved passages, numbered
+        from llmops_nb import rag
+        from llmops_nb.retrieval import load_questions, make_retriever
+        from llmops_nb.vectorstore import load_index
+        re = rec["config"]["params"]["rag_eval"]
+        qs = [q for q in load_questions(re["questions"], re.get("max_questions") or 0) if q["answer"]]
+        retriever = make_retriever(load_index(runs.output(rec, "rag_index", "index")), re["retrieval"], re["k"])
+        prompts = [rag.render_prompt(tok, q["question"], retriever.invoke(q["question"])) for q in qs]
+        refs = [q["answer"] for q in qs]
     grid = [(float(p), int(n)) for p, n in (g.split(":") for g in a.grid.split(","))]
     if a.via == "engine":
         from llmops_nb.engine import Engine, Model, Sampling
@@ -80,7 +91,7 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"run": rec["id"], "model": model, "adapter": str(adapter), "via": a.via, "rows": rows}, indent=1))
+    Path(a.out).write_text(json.dumps({"run": rec["id"], "model": model, "adapter": str(adapter), "via": a.via, "task": a.task, "rows": rows}, indent=1))
     print(f"\n{'model':6} {'penalty':>7} {'ngram':>5} {'rougeL':>7} {'tokenF1':>7} {'rep.sent':>8} {'rep.3g':>7}")
     for r in rows:
         print(f"{r['model']:6} {r['repetition_penalty']:7.2f} {r['no_repeat_ngram_size']:5d} {r['rougeL']:7.4f} {r['token_f1']:7.4f} "
