@@ -59,8 +59,8 @@ class Generation:
     do_sample: bool = setting(False, "sample instead of greedy decoding")
     temperature: float = setting(1.0, "sampling temperature (with do_sample)")
     top_p: float = setting(1.0, "nucleus sampling mass (with do_sample)")
-    repetition_penalty: float = setting(1.0, "scores of tokens already in prompt or answer divided by it (1: off; generate's repetition_penalty)")
-    no_repeat_ngram_size: int = setting(0, "no n-gram of this many tokens occurs twice in prompt + answer (0: off; generate's no_repeat_ngram_size)")
+    repetition_penalty: float = setting(1.05, "scores of tokens already in the answer divided by it (1: off; generate's name, counted over the answer)")
+    no_repeat_ngram_size: int = setting(4, "no n-gram of this many tokens occurs twice in the answer (0: off; generate's name, counted over the answer)")
 
 # %% ../nbs/01_settings.ipynb #25768d28
 @dataclass

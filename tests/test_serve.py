@@ -8,6 +8,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 openai = pytest.importorskip("openai")
 from llmops_nb import feedback as F, generation as G, servelog as SL, vectorstore as V  # noqa: E402
 from llmops_nb.serving import Caps  # noqa: E402
+from llmops_nb.settings import Generation  # noqa: E402
 from llmops_nb.server import serve  # noqa: E402
 
 DOCS = {"battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh, of which 4.8 kWh is usable.\n\n## Warranty\n\n"
@@ -81,7 +82,8 @@ def test_openai_sdk_models_completion_stream(server):
     # the same greedy answer as generation.generate on the same prompt alone
     served = server["follow"].current.models["test-aaaa"]
     prompt = served.tok.apply_chat_template([{"role": "system", "content": "Answer briefly."}, *_ask(QUESTIONS[0])], tokenize=False, add_generation_prompt=True)
-    assert text == G.generate(served.model.lm, served.tok, [prompt], max_new_tokens=16, progress=False)[0]
+    assert served.defaults == {"repetition_penalty": Generation.repetition_penalty, "no_repeat_ngram_size": Generation.no_repeat_ngram_size}
+    assert text == G.generate(served.model.lm, served.tok, [prompt], max_new_tokens=16, progress=False, **served.defaults)[0]
     chunks = list(c.chat.completions.create(model="test-aaaa", messages=_ask(QUESTIONS[0]), max_tokens=16, stream=True,
                                             stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant" and len({ch.id for ch in chunks}) == 1 and chunks[0].id != r.id
