@@ -19,7 +19,8 @@ the other, `--clients` of them at once. Reported per server and client count: ag
 latency p50/p95 and time to first token p50/p95 (the first streamed content; the whole answer for the tutorial
 server, which does not stream). Greedy answers of every run are compared with the tutorial server's answers at one
 client: they must be identical. `--repeat` alternates the order of the servers and keeps medians (a shared machine
-moves single runs a lot).
+moves single runs a lot); on a busy 2-core machine torch's two OpenMP threads per process can make every product
+many times slower than one thread (a 576x1536 product: 8.7 ms vs 0.25 ms), so `--threads 1` gives steadier figures.
 
 On a GPU machine, the ready command (unverified here, there is no GPU):
 
@@ -96,7 +97,8 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
 
 
 def run_server(kind: str, port: int, a):
-    import uvicorn
+    import torch, uvicorn
+    if a.threads: torch.set_num_threads(a.threads)
     app = tutorial_app(a.model, a.device) if kind == "tutorial" else ours_app(a.model, a.device, kind, a.max_batch)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -162,6 +164,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in every server (0: torch's default); on a busy shared machine 1 is steadier")
     ap.add_argument("--out", default=str(ROOT/"bench"/"out"/"serve.json"))
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -175,7 +178,7 @@ def main(argv=None):
         for e in engines:
             port = free_port()
             procs[e] = subprocess.Popen([sys.executable, __file__, "--serve", e, "--port", str(port), "--model", a.model, "--device", a.device,
-                                         "--max-batch", str(a.max_batch)])
+                                         "--max-batch", str(a.max_batch), "--threads", str(a.threads)])
             urls[e] = f"http://127.0.0.1:{port}"
         for e in engines: wait_up(urls[e] + "/v1/models", procs[e])
         name = base_name(a.model)
@@ -204,7 +207,7 @@ def main(argv=None):
             row["speedup"] = row["tokens_per_s"] / med([x["tokens_per_s"] for x in runs["tutorial", c]]) if "tutorial" in engines else None
             table.append(row)
     out = {"model": a.model, "device": a.device, "n_prompts": len(prompts), "max_tokens": a.max_tokens, "max_batch": a.max_batch, "repeat": a.repeat,
-           "threads": torch.get_num_threads(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+           "threads": a.threads or torch.get_num_threads(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
            "load_average": os.getloadavg(), "table": table}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
