@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 import chromadb
+import numpy as np
 from langchain_chroma import Chroma
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from .core import ConfigError, resolve_path
 from .documents import Skip, chunk_file, embed_text, scan
 from .vectorstore import EMBED_TEXT, embed_texts, get_embeddings, unit
@@ -112,6 +114,14 @@ class ChromaStore(Chroma):
     def add_texts(self, texts, metadatas=None, ids=None, **kw) -> list:
         texts = list(texts); metadatas = metadatas or [{} for _ in texts]
         return self.add_documents([Document(page_content=t, metadata=m) for t, m in zip(texts, metadatas)], ids=ids)
+
+    def max_marginal_relevance_search_by_vector(self, embedding, k=4, fetch_k=20, lambda_mult=0.5, filter=None, where_document=None, **kw) -> list:
+        "MMR in the order MMR picks (the integration returns the picks in similarity order, which moves the second-best pick ahead)."
+        r = self._collection.query(query_embeddings=[list(map(float, embedding))], n_results=fetch_k, where=filter,
+                                   where_document=where_document, include=["metadatas", "documents", "embeddings"], **kw)
+        if not r["ids"][0]: return []
+        picks = maximal_marginal_relevance(np.asarray(embedding, dtype="float32"), r["embeddings"][0], k=k, lambda_mult=lambda_mult)
+        return [Document(page_content=r["documents"][0][j], metadata=r["metadatas"][0][j] or {}, id=r["ids"][0][j]) for j in picks]
 
     def entries(self, include=("metadatas",), page: int = 5000):
         "Every (id, metadata, document or None) in the collection, fetched `page` at a time."
