@@ -124,3 +124,22 @@ def test_store_setting_errors_are_one_line(tmp_path):
             "except Exception as e: print(type(e).__name__, '|', e)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.strip()
     assert out.startswith("ConfigError |") and "pip install chromadb langchain-chroma" in out and "\n" not in out, out
+
+
+def test_pipeline_with_chroma_store(server, params, tmp_path):
+    "rag_index -> rag_eval through papermill with `store: chroma`: the index output is store.json, rag_eval reads the collection, a rerun is cached."
+    from llmops_nb import pipeline as P
+    kb = tmp_path/"kb"; kb.mkdir()
+    for p in sorted((ROOT/"data"/"kb").glob("*.md"))[:6]: (kb/p.name).write_text(p.read_text())
+    f = params({"model": "tiny-random", "stages": ["rag_index", "rag_eval"],
+                "rag_index": {"docs": str(kb), "store": "chroma", "store_url": server, "collection": "pipeline-kb"},
+                "rag_eval": {"max_questions": 1, "max_new_tokens": 4}})
+    r1 = P.run(f, progress=False)
+    ix = Path(r1["stages"]["rag_index"]["out_dir"])/"index"
+    assert sorted(p.name for p in ix.iterdir()) == ["store.json"]
+    m = json.loads((ix/"store.json").read_text())
+    assert (m["store"], m["collection"], len(m["files"])) == ("chroma", "pipeline-kb", 6)
+    ev = r1["stages"]["rag_eval"]["metrics"]
+    assert ev["n_questions"] == 74 and set(ev["retrieval"]) == set(R.MODES)
+    r2 = P.run(f, progress=False)
+    assert [s["status"] for s in r2["stages"].values()] == ["cached", "cached"]
