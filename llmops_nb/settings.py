@@ -136,7 +136,7 @@ class RagIndexConfig:
     index_type: str = setting("flat", "FAISS index: flat (exact inner product) or hnsw (approximate, for large collections)")
     previous_index: str = setting("auto", "FAISS index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build")
     store: str = setting("faiss", "vector store: faiss (index files in the run folder, one process) or chroma (a collection on the Chroma server at store_url, shared by replicas)")
-    store_url: str = setting("", "Chroma server for store: chroma, http(s)://host:port[?tenant=T&database=D]; a token goes in $CHROMA_TOKEN, not here")
+    store_url: str = setting("", "Chroma server for store: chroma, http(s)://host:port (a managed one adds ?tenant and database query parameters); a token goes in $CHROMA_TOKEN, not here")
     collection: str = setting("llmops-kb", "Chroma collection (store: chroma); it is updated incrementally, like a previous FAISS index")
 
 # %% ../nbs/01_settings.ipynb #f0c3abf5

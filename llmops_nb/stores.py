@@ -67,5 +67,5 @@ def open_index(index_dir, embedding_model: str | None = None):
     s = _chroma().ChromaStore(V.get_embeddings(built), m["collection"], url=m["url"], meta=m)
     if (n := len(s)) != m["n_chunks"]:
         raise ConfigError(f"collection '{m['collection']}' on {m['url']} holds {n} chunks but {p/POINTER} says {m['n_chunks']}; "
-                          "it was changed after rag_index wrote it: run rag_index again")
+                          "it was changed after rag_index wrote it: run rag_index again (with --force where it is cached)")
     return s
