@@ -30,8 +30,8 @@ class Answerer:
     "question -> {answer, sources, cited, top_similarity, latency_ms} over a RAG chain; `meta` holds run/model/adapter ids."
     def __init__(self, index, model: str = "tiny-random", adapter=None, k: int = 4, mode: str = "dense",
                  max_new_tokens: int = 128, run_id=None):
-        from llmops_nb import rag, vectorstore
-        self.store = vectorstore.load_index(index)
+        from llmops_nb import rag, stores
+        self.store = stores.open_index(index)
         self.chain = rag.qa_chain(self.store, model=model, adapter=adapter, k=k, mode=mode, gen={"max_new_tokens": max_new_tokens})
         self.k, self.lock = k, threading.Lock()
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}

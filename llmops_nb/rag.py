@@ -14,7 +14,9 @@ from langchain_core.outputs import Generation, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 from .generation import generate
 from .retrieval import hit_at_k, make_retriever, mrr_at_k
-from .vectorstore import FaissStore, embed_texts, load_index
+from langchain_core.vectorstores import VectorStore
+from .stores import open_index
+from .vectorstore import embed_texts
 
 # %% auto #0
 __all__ = ['SYSTEM', 'ANSWER_METRICS', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain',
@@ -78,7 +80,7 @@ class AnswerStep(Runnable):
         answers = self.gen.batch([render_prompt(self.tok, x["question"], x["documents"]) for x in xs], config)
         return [{**x, "answer": a} for x, a in zip(xs, answers)]
 
-def qa_chain(index, # an index folder, or a FaissStore
+def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangChain VectorStore
              model: str = "tiny-random", # causal LM alias, folder or hub id (ignored with `llm`)
              adapter=None, # PEFT adapter folder, merged into the model
              k: int = 4, # passages retrieved
@@ -87,7 +89,7 @@ def qa_chain(index, # an index folder, or a FaissStore
              gen: dict | None = None, # LocalLLM generation settings (max_new_tokens, batch_size, ...)
              **retriever_kw): # fetch_k, lambda_mult
     "LCEL chain question -> {answer, sources, cited, documents}."
-    store = index if isinstance(index, FaissStore) else load_index(index)
+    store = index if isinstance(index, VectorStore) else open_index(index)
     llm = llm or hf_llm(model, adapter, **(gen or {}))
     return (RunnableParallel(question=RunnablePassthrough(), documents=make_retriever(store, mode, k, **retriever_kw))
             | AnswerStep(llm, llm.tok)
