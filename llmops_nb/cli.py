@@ -93,13 +93,13 @@ def cmd_resume(a):
 
 @command("status", "the stages of a run", arg("run", nargs="?", default="latest", help=RUN))
 def cmd_status(a):
-    from llmops_nb.runs import load_record
-    show_status(load_record(a.run, a.run_root))
+    from llmops_nb.runs import load_record, refresh
+    show_status(refresh(load_record(a.run, a.run_root)))  # a run whose process died shows `interrupted`, not `running`
 
 @command("list", "all runs")
 def cmd_list(a):
-    from llmops_nb.runs import list_runs
-    for r in list_runs(a.run_root):
+    from llmops_nb.runs import list_runs, refresh
+    for r in map(refresh, list_runs(a.run_root)):
         done = sum(s["status"] in ("done", "cached") for s in r["stages"].values())
         print(f"{r['id']}  {r['status']:<8} {done}/{len(r['stages'])} stages  {r['params_file']}")
 
@@ -215,9 +215,12 @@ def main(argv=None) -> int:
     try: a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2
     except StageError as e: print(f"llmops: {e}", file=sys.stderr); return 1
-    except BrokenPipeError:
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left: say nothing more
+    except BrokenPipeError: _quiet_stdout()  # `llmops list | head`: the reader left, say nothing more
+    except OSError as e: print(f"llmops: {' '.join(str(e).split())}", file=sys.stderr); return 1  # a full disk, a permission: one line
     return 0
+
+def _quiet_stdout():
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 if __name__ == "__main__" and sys.argv[0].endswith("cli.py"): sys.exit(main())  # python -m llmops_nb.cli
