@@ -17,8 +17,8 @@ from .retrieval import hit_at_k, make_retriever, mrr_at_k
 from .vectorstore import FaissStore, embed_texts, load_index
 
 # %% auto #0
-__all__ = ['SYSTEM', 'ANSWER_METRICS', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain',
-           'sentences', 'groundedness', 'score_answers', 'summarize']
+__all__ = ['SYSTEM', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain', 'sentences',
+           'groundedness', 'score_answers', 'summarize']
 
 # %% ../nbs/16_rag.ipynb #41bdb8c7
 SYSTEM = ("Answer the question using only the numbered passages below. Cite the passages you use like [1]. "
@@ -106,7 +106,7 @@ def groundedness(answer: str, passages: list, emb: Embeddings, threshold: float 
     return float(((s @ p.T).max(axis=1) >= threshold).mean())
 
 # %% ../nbs/16_rag.ipynb #f3aa4bba
-ANSWER_METRICS = ("rougeL", "token_f1", "semantic_similarity")
+from .evaluation import ANSWER_METRICS  # declared with the other metric names
 
 def score_answers(results: list, # qa_chain outputs, one per question
                   questions: list, # the questions (question, answer, sources)
