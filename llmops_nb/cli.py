@@ -176,6 +176,8 @@ def cmd_sync(a):
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
          arg("--adapter", default=None, help="PEFT adapter folder (default: the run's dpo or finetune adapter)"),
          arg("--k", type=int, default=4, help="passages retrieved per question"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
+         arg("--max-chars", type=int, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
+         arg("--max-tokens", type=int, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
 def cmd_chat(a):
     import os
@@ -184,7 +186,8 @@ def cmd_chat(a):
     from llmops_nb.feedback import db_path
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not a.run and not a.index: raise ConfigError("chat: give a RUN (`llmops list`) or --index FOLDER (a rag_index stage's index)")
-    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens)
+    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens,
+                            max_chars=a.max_chars, max_tokens=a.max_tokens)
     print(f"chat on http://{a.host}:{a.port}  (model {bot.meta['model_id']}, adapter {bot.meta['adapter_id']}); feedback -> {db_path(a.db)}")
     serve(bot, a.host, a.port, db=a.db)
 

@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #3dba7820
 from __future__ import annotations
-import hashlib, json, os, socket, tempfile, time
+import hashlib, html, json, os, re, socket, tempfile, time
 from pathlib import Path
 try: import fcntl
 except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (see Lock)
 
 # %% auto #0
 __all__ = ['ConfigError', 'project_root', 'resolve_path', 'write_atomic', 'write_json', 'write_jsonl', 'read_jsonl',
-           'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'seed_everything']
+           'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #b445cfb5
 class ConfigError(ValueError):
@@ -159,6 +159,20 @@ def read_metrics(d) -> dict:
     "The metrics a stage wrote in `d`, or `{}`."
     p = Path(d)/"metrics.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+# %% ../nbs/00_core.ipynb #27129dc9
+_MD = re.compile(r"([\\`*_\[\]{}()#+!|~])")
+
+def md_text(x) -> str:
+    "`x` as Markdown that shows it as it is and runs nothing: HTML escaped, Markdown markup backslashed."
+    return _MD.sub(r"\\\1", html.escape(str(x), quote=False)).replace("\n", " ")
+
+def md_code(x, table: bool = False) -> str:
+    "`x` as a Markdown code span that no backtick inside can close early (`table`: `|` escaped for a table cell)."
+    s = " ".join(str(x).split("\n"))
+    if table: s = s.replace("|", "\\|")
+    n = max((len(m) for m in re.findall(r"`+", s)), default=0) + 1
+    return f"{'`' * n} {s} {'`' * n}" if n > 1 else f"`{s}`"
 
 # %% ../nbs/00_core.ipynb #f2daf410
 def seed_everything(seed: int = 42):
