@@ -37,7 +37,8 @@ def check_data(path, where: str) -> int | None:
     from llmops_nb.data import to_messages
     p = resolve_path(path)
     if not p.is_file() or p.suffix.lower() not in DATA_FILES: return None
-    unit, rows = _rows(p)
+    try: unit, rows = _rows(p)
+    except ConfigError as e: raise ConfigError(f"{where}: {e}") from None  # the params file and key, then the data file and line
     if not rows: raise ConfigError(f"{where}: {p} has no records")
     for i, rec in rows:
         try: to_messages(rec)

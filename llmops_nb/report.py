@@ -205,7 +205,7 @@ def show_feedback(rec: dict, db=None):
     if df.empty: return _md(f"*No end-user feedback for this run yet: {md_code('llmops chat ' + rec['id'])} collects it; {md_code('llmops report ' + rec['id'])} re-renders this page.*")
     rated = df["rating"].notna().sum()
     _md(f"{len(df)} questions, {rated} rated, thumbs-down rate {(df['rating'] == -1).sum() / max(rated, 1):.0%}, "
-        f"latency p50 {df['latency_ms'].quantile(0.5):.0f} ms / p95 {df['latency_ms'].quantile(0.95):.0f} ms.")
+        f"latency p50 {df['latency_ms'].astype(float).quantile(0.5):.0f} ms / p95 {df['latency_ms'].astype(float).quantile(0.95):.0f} ms.")
     stats, top = M.daily_stats(df), M.top_downvoted(df)
     _fig(M.plot_monitor(stats, top))
     if len(top): _md("**Most downvoted questions:**"); _table(top.to_dict("records"))
@@ -267,7 +267,7 @@ SAFE_ATTRIBUTES = {"*": ["class", "id", "title", "style", "align"], "a": ["href"
 def sanitize(nb):
     "Copy of notebook `nb` whose HTML and Markdown outputs keep only the allow-listed markup (no script, handler or javascript: link)."
     import copy
-    from nbconvert.preprocessors import SanitizeHTML  # bleach underneath; inline styles through its CSS sanitizer
+    from nbconvert.preprocessors.sanitize import SanitizeHTML  # bleach underneath; inline styles through its CSS sanitizer
     s = SanitizeHTML(tags=list(SAFE_TAGS), attributes=SAFE_ATTRIBUTES, strip=True)
     nb = copy.deepcopy(nb)
     for c in nb.cells:
