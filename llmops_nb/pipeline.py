@@ -134,7 +134,7 @@ KERNEL = "llmops-nb"
 def ensure_kernel(name=KERNEL) -> str:
     "Name of a kernelspec that runs this interpreter, installed into sys.prefix if needed."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    quiet = "--IPKernelApp.log_level=ERROR"  # not the kernel's transport warnings on every stage
+    quiet = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
     try:
         argv = KernelSpecManager().get_kernel_spec(name).argv
         if argv[0] == sys.executable and quiet in argv: return name

@@ -429,8 +429,8 @@ def xss_pages(tmp_path_factory):
     (tmp/"q.jsonl").write_text(json.dumps({"question": f"How much does the KB-5 store? {X1}", "answer": f"5.1 kWh {X2}", "sources": ["xss.md"]}) + "\n")
     f = tmp/"p.yaml"
     f.write_text(yaml.safe_dump({"name": f"run {X2}", "model": "tiny-random", "run_root": str(tmp/"runs"), "wandb": {"mode": "disabled"},
-        "stages": ["prepare", "finetune", "evaluate", "rag_index", "rag_eval", "report"],
-        "prepare": {"data": str(data)}, "finetune": {"max_steps": 1, "eval_steps": 0, "save_steps": 1},
+        "stages": ["prepare", "evaluate", "rag_index", "rag_eval", "report"],   # evaluate scores the base model: no adapter needed here
+        "prepare": {"data": str(data)},
         "evaluate": {"max_examples": 2, "max_new_tokens": 4, "n_boot": 20},
         "rag_index": {"docs": str(kb), "chunk_size": 200, "chunk_overlap": 20},
         "rag_eval": {"questions": str(tmp/"q.jsonl"), "k": 2, "max_new_tokens": 4}}))
@@ -454,7 +454,7 @@ def test_every_page_shows_data_as_text(xss_pages):
     from bs4 import BeautifulSoup
     rec, pages = xss_pages
     names = {p.name for p in pages}
-    assert {"prepare.html", "finetune.html", "evaluate.html", "rag_index.html", "rag_eval.html", "report.html", "compare.html"} <= names, names
+    assert {"prepare.html", "evaluate.html", "rag_index.html", "rag_eval.html", "report.html", "compare.html"} <= names, names
     for p in pages:
         soup = BeautifulSoup(p.read_text(), "html.parser")
         for el in soup.find_all(True):
@@ -462,7 +462,7 @@ def test_every_page_shows_data_as_text(xss_pages):
             assert not bad, (p.name, el.name, bad)
             for a in ("href", "src"): assert not str(el.get(a, "")).strip().lower().startswith("javascript:"), (p.name, el)
         assert not [s for s in soup.find_all("script") if "__xss" in s.get_text()], p.name
-        if p.name != "finetune.html": assert "window.__xss" in soup.get_text(), p.name  # the data is there, as text (finetune shows none)
+        assert "window.__xss" in soup.get_text(), p.name       # the data is there, as text
     report = BeautifulSoup(pages[0].read_text(), "html.parser").get_text()
     for shown in (f"run {X2}", f"Why? {X1}", f"How much does the KB-5 store? {X1}", f"5.1 kWh {X2}"): assert shown in report, shown
 
