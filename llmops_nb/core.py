@@ -101,6 +101,7 @@ def sha256_path(p) -> str:
 # %% ../nbs/00_core.ipynb #a6ad7102
 class Lock:
     "An exclusive lock on file `path`, held by this process until `release()` or until the process ends (even by kill -9)."
+    supported = fcntl is not None  # False: acquire always succeeds and nobody is ever known to hold a lock
     def __init__(self, path): self.path, self.fd = Path(path), None
 
     def _open(self) -> int:

@@ -106,7 +106,7 @@ def mark_interrupted(rec: dict, last: dict) -> dict:
 def _settle(rec: dict, last: dict) -> dict:
     "The record as saved (read under the lock), marked interrupted when it still says running."
     cur = load_record(rec["run_dir"]) if (Path(rec["run_dir"])/"run.json").exists() else rec
-    return mark_interrupted(cur, last) if cur.get("status") == "running" else cur
+    return mark_interrupted(cur, last) if cur.get("status") == "running" and Lock.supported else cur  # no locks (Windows): cannot tell
 
 def take_run(rec: dict, cmd: str = "resume") -> tuple:
     "(lock, record): run `rec`'s lock, taken, and its record re-read; a one-line error when a live process runs it. A run a dead process left `running` comes back `interrupted`."
@@ -120,7 +120,7 @@ def take_run(rec: dict, cmd: str = "resume") -> tuple:
 
 def refresh(rec: dict) -> dict:
     "`rec` as it stands: a run left `running` by a process that is gone comes back `interrupted` (and is saved so)."
-    if rec.get("status") != "running": return rec
+    if rec.get("status") != "running" or not Lock.supported: return rec
     lock = run_lock(rec); last = lock.info()
     if not lock.acquire(cmd="status"): return rec  # alive
     try: return _settle(rec, last)
