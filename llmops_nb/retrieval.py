@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from .core import ConfigError, read_jsonl, resolve_path
+from .core import ConfigError
 from .documents import embed_text
 
 # %% auto #0
@@ -65,21 +65,10 @@ def make_retriever(store, mode: str = "dense", k: int = 4, fetch_k: int = 20, la
 
 # %% ../nbs/15_retrieval.ipynb #a7989922
 def load_questions(path, limit: int = 0) -> list:
-    "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list)."
-    p, out = resolve_path(path), []
-    for n, r in read_jsonl(p, "questions file"):
-        if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not r["question"].strip():
-            raise ConfigError(f"{p}:{n}: expected an object with a non-empty string 'question'")
-        src = r.get("sources") or []
-        src = [src] if isinstance(src, str) else src
-        if not isinstance(src, list) or not all(isinstance(s, str) for s in src):
-            raise ConfigError(f"{p}:{n}: 'sources' must be a string or a list of strings")
-        ans = r.get("answer")
-        if ans is not None and not isinstance(ans, str): raise ConfigError(f"{p}:{n}: 'answer' must be a string")
-        out.append({"question": r["question"], "answer": ans, "sources": src})
-        if limit and len(out) >= limit: break
-    if not out: raise ConfigError(f"questions file '{path}' has no questions")
-    return out
+    "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list); every line is checked (`checks.read_questions`)."
+    from llmops_nb.checks import read_questions  # the one reader: the params checks read the file the same way, before any kernel
+    qs = [q for _, q in read_questions(path)]
+    return qs[:limit] if limit else qs
 
 # %% ../nbs/15_retrieval.ipynb #f91e7772
 def _hit(src, expected) -> bool: return Path(src).name in {Path(e).name for e in expected}

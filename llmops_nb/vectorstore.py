@@ -11,13 +11,14 @@ import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
-from .core import ConfigError, resolve_path
-from .documents import Skip, chunk_file, embed_text, scan
+from .core import ConfigError, resolve_path, sha256_path, write_atomic
+from .documents import Skip, chunk_file, embed_text, scan, chunk_id
 from .models import embedding_path
 
 # %% auto #0
-__all__ = ['INDEX_TYPES', 'EMBED_TEXT', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'unit', 'FaissStore',
-           'build_index', 'load_index', 'find_previous_index', 'sample_index', 'pick_previous', 'update_index']
+__all__ = ['INDEX_TYPES', 'INDEX_FILES', 'EMBED_TEXT', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'unit',
+           'check_index', 'FaissStore', 'build_index', 'load_index', 'find_previous_index', 'sample_index',
+           'pick_previous', 'update_index']
 
 # %% ../nbs/14_vectorstore.ipynb #c7659c5c
 def get_embeddings(name: str = "minilm-l6-v2", device: str = "cpu", batch_size: int = 32) -> Embeddings:
@@ -75,6 +76,18 @@ def unit(v) -> np.ndarray:
     v = np.ascontiguousarray(np.atleast_2d(np.asarray(v, dtype="float32")))
     n = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(n > 0, n, 1)
+INDEX_FILES = ("index.faiss", "documents.json")
+
+def check_index(folder) -> str:
+    "Why the saved index in `folder` cannot be trusted ('' when its files match the sha256 in its meta.json; an index saved without them is taken as it is)."
+    folder = Path(folder)
+    try: meta = json.loads((folder/"meta.json").read_text())
+    except FileNotFoundError: return f"{folder/'meta.json'} is missing"
+    except (OSError, ValueError): return f"{folder/'meta.json'} is unreadable"
+    for f, want in (meta.get("sha256") or {}).items():
+        if not (folder/f).is_file(): return f"{folder/f} is missing"
+        if sha256_path(folder/f) != want: return f"{folder/f} changed since the index was saved"
+    return ""
 
 class FaissStore(VectorStore):
     "LangChain vector store over a faiss inner-product index of unit vectors; `docs[i]` is row i, ids are unique. Saved without pickle."
@@ -194,15 +207,17 @@ class FaissStore(VectorStore):
         return self.index.reconstruct_n(0, self.index.ntotal) if self.index.ntotal else np.zeros((0, self.index.d), "float32")
 
     def save(self, folder) -> Path:
-        "Write `index.faiss` (none while empty), `documents.json` and `meta.json` into `folder` (no pickle)."
+        "Write `index.faiss` (none while empty), `documents.json` and `meta.json` (last, with the sha256 of the others) into `folder`; no pickle."
         import faiss
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            if self.index is not None: faiss.write_index(self.index, str(folder/"index.faiss"))
+            if self.index is not None: write_atomic(folder/"index.faiss", faiss.serialize_index(self.index).tobytes())
+            else: (folder/"index.faiss").unlink(missing_ok=True)
             docs = [{"id": d.id, "page_content": d.page_content, "metadata": d.metadata} for d in self.docs]
-            (folder/"documents.json").write_text(json.dumps(docs, ensure_ascii=False))
+            write_atomic(folder/"documents.json", json.dumps(docs, ensure_ascii=False))
+            sums = {f: sha256_path(folder/f) for f in INDEX_FILES if (folder/f).exists()}
             dims = int(self.index.d) if self.index is not None else self.meta.get("dims", 0)
-            (folder/"meta.json").write_text(json.dumps({**self.meta, "n_chunks": len(self.docs), "dims": dims}, indent=1))
+            write_atomic(folder/"meta.json", json.dumps({**self.meta, "n_chunks": len(self.docs), "dims": dims, "sha256": sums}, indent=1))
         return folder
 
     @classmethod
@@ -212,16 +227,20 @@ class FaissStore(VectorStore):
         folder = resolve_path(folder)
         if not (folder/"meta.json").exists():
             raise ConfigError(f"index folder '{folder}' has no meta.json; expected a folder written by rag.build_index (rag_index stage: <out_dir>/index)")
+        if why := check_index(folder): raise ConfigError(f"index '{folder}' cannot be trusted: {why}; rebuild it (the rag_index stage)")
         meta = json.loads((folder/"meta.json").read_text())
         built = meta.get("embedding_model")
         if embedding_model and not _same_model(embedding_model, built):
             raise ConfigError(f"index '{folder}' was built with embedding model '{built}', not '{embedding_model}'; query it with '{built}' or rebuild it (rag_index)")
-        index = faiss.read_index(str(folder/"index.faiss")) if (folder/"index.faiss").exists() else None
+        try:
+            index = faiss.read_index(str(folder/"index.faiss")) if (folder/"index.faiss").exists() else None
+            docs = [Document(page_content=d["page_content"], metadata=d["metadata"], id=d["id"])
+                    for d in json.loads((folder/"documents.json").read_text())]
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # faiss raises RuntimeError with a C++ trace in it
+            raise ConfigError(f"index '{folder}' is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); rebuild it (the rag_index stage)") from None
         if meta.get("index_type") == "hnsw" and index is not None: index.hnsw.efSearch = meta.get("ef_search", 64)
-        docs = [Document(page_content=d["page_content"], metadata=d["metadata"], id=d["id"])
-                for d in json.loads((folder/"documents.json").read_text())]
-        if len(docs) != (index.ntotal if index is not None else 0):
-            raise ConfigError(f"index '{folder}': {index.ntotal if index is not None else 0} vectors but {len(docs)} documents; the folder is damaged, rebuild it")
+        if len(docs) != (n := index.ntotal if index is not None else 0):
+            raise ConfigError(f"index '{folder}': {n} vectors but {len(docs)} documents; the folder is damaged, rebuild it")
         return cls(embeddings or get_embeddings(built), index, docs, meta)
 
 # %% ../nbs/14_vectorstore.ipynb #6e4e76d0
@@ -271,7 +290,8 @@ def build_index(docs, # folder of documents
     if skipped: warnings.warn(f"skipped {sum(map(len, skipped.values()))} files in {root}: " +
                               "; ".join(f"{k}: {', '.join(v)}" for k, v in skipped.items()), stacklevel=2)
     if not kept and not new:
-        raise ConfigError(f"docs folder '{docs}' has no readable documents; expected .md/.txt/.html/.pdf files with text")
+        why = "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}" for k, v in skipped.items())
+        raise ConfigError(f"docs folder '{docs}' has no readable documents" + (f" ({why})" if why else "") + "; expected UTF-8 .md/.txt/.html/.pdf files with text")
     nv = embed_texts(emb, [embed_text(d) for d in new])
     rows = [(d, v) for d, v in kept] + list(zip(new, nv))
     rows.sort(key=lambda r: (r[0].metadata["source"], r[0].metadata["position"]))
@@ -293,16 +313,18 @@ def load_index(index_dir, embedding_model: str | None = None) -> FaissStore:
 
 # %% ../nbs/14_vectorstore.ipynb #7edd6fb7
 def find_previous_index(runs_root, docs, exclude=None):
-    "Newest index folder (`*/*/index`, `*/index` or `*` below `runs_root`) built from folder `docs`, or None."
+    "Newest index folder (`*/*/index`, `*/index` or `*` below `runs_root`) built from folder `docs` that passes `check_index`, or None."
     root, docs = Path(runs_root), str(resolve_path(docs))
     ex = Path(exclude).resolve() if exclude else None
-    best = None
+    found = []
     for m in [*root.glob("*/*/index/meta.json"), *root.glob("*/index/meta.json"), *root.glob("*/meta.json")]:
         if ex and (m.parent.resolve() == ex or ex in m.parent.resolve().parents): continue
         try: meta = json.loads(m.read_text())
         except (OSError, json.JSONDecodeError): continue
-        if meta.get("docs") == docs and (best is None or m.stat().st_mtime > best.stat().st_mtime): best = m
-    return best.parent if best else None
+        if meta.get("docs") == docs: found.append(m)
+    for m in sorted(found, key=lambda m: -m.stat().st_mtime):
+        if not check_index(m.parent): return m.parent  # a damaged index is passed over: its vectors are not reused
+    return None
 
 # %% ../nbs/14_vectorstore.ipynb #117a0295
 def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_size: int = 800, chunk_overlap: int = 100) -> Path:
@@ -316,7 +338,7 @@ def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_si
         files, _ = scan(root)
         meta = json.loads((d/"meta.json").read_text())
         want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want): return d  # nothing changed
+        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
     tmp = d.with_name(f"{key}.tmp{os.getpid()}")
     store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev)
     if d.exists(): shutil.rmtree(d, ignore_errors=True)
@@ -339,10 +361,13 @@ def update_index(docs, # folder of documents
                  **kw, # build_index settings (embedding_model, chunk_size, ...)
                 ) -> tuple:
     "(store, stats): `build_index` of `docs` into `index_dir`, updating the index `previous` names (see `pick_previous`)."
-    prev = pick_previous(previous, docs, exclude=Path(index_dir).parent)
+    force = os.environ.get("LLMOPS_FORCE") == "1"  # `llmops run --force`: a full build
+    prev = None if force else pick_previous(previous, docs, exclude=Path(index_dir).parent)
     try: store, stats = build_index(docs, index_dir, previous=prev, **kw)
-    except ConfigError:
+    except ConfigError as e:
         if previous != "auto" or prev is None: raise
         store, stats = build_index(docs, index_dir, **kw)  # the automatic pick could not be updated
+        stats["full_rebuild_reason"] = f"previous index {prev} not usable: {e}"
+    if force: stats["full_rebuild_reason"] = "--force: everything embedded again"
     stats["previous_index"] = str(prev or "")
     return store, stats
