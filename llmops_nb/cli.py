@@ -94,13 +94,13 @@ def cmd_resume(a):
 
 @command("status", "the stages of a run", arg("run", nargs="?", default="latest", help=RUN))
 def cmd_status(a):
-    from llmops_nb.runs import load_record
-    show_status(load_record(a.run, a.run_root))
+    from llmops_nb.runs import load_record, refresh
+    show_status(refresh(load_record(a.run, a.run_root)))  # a run whose process died shows `interrupted`, not `running`
 
 @command("list", "all runs")
 def cmd_list(a):
-    from llmops_nb.runs import list_runs
-    for r in list_runs(a.run_root):
+    from llmops_nb.runs import list_runs, refresh
+    for r in map(refresh, list_runs(a.run_root)):
         done = sum(s["status"] in ("done", "cached") for s in r["stages"].values())
         print(f"{r['id']}  {r['status']:<8} {done}/{len(r['stages'])} stages  {r['params_file']}")
 
@@ -177,6 +177,8 @@ def cmd_sync(a):
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
          arg("--adapter", default=None, help="PEFT adapter folder (default: the run's dpo or finetune adapter)"),
          arg("--k", type=int, default=4, help="passages retrieved per question"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
+         arg("--max-chars", type=int, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
+         arg("--max-tokens", type=int, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
 def cmd_chat(a):
     import os
@@ -185,7 +187,8 @@ def cmd_chat(a):
     from llmops_nb.feedback import db_path
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not a.run and not a.index: raise ConfigError("chat: give a RUN (`llmops list`) or --index FOLDER (a rag_index stage's index)")
-    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens)
+    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens,
+                            max_chars=a.max_chars, max_tokens=a.max_tokens)
     print(f"chat on http://{a.host}:{a.port}  (model {bot.meta['model_id']}, adapter {bot.meta['adapter_id']}); feedback -> {db_path(a.db)}")
     serve(bot, a.host, a.port, db=a.db)
 
@@ -240,9 +243,12 @@ def main(argv=None) -> int:
     try: a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2
     except StageError as e: print(f"llmops: {e}", file=sys.stderr); return 1
-    except BrokenPipeError:
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left: say nothing more
+    except BrokenPipeError: _quiet_stdout()  # `llmops list | head`: the reader left, say nothing more
+    except OSError as e: print(f"llmops: {' '.join(str(e).split())}", file=sys.stderr); return 1  # a full disk, a permission: one line
     return 0
+
+def _quiet_stdout():
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 if __name__ == "__main__" and sys.argv[0].endswith("cli.py"): sys.exit(main())  # python -m llmops_nb.cli

@@ -102,9 +102,9 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         models[names["tuned"]] = Served(names["tuned"], "tuned", m, tok, ctx, lineage(p["adapter"]), p["gen"], p["system"])
     if p["index"]:
         from llmops_nb.retrieval import make_retriever
-        from llmops_nb.vectorstore import load_index
+        from llmops_nb.stores import open_index
         prev = next((s.rag for s in old.values() if s.rag and s.rag["index"] == str(p["index"])), None)
-        store = prev["store"] if prev else load_index(p["index"])
+        store = prev["store"] if prev else open_index(p["index"])
         rag = {"index": str(p["index"]), "store": store, "retriever": make_retriever(store, p["mode"], p["k"]), "k": p["k"], "mode": p["mode"]}
         models[names["rag"]] = Served(names["rag"], "rag", m, tok, ctx, {**lineage(p["adapter"]), "index": str(p["index"]),
                                       "retrieval": p["mode"], "k": p["k"]}, p["rag_gen"], "", rag)

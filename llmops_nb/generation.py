@@ -134,13 +134,10 @@ def base_model(model):
 # %% ../nbs/11_generation.ipynb #72e4be6d
 def with_adapters(model: str, adapters: dict, device="auto") -> tuple:
     "(model, tokenizer): causal LM `model` with each adapter folder of `adapters` (name -> folder; empty ones skipped) loaded under its name."
-    from peft import PeftModel
-    from llmops_nb.models import load_causal_lm
+    from llmops_nb.models import load_adapter, load_causal_lm
     lm, tok = load_causal_lm(model, device=device)
-    named = [(n, str(a)) for n, a in adapters.items() if a]
-    for i, (n, a) in enumerate(named):
-        if i == 0: lm = PeftModel.from_pretrained(lm, a, adapter_name=n)
-        else: lm.load_adapter(a, adapter_name=n)
+    for n, a in adapters.items():
+        if a: lm = load_adapter(lm, a, n)  # a damaged adapter: one line naming the file
     return lm.to(next(lm.parameters()).device).eval(), tok
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ def daily_stats(df, threshold: float = SIM_THRESHOLD):
     if not len(df): return pd.DataFrame(columns=cols, index=pd.DatetimeIndex([], name="day"), dtype=float)
     d = df.assign(day=df["timestamp"].dt.tz_convert("UTC").dt.floor("D").dt.tz_localize(None),
                   down=(df["rating"] == -1).fillna(False).astype(float), rated=df["rating"].notna().astype(float),
-                  nosrc=(df["top_similarity"].astype(float) < threshold).astype(float).where(df["top_similarity"].notna()))
+                  nosrc=(df["top_similarity"].astype(float) < threshold).astype(float).where(df["top_similarity"].notna()),  # no retrieval (a plain model): no verdict
+                  latency_ms=df["latency_ms"].astype(float))  # rows stored without a latency are NaN, not objects quantile refuses
     g = d.groupby("day")
     out = pd.DataFrame({"questions": g.size(), "rated": g["rated"].sum().astype(int),
                         "latency_p50": g["latency_ms"].quantile(0.5), "latency_p95": g["latency_ms"].quantile(0.95),

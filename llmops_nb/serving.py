@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from .api import ApiError, ChatRequest, bad
 from .engine import Busy, Sampling
-from .limits import TooLong, check_input, fit_prompt
+from .limits import InputTooLong, check_input, fit_turns
 
 # %% auto #0
 __all__ = ['Caps', 'Prepared', 'sampling_for', 'render', 'retrieve', 'prepare', 'sources', 'Run', 'HFBackend']
@@ -61,8 +61,8 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
         raise bad(f"'max_tokens' is {req.max_tokens}; this server allows at most {caps.max_tokens}", "max_tokens")
     max_tokens = req.max_tokens or caps.default_max_tokens
     texts = [m["content"] for m in req.messages]
-    try: check_input(texts, caps.max_input_chars, caps.max_input_tokens, served.tok)
-    except TooLong as e: raise ApiError(413, str(e), "messages", "input_too_long") from None
+    try: check_input("\n".join(texts), served.tok, caps.max_input_chars, caps.max_input_tokens, what="input")
+    except InputTooLong as e: raise ApiError(413, str(e), "messages", "input_too_long") from None
     own = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
     system = (SYSTEM + (f"\n\n{own}" if own else "")) if served.rag else (own or served.system)
     turns = [m for m in req.messages[:-1] if m["role"] != "system"]
@@ -71,8 +71,8 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
     budget = min(served.context, 1 << 30) - max_tokens
     if budget < 1: raise bad(f"'max_tokens' {max_tokens} leaves no room for a prompt in this model's context of {served.context} tokens", "max_tokens")
     encode = lambda text: served.tok(text, add_special_tokens=False)["input_ids"]
-    try: ids, _, docs = fit_prompt(lambda h, p: render(served, system, h, question, p), encode, budget, turns, docs)
-    except TooLong as e: raise ApiError(413, str(e), "messages", "context_length_exceeded") from None
+    try: ids, _, docs = fit_turns(lambda h, p: render(served, system, h, question, p), encode, budget, turns, docs)
+    except InputTooLong as e: raise ApiError(413, str(e), "messages", "context_length_exceeded") from None
     return Prepared(ids, sampling_for(served, req, max_tokens), question, docs, scores)
 
 def sources(docs: list, scores: dict, answer: str) -> tuple:
