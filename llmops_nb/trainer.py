@@ -16,11 +16,12 @@ from .labels import tokenize_split
 from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
 from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
+from .progress import report
 from .settings import FinetuneConfig
 
 # %% auto #0
 __all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'CompletionTrainer',
-           'ThroughputCallback', 'peak_memory_mb', 'training_args', 'train', 'plot_history']
+           'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback', 'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -177,6 +178,16 @@ def peak_memory_mb(device) -> float:
     if str(device).startswith("cuda"): return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
+# %% ../nbs/09_trainer.ipynb #f0e58d33
+class ProgressCallback(TrainerCallback):
+    "Reports `train steps` (done of max_steps) and the last training loss through `progress.report`."
+    loss = None
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs: self.loss = round(float(logs["loss"]), 4)
+    def on_step_end(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            report("train steps", state.global_step, state.max_steps or None, **({"loss": self.loss} if self.loss is not None else {}))
+
 # %% ../nbs/09_trainer.ipynb #c394ff32
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 _CK = "activation_checkpointing" if "activation_checkpointing" in TRAINING_FIELDS else "gradient_checkpointing"
@@ -272,7 +283,7 @@ def train(cfg: FinetuneConfig, # the stage's settings
     report_to = _report_to(report_to, run)
     if report_to != "none": os.environ.setdefault("WANDB_DIR", str(out.parent))
     args = training_args(cfg, out, report_to, has_eval=bool(val_rows))
-    cbs = ([EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []) + list(callbacks)
+    cbs = ([EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []) + [ProgressCallback()] + list(callbacks)
     trainer = CompletionTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows or None,
                                 data_collator=coll, processing_class=tok, callbacks=cbs)
     thr = ThroughputCallback()

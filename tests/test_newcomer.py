@@ -1,0 +1,36 @@
+"The newcomer's path (issue 19): progress and a verdict in the terminal, runs named and listed, removed safely."
+import json
+from pathlib import Path
+from conftest import llmops, ROOT
+
+
+def _params(tmp_path, **extra):
+    import yaml
+    p = {"name": "tiny", "seed": 0, "model": "tiny-random", "run_root": str(tmp_path/"runs"), "wandb": {"mode": "offline"},
+         "stages": ["prepare", "finetune", "evaluate"], "prepare": {"data": str(ROOT/"data"/"instructions.jsonl"), "max_examples": 30},
+         "finetune": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1},
+         "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50, "batch_size": 2, "gates": {"delta_rougeL": -1.0}}, **extra}
+    f = tmp_path/"p.yaml"; f.write_text(yaml.safe_dump(p))
+    return f
+
+
+def test_progress_verdict_list_rm(tmp_path):
+    "A real run through `llmops run` (stdout not a terminal): each stage's last progress line, stage lines in words, the gates' verdict; then list, status by suffix, rm."
+    r = llmops("run", _params(tmp_path), "--set", "finetune.r=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "finetune: cell 6/6, train 4/4 steps, loss " in out, out  # from the stage kernel, through its progress file
+    assert "evaluate: cell 10/10, tuned 3/3 answers" in out, out
+    assert "val loss " in out and "ROUGE-L " in out and " on 3 examples" in out, out
+    assert "gates: all 1 passed (evaluate.delta_rougeL " in out, out
+    assert "n_gates" not in out and "cells/s" not in r.stderr
+    rid = out.split()[1].rstrip(":")
+    lst = llmops("--run-root", tmp_path/"runs", "list")
+    assert lst.returncode == 0 and rid in lst.stdout and "tiny" in lst.stdout and "--set finetune.r=4" in lst.stdout and "ROUGE-L " in lst.stdout, lst.stdout
+    st = llmops("--run-root", tmp_path/"runs", "status", rid[-4:])
+    assert st.returncode == 0 and st.stdout.startswith(f"run {rid}  done"), st.stdout + st.stderr
+    rm = llmops("--run-root", tmp_path/"runs", "runs", "rm", rid[-4:])
+    assert rm.returncode == 0 and f"removed 1 run(s): {rid}" in rm.stdout, rm.stdout + rm.stderr
+    assert not (tmp_path/"runs"/rid).exists() and not list((tmp_path/"runs"/".cache").glob("*.json"))
+    gone = llmops("--run-root", tmp_path/"runs", "status", rid)
+    assert gone.returncode == 2 and "\n" not in gone.stderr.strip(), gone.stderr
