@@ -34,3 +34,38 @@ def test_progress_verdict_list_rm(tmp_path):
     assert not (tmp_path/"runs"/rid).exists() and not list((tmp_path/"runs"/".cache").glob("*.json"))
     gone = llmops("--run-root", tmp_path/"runs", "status", rid)
     assert gone.returncode == 2 and "\n" not in gone.stderr.strip(), gone.stderr
+
+
+def test_own_data_columns_no_system_prompt_one_row(params, tmp_path):
+    "Your own CSV with question/answer columns: refused in one line naming prepare.columns, then read with the mapping, with no system prompt from the code; one row: one line before any kernel."
+    import pandas as pd
+    from llmops_nb import pipeline as P
+    from llmops_nb.data import load_prepared
+    csv = tmp_path/"faq.csv"
+    pd.DataFrame({"question": [f"Question {i}?" for i in range(12)], "answer": [f"Answer {i}." for i in range(12)]}).to_csv(csv, index=False)
+    f = params({"stages": ["prepare"], "prepare": {"data": str(csv)}})
+    r = llmops("run", f, "--quiet")
+    assert r.returncode == 2 and "\n" not in r.stderr.strip() and "prepare.columns, e.g. {prompt: question, completion: answer}" in r.stderr, r.stderr
+    rec = P.run(f, ["prepare.columns={prompt: question, completion: answer}"], progress=False)
+    dd = load_prepared(rec["stages"]["prepare"]["out_dir"])
+    assert [m["role"] for m in dd["train"][0]["messages"]] == ["user", "assistant"]  # no system message unless asked
+    assert dd["train"][0]["messages"][0]["content"].startswith("Question ")
+    one = tmp_path/"one.jsonl"; one.write_text('{"prompt": "Hi?", "completion": "Hello."}\n')
+    r = llmops("run", params({"stages": ["prepare"], "prepare": {"data": str(one)}}, name="one.yaml"), "--quiet")
+    assert r.returncode == 2 and "\n" not in r.stderr.strip() and "1 record(s) leave no training examples" in r.stderr, r.stderr
+    assert len(list((tmp_path/"runs").glob("*/run.json"))) == 1  # refused before any run was made
+
+
+def test_stage_notebook_from_another_folder(tmp_path):
+    "papermill on a stage notebook from outside the project: its relative defaults (data/instructions.jsonl) are the project's."
+    import os, papermill as pm
+    from llmops_nb import pipeline as P
+    env = os.environ.pop("LLMOPS_PROJECT_ROOT", None)
+    here = os.getcwd(); os.chdir(tmp_path)
+    try:
+        pm.execute_notebook(str(ROOT/"nbs"/"pipeline"/"prepare.ipynb"), str(tmp_path/"out.ipynb"), cwd=str(tmp_path),
+                            parameters={"out_dir": str(tmp_path/"prep"), "max_examples": 20}, kernel_name=P.ensure_kernel(), progress_bar=False)
+    finally:
+        os.chdir(here)
+        if env: os.environ["LLMOPS_PROJECT_ROOT"] = env
+    assert json.loads((tmp_path/"prep"/"metrics.json").read_text())["sizes"]["train"] == 16
