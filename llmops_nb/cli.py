@@ -9,8 +9,8 @@ import argparse, sys
 # %% auto #0
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'arg', 'command', 'parser', 'show_status', 'cmd_run',
            'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
-           'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_sync', 'cmd_chat', 'cmd_feedback_export',
-           'cmd_monitor', 'cmd_serve', 'main']
+           'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push', 'cmd_sync', 'cmd_chat',
+           'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -190,6 +190,15 @@ def cmd_sweep_run(a):
 def cmd_promote(a):
     from llmops_nb.runs import promote
     promote(a.run, a.alias, a.run_root, a.force)
+
+@command("push", "upload a run's adapter with its model card (README.md) to the Hugging Face Hub", arg("run", help=RUN),
+         arg("--repo", required=True, help="the Hub repository, user/name or org/name"),
+         arg("--merged", action="store_true", help="also upload the merged model (under merged/; needs finetune.merge=true)"),
+         arg("--private", action="store_true", help="create the repository private"),
+         arg("--out", default=None, help="only write the folder to upload here (works offline)"))
+def cmd_push(a):
+    from llmops_nb.share import push
+    push(a.run, a.repo, a.run_root, a.merged, a.private, a.out)
 
 @command("sync", "upload a run's offline W&B runs, with artifact lineage and aliases", arg("run", help=RUN))
 def cmd_sync(a):

@@ -11,10 +11,11 @@ from peft import get_peft_model
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import stages as ST
-from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_json, write_metrics
+from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
 from .labels import tokenize_split
 from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
-from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
+from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, public_id, resolve_model
+from .card import adapter_readme
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
 from .progress import report
 from .settings import FinetuneConfig
@@ -305,7 +306,8 @@ def train(cfg: FinetuneConfig, # the stage's settings
     summary["skipped_checkpoints"] = skipped
     metrics = {"training_summary": summary, "history": hist, "config": dataclasses.asdict(cfg), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
-        tok.save_pretrained(str(adapter)); stable_config(adapter)
+        tok.save_pretrained(str(adapter)); stable_config(adapter, public_id(cfg.model))  # portable: the hub id, not this cache's folder
+        write_atomic(adapter/"README.md", adapter_readme(cfg.model, os.environ.get("LLMOPS_RUN_ID")))  # not PEFT's empty template
         (adapter/"training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in metrics.json
         write_json(adapter/"base_model.json", {"model": cfg.model, "fingerprint": fp})
         if cfg.merge: metrics["merged_dir"] = str(merge_adapter(cfg.model, adapter, ST.output("finetune", out, "merged", must_exist=False)))

@@ -29,6 +29,15 @@ def test_progress_verdict_list_rm(tmp_path):
     assert lst.returncode == 0 and rid in lst.stdout and "tiny" in lst.stdout and "--set finetune.r=4" in lst.stdout and "ROUGE-L " in lst.stdout, lst.stdout
     st = llmops("--run-root", tmp_path/"runs", "status", rid[-4:])
     assert st.returncode == 0 and st.stdout.startswith(f"run {rid}  done"), st.stdout + st.stderr
+    # sharing: the adapter names its base portably, its README is a card with Hub front matter; push offline is one line at once
+    ad = tmp_path/"runs"/rid/"finetune"/"adapter"
+    assert json.loads((ad/"adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random"
+    assert (ad/"README.md").read_text().startswith("---\nbase_model: tiny-random\n") and "library_name: peft" in (ad/"README.md").read_text()
+    push = llmops("--run-root", tmp_path/"runs", "push", rid, "--repo", "me/kestrel")
+    assert push.returncode == 2 and push.stderr.count("\n") == 1 and "Hugging Face Hub is not reachable" in push.stderr, push.stderr
+    push = llmops("--run-root", tmp_path/"runs", "push", rid, "--repo", "me/kestrel", "--out", tmp_path/"up")
+    card = (tmp_path/"up"/"README.md").read_text()
+    assert push.returncode == 0 and card.startswith("---\nbase_model: tiny-random\n") and "- rouge" in card and "## Evaluation" in card, push.stderr + card[:500]
     rm = llmops("--run-root", tmp_path/"runs", "runs", "rm", rid[-4:])
     assert rm.returncode == 0 and f"removed 1 run(s): {rid}" in rm.stdout, rm.stdout + rm.stderr
     assert not (tmp_path/"runs"/rid).exists() and not list((tmp_path/"runs"/".cache").glob("*.json"))
