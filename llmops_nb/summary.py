@@ -45,8 +45,9 @@ def stage_line(stage: str, m: dict, n: int = 3) -> str:
     if stage in ("finetune", "dpo") and ts:
         return f"val loss {num(ts.get('val_loss_first'))} -> {num(ts.get('val_loss_last'))}, train loss {num(ts.get('train_loss_last'))}, {ts.get('steps')} steps"
     if stage == "rag_index" and "chunks" in m:
-        s = f"{m['chunks']} chunks from {m.get('files', '?')} files"
-        return s + (f", {m['skipped']} skipped" if m.get("skipped") else "")
+        s, sk = f"{m['chunks']} chunks from {m.get('files', '?')} files", m.get("skipped_files") or {}
+        names = "; ".join(f"{f}: {why}" for f, why in list(sk.items())[:3]) + ("; ..." if len(sk) > 3 else "")
+        return s + (f", {m['skipped']} skipped" + (f" ({names})" if names else "") if m.get("skipped") else "")
     if stage == "prepare" and "sizes" in m: return ", ".join(f"{v} {k}" for k, v in m["sizes"].items()) + " examples"
     if stage == "report": return "gates passed" if m.get("gates_passed") else "gates FAILED" if m.get("gates_passed") is False else "no gates"
     return ""
