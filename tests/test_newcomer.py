@@ -14,6 +14,11 @@ def _params(tmp_path, **extra):
     return f
 
 
+def runs_list(tmp_path):
+    from llmops_nb.runs import list_runs
+    return list_runs(tmp_path/"runs")
+
+
 def test_progress_verdict_list_rm(tmp_path):
     "A real run through `llmops run` (stdout not a terminal): each stage's last progress line, stage lines in words, the gates' verdict; then list, status by suffix, rm."
     r = llmops("run", _params(tmp_path), "--set", "finetune.r=4")
@@ -29,6 +34,16 @@ def test_progress_verdict_list_rm(tmp_path):
     assert lst.returncode == 0 and rid in lst.stdout and "tiny" in lst.stdout and "--set finetune.r=4" in lst.stdout and "ROUGE-L " in lst.stdout, lst.stdout
     st = llmops("--run-root", tmp_path/"runs", "status", rid[-4:])
     assert st.returncode == 0 and st.stdout.startswith(f"run {rid}  done"), st.stdout + st.stderr
+    # a second run on the same test examples: the comparison page pairs the differences and names the best run on the metric asked for
+    r2 = llmops("run", _params(tmp_path), "--set", "finetune.r=8", "--quiet")
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    rid2 = [x["id"] for x in runs_list(tmp_path)][-1]
+    from llmops_nb.compare import compare
+    said = []
+    page = compare([rid, rid2], tmp_path/"runs", tmp_path/"c.html", said.append, {"name": "evaluate/tuned/semantic_similarity", "goal": "maximize"}).read_text()
+    assert "] paired" in page and "Best point on the sweep" in page and "finetune.r" in page.split("Parameters that changed")[1].split("<details>")[0], page[:3000]
+    assert any(l.startswith("best on evaluate/tuned/semantic_similarity (maximize): run ") for l in said), said
+    assert llmops("--run-root", tmp_path/"runs", "runs", "rm", rid2).returncode == 0
     # sharing: the adapter names its base portably, its README is a card with Hub front matter; push offline is one line at once
     ad = tmp_path/"runs"/rid/"finetune"/"adapter"
     assert json.loads((ad/"adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random"
