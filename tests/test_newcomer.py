@@ -93,3 +93,17 @@ def test_stage_notebook_from_another_folder(tmp_path):
         os.chdir(here)
         if env: os.environ["LLMOPS_PROJECT_ROOT"] = env
     assert json.loads((tmp_path/"prep"/"metrics.json").read_text())["sizes"]["train"] == 16
+
+
+def test_workflows_call_the_ci_entry_point():
+    "The GitHub Actions workflows parse, and the test workflow checks nbdev clean/export before `.ci/run` (they cannot run here: unverified)."
+    import yaml
+    wf = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT/".github"/"workflows").glob("*.yaml")}
+    assert set(wf) == {"test", "pipeline"}
+    steps = [s.get("run", "") for s in wf["test"]["jobs"]["test"]["steps"]]
+    assert set(wf["test"][True]) >= {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
+    order = [next(i for i, s in enumerate(steps) if x in s) for x in ("nbdev_clean", "nbdev_export", ".ci/run")]
+    assert order == sorted(order), steps
+    pipe = [s.get("run", "") for s in wf["pipeline"]["jobs"]["pipeline"]["steps"]]
+    assert any("llmops run" in s for s in pipe) and any("llmops promote" in s for s in pipe)
+    assert any(s.get("uses", "").startswith("actions/upload-artifact") for s in wf["pipeline"]["jobs"]["pipeline"]["steps"])
