@@ -10,10 +10,11 @@ from .runs import load_record, output
 from .stages import MANIFEST
 
 # %% auto #0
-__all__ = ['SKIP', 'adapter_of', 'bundle', 'reachable', 'push']
+__all__ = ['SKIP', 'HUB_MERGED', 'adapter_of', 'bundle', 'reachable', 'push']
 
 # %% ../nbs/53_share.ipynb #82737036
 SKIP = ("base_model.json", "training_args.bin", MANIFEST)  # ours, or a pickle: not part of a shared adapter
+HUB_MERGED = "merged"  # the merged model's folder in the Hub repository (a name there, not a stage output)
 
 def adapter_of(rec: dict) -> tuple:
     "(stage, folder) of the adapter run `rec` would share: the DPO adapter when there is one, else the SFT one."
@@ -35,7 +36,7 @@ def bundle(rec: dict, # the run record
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(ad.iterdir()):
         if f.is_file() and f.name not in SKIP and f.name != "README.md": shutil.copy2(f, dest/f.name)
-    if m is not None: shutil.copytree(m, dest/"merged", ignore=shutil.ignore_patterns(*SKIP))
+    if m is not None: shutil.copytree(m, dest/HUB_MERGED, ignore=shutil.ignore_patterns(*SKIP))
     write_atomic(dest/"README.md", hub_card(rec))
     return dest
 
@@ -70,7 +71,7 @@ def push(ref, # the run: id, short id, latest or alias
     if not get_token(): raise ConfigError("push: not logged in to the Hugging Face Hub; run `hf auth login` or set HF_TOKEN")
     import tempfile
     with tempfile.TemporaryDirectory(prefix="llmops-push-") as tmp:
-        d = bundle(rec, Path(tmp)/"adapter", merged)
+        d = bundle(rec, Path(tmp)/"upload", merged)
         api = HfApi()
         url = api.create_repo(repo, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo, folder_path=str(d), commit_message=f"llmops-nb run {rec['id']}")
