@@ -6,7 +6,7 @@ import json, shutil, time
 from datetime import datetime, timezone
 from pathlib import Path
 from .core import ConfigError, resolve_path
-from .runs import list_runs, load_record, registry, run_lock
+from .runs import gates_passed, list_runs, load_record, registry, run_lock
 
 # %% auto #0
 __all__ = ['users', 'held_by', 'remove', 'collect']
@@ -65,15 +65,16 @@ def collect(run_root="runs", # folder of runs
             dry_run: bool = False, # list what would go, remove nothing
             echo=print, # where the messages go
            ) -> list: # the ids removed (or that would be)
-    "Remove the runs older than `days` that no alias names, no kept run reuses and no process runs."
+    "Remove the runs older than `days` that no alias names (`candidate` included), no kept run reuses and no process runs."
     root = resolve_path(run_root)
     runs, reg = list_runs(root), registry(root)
+    cand = [r["id"] for r in runs if r.get("status") == "done" and gates_passed(r)][-1:]  # what `candidate` names: kept too
     gone, changed = set(), True
     while changed:  # a run only a removed run reused can go too
         changed = False
         for r in runs:
             keep = [x for x in runs if x["id"] not in gone]
-            if r["id"] not in gone and _age_days(r) > days and not _why_not(r, keep, reg, False): gone.add(r["id"]); changed = True
+            if r["id"] not in gone and r["id"] not in cand and _age_days(r) > days and not _why_not(r, keep, reg, False): gone.add(r["id"]); changed = True
     todo = [r for r in runs if r["id"] in gone]
     if dry_run: echo(f"would remove {len(todo)} run(s) older than {days:g} days: {', '.join(r['id'] for r in todo) or 'none'}")
     elif todo: remove([r["run_dir"] for r in todo], root, force=True, echo=echo)

@@ -332,7 +332,7 @@ def run(params_file, # a params YAML file
     raw = apply_overrides(read_params(params_file), sets)
     rid = new_run_id()
     run_dir = resolve_path(cfg["run_root"])/rid
-    rec = dict(id=rid, name=cfg.get("name"), created=now(), status="running", params_file=str(params_file),
+    rec = dict(id=rid, name=cfg.get("name"), created=now(), status="running", params_file=str(resolve_path(params_file)),  # absolute: `list` and `resume` read it from anywhere
                overrides=list(sets or ()), raw=raw, config=cfg, wandb=cfg["wandb"], run_dir=str(run_dir),
                only=list(stages or []), git=git_info(), versions=versions(),
                stages={s: {"status": "pending"} for s in cfg["stages"]})
