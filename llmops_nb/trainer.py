@@ -307,7 +307,7 @@ def train(cfg: FinetuneConfig, # the stage's settings
     metrics = {"training_summary": summary, "history": hist, "config": dataclasses.asdict(cfg), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(adapter)); stable_config(adapter, public_id(cfg.model))  # portable: the hub id, not this cache's folder
-        write_atomic(adapter/"README.md", adapter_readme(cfg.model, os.environ.get("LLMOPS_RUN_ID")))  # not PEFT's empty template
+        write_atomic(adapter/"README.md", adapter_readme(cfg.model))  # not PEFT's empty template; no run id, so equal adapters stay equal bytes (the cache)
         (adapter/"training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in metrics.json
         write_json(adapter/"base_model.json", {"model": cfg.model, "fingerprint": fp})
         if cfg.merge: metrics["merged_dir"] = str(merge_adapter(cfg.model, adapter, ST.output("finetune", out, "merged", must_exist=False)))
