@@ -10,7 +10,7 @@ from .core import md_code, md_text
 from .runs import _num, aliases, gate_rows, gates_passed, output, stage_metrics, stage_out
 
 # %% auto #0
-__all__ = ['MODEL_NOTES', 'intervals', 'model_card']
+__all__ = ['MODEL_NOTES', 'LICENSES', 'HUB_METRICS', 'intervals', 'model_card', 'front_matter', 'adapter_readme', 'hub_card']
 
 # %% ../nbs/21_card.ipynb #3d53ace1
 def intervals(m: dict) -> list:
@@ -103,3 +103,43 @@ def model_card(rec: dict) -> str:
           md_code(f"llmops run {rec['params_file']}" + "".join(f" --set {s}" for s in rec.get("overrides") or []))
           + f" at commit {md_code((rec.get('git') or {}).get('commit') or '?')}" + (" (with uncommitted changes)" if (rec.get("git") or {}).get("dirty") else "") + "."]
     return "\n".join(L) + "\n"
+
+# %% ../nbs/21_card.ipynb #b376af03
+LICENSES = {"smollm2-135m-instruct": "apache-2.0"}  # a packaged alias's licence (the one its base model carries)
+HUB_METRICS = {"rougeL": "rouge", "rouge": "rouge", "bleu": "bleu", "sacrebleu": "sacrebleu", "chrf": "chrf",
+               "exact_match": "exact_match", "token_f1": "f1", "perplexity": "perplexity"}  # ours -> the Hub's metric ids
+
+def front_matter(model: str, # the base model: alias, folder or hub id
+                 data: str | None = None, # the training data (named as a dataset only when it is a hub id)
+                 metrics=(), # the evaluate stage's metric names
+                ) -> str:
+    "The YAML front matter (between `---` lines) of an adapter's README.md."
+    from huggingface_hub import ModelCardData
+    from llmops_nb.core import resolve_path
+    from llmops_nb.models import public_id
+    ds = [data] if data and data.count("/") == 1 and not resolve_path(data).exists() else None
+    hub = sorted({HUB_METRICS[m] for m in metrics if m in HUB_METRICS}) or None
+    cd = ModelCardData(base_model=public_id(model), library_name="peft", license=LICENSES.get(model, "other"), datasets=ds, metrics=hub,
+                       pipeline_tag="text-generation", tags=["lora", "peft", "llmops-nb"])
+    return f"---\n{cd.to_yaml()}\n---\n"
+
+def _usage(model: str) -> list:
+    from llmops_nb.models import public_id
+    return ["## Use", "", "```python", "from peft import AutoPeftModelForCausalLM",
+            'model = AutoPeftModelForCausalLM.from_pretrained("<this repo or folder>")  # loads the base model named in adapter_config.json', "```",
+            "", f"The base model is `{public_id(model)}`" + (" (made by llmops-nb from random weights: not on the Hub)." if public_id(model) == model and model in MODEL_NOTES else ".")
+            + (" The adapter was trained on its Q4_1 GGUF dequantised; on the original weights it behaves nearly, not exactly, the same." if model == "smollm2-135m-instruct" else "")]
+
+def adapter_readme(model: str, run_id: str | None = None) -> str:
+    "README.md of a freshly trained adapter: the front matter and where its full model card is."
+    where = f"run `{md_text(run_id)}`" if run_id else "llmops-nb"
+    body = [f"# LoRA adapter for {md_text(model)}", "", f"Trained by {where}. The full model card (data, evaluation with intervals, quality gates, "
+            "limits) is `MODEL_CARD.md` in the run's folder once its report stage ran; `llmops push RUN --repo user/name` uploads this "
+            "adapter with that card as its README.", ""] + _usage(model)
+    return front_matter(model) + "\n".join(body) + "\n"
+
+def hub_card(rec: dict) -> str:
+    "README.md for the Hub of run `rec`'s adapter: the front matter, the model card, how to load it."
+    P, model = rec["config"]["params"], _model(rec)
+    names = stage_metrics(rec, "evaluate").get("metrics") or []
+    return front_matter(model, (P.get("prepare") or {}).get("data"), names) + model_card(rec) + "\n" + "\n".join(_usage(model)) + "\n"

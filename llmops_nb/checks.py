@@ -32,16 +32,16 @@ def _rows(p: Path) -> tuple:
     r = csv.DictReader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
     return "line", [(r.line_num, {k: (v if v != "" else None) for k, v in row.items()}) for row in r]  # an empty cell loads as null
 
-def check_data(path, where: str) -> int | None:
+def check_data(path, where: str, columns: dict | None = None) -> int | None:
     "Read the data file at `path` through as `prepare` will; a record that is not a conversation with an answer is a one-line error with file and line. The number of records (None: read when loaded)."
-    from llmops_nb.data import to_messages
+    from llmops_nb.data import map_columns, to_messages
     p = resolve_path(path)
     if not p.is_file() or p.suffix.lower() not in DATA_FILES: return None
     try: unit, rows = _rows(p)
     except ConfigError as e: raise ConfigError(f"{where}: {e}") from None  # the params file and key, then the data file and line
     if not rows: raise ConfigError(f"{where}: {p} has no records")
     for i, rec in rows:
-        try: to_messages(rec)
+        try: to_messages(map_columns(rec, columns))
         except ValueError as e: raise ConfigError(f"{where}: {p}:{i}: {e}" if unit == "line" else f"{where}: {p}: record {i}: {e}") from None
     return len(rows)
 
@@ -132,7 +132,12 @@ def check_metrics(params: dict, where: str):
 def contents(params: dict, src: str) -> list:
     "Check what the stages in `params` (stage -> resolved settings) will read; raise on the first error, return warnings."
     warns = []
-    if "prepare" in params and params["prepare"].get("data"): check_data(params["prepare"]["data"], f"{src}: prepare.data")
+    if "prepare" in params and params["prepare"].get("data"):
+        pp = params["prepare"]
+        if n := check_data(pp["data"], f"{src}: prepare.data", pp.get("columns")):
+            from llmops_nb.data import held_out
+            try: held_out(min(n, pp.get("max_examples") or n), pp.get("val_size", 0.1), pp.get("test_size", 0.1))
+            except ConfigError as e: raise ConfigError(f"{src}: prepare.data: {pp['data']}: {e}") from None
     if "dpo" in params and params["dpo"].get("pairs"): read_jsonl(params["dpo"]["pairs"], "preference pairs file")
     if "rag_index" in params: check_docs(params["rag_index"]["docs"], f"{src}: rag_index.docs")
     if "rag_eval" in params:

@@ -198,6 +198,7 @@ def build_index(docs, # folder of documents
     store.meta.update(files={rel: h for rel, h in files.items() if rel in indexed},
                       skipped_files={rel: h for rel, h in files.items() if rel not in indexed})
     stats = dict(chunks=kept + len(new), files=len(indexed), added=len(new), kept=kept, removed=len(gone),
-                 embedded=len(new), skipped=sum(map(len, skipped.values())), incremental=not why, full_rebuild_reason=why)
+                 embedded=len(new), skipped=sum(map(len, skipped.values())), incremental=not why, full_rebuild_reason=why,
+                 skipped_files={rel: k for k, v in skipped.items() for rel in v})  # which, and why
     store.meta["stats"] = stats
     return store, stats

@@ -8,9 +8,9 @@ import argparse, sys
 
 # %% auto #0
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'arg', 'command', 'parser', 'show_status', 'cmd_run',
-           'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_stages', 'cmd_report', 'cmd_compare', 'cmd_sweep',
-           'cmd_sweep_run', 'cmd_promote', 'cmd_sync', 'cmd_chat', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve',
-           'main']
+           'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
+           'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push', 'cmd_sync', 'cmd_chat',
+           'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -60,16 +60,28 @@ def _metric_bits(m: dict, n=4) -> str:
     keys = (head or list(flat))[:n]
     return ", ".join(f"{k}={flat[k]:.4g}" for k in keys)
 
+def _path(p) -> str:
+    "A path as `llmops` shows it: relative to the project when inside it, else absolute (one style in every listing)."
+    import os
+    from pathlib import Path
+    from llmops_nb.core import project_root
+    p, root = Path(p).absolute(), project_root()
+    return os.path.relpath(p, root) if p.is_relative_to(root) else str(p)
+
 def show_status(rec: dict, out=print):
     "A run's status, one line per stage."
-    out(f"run {rec['id']}  {rec['status']}  {rec['params_file']}  {rec['created']}")
+    from llmops_nb.summary import stage_line
+    out(f"run {rec['id']}  {rec['status']}  {_path(rec['params_file'])}  {rec['created']}")
     for s, st in rec["stages"].items():
         dur = f"{st['duration_s']:.1f}s" if st.get("duration_s") is not None else ""
-        extra = st.get("error") or (f"from {st['cached_from']}" if st.get("cached_from") else _metric_bits(st.get("metrics") or {}))
+        m = st.get("metrics") or {}
+        extra = st.get("error") or (f"from {st['cached_from']}" if st.get("cached_from") else stage_line(s, m) or _metric_bits(m))
         out(f"  {s:<10} {st['status']:<8} {dur:>8}  {extra}")
 
 def _next_steps(rec, out=print):
     from pathlib import Path
+    from llmops_nb.summary import gates_line
+    if rec["status"] == "done": out(gates_line(rec))  # the stage lines above said the numbers in words; this is the verdict
     if list(Path(rec["run_dir"]).glob("wandb/offline-run-*")):
         out(f"W&B: offline runs in {Path(rec['run_dir'])/'wandb'}; after `wandb login`, `llmops sync {rec['id']}` uploads them with lineage and aliases")
     report = Path(rec["run_dir"])/"report.html"
@@ -97,12 +109,28 @@ def cmd_status(a):
     from llmops_nb.runs import load_record, refresh
     show_status(refresh(load_record(a.run, a.run_root)))  # a run whose process died shows `interrupted`, not `running`
 
-@command("list", "all runs")
+@command("list", "all runs: id, name, status, stages done, headline metric, aliases, params file and --set overrides")
 def cmd_list(a):
-    from llmops_nb.runs import list_runs, refresh
+    from llmops_nb.runs import aliases, list_runs, refresh
+    from llmops_nb.summary import short
     for r in map(refresh, list_runs(a.run_root)):
         done = sum(s["status"] in ("done", "cached") for s in r["stages"].values())
-        print(f"{r['id']}  {r['status']:<8} {done}/{len(r['stages'])} stages  {r['params_file']}")
+        al, sets = ",".join(aliases(r)), " ".join(f"--set {s}" for s in r.get("overrides", []))
+        print(f"{r['id']}  {(r.get('name') or '-'):<10} {r['status']:<11} {done}/{len(r['stages'])} stages  {short(r) or '-':<24} "
+              f"{('[' + al + ']') if al else '':<14} {_path(r['params_file'])}{' ' + sets if sets else ''}".rstrip())
+
+@command("runs rm", "remove runs (refused for a run an alias names, one another run reuses, or one still running)", arg("runs", nargs="+", help=RUN),
+         arg("--force", action="store_true", help="remove a run even though other runs reuse its stages"))
+def cmd_runs_rm(a):
+    from llmops_nb.cleanup import remove
+    remove(a.runs, a.run_root, a.force)
+
+@command("runs gc", "remove old runs nothing uses: no alias, not reused by a kept run, not running",
+         arg("--days", type=float, default=30, help="only runs created more than this many days ago"),
+         arg("--dry-run", action="store_true", help="list what would be removed, remove nothing"))
+def cmd_runs_gc(a):
+    from llmops_nb.cleanup import collect
+    collect(a.run_root, a.days, a.dry_run)
 
 # %% ../nbs/27_cli.ipynb #81a7d96a
 @command("stages", "the stages, in pipeline order, and the parameters each accepts", arg("stage", nargs="?", help="one stage"))
@@ -162,6 +190,15 @@ def cmd_sweep_run(a):
 def cmd_promote(a):
     from llmops_nb.runs import promote
     promote(a.run, a.alias, a.run_root, a.force)
+
+@command("push", "upload a run's adapter with its model card (README.md) to the Hugging Face Hub", arg("run", help=RUN),
+         arg("--repo", required=True, help="the Hub repository, user/name or org/name"),
+         arg("--merged", action="store_true", help="also upload the merged model (under merged/; needs finetune.merge=true)"),
+         arg("--private", action="store_true", help="create the repository private"),
+         arg("--out", default=None, help="only write the folder to upload here (works offline)"))
+def cmd_push(a):
+    from llmops_nb.share import push
+    push(a.run, a.repo, a.run_root, a.merged, a.private, a.out)
 
 @command("sync", "upload a run's offline W&B runs, with artifact lineage and aliases", arg("run", help=RUN))
 def cmd_sync(a):

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from .core import ConfigError, resolve_path, write_atomic, write_json
 from .runs import flat_metrics, flat_params, gates_passed, load_record
+from .decision import page
 
 # %% auto #0
 __all__ = ['compare_tables', 'compare_html', 'compare', 'load_sweep', 'sweep_points', 'point_sets', 'sweep', 'wandb_sweep_config',
@@ -43,6 +44,7 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
             run_root="runs", # folder of runs
             out=None, # the HTML page (default: <run_root>/compare-<ids>.html)
             echo=print, # where the tables go
+            metric: dict | None = None, # a sweep's metric, {name: stage/key, goal: maximize or minimize}: its best run is named
            ) -> Path: # the page's path
     "Compare runs: print both tables, write the HTML page to `out` (default `run_root/compare-<ids>.html`)."
     import pandas as pd
@@ -51,18 +53,19 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
     params, metrics = compare_tables(recs)
     out = Path(out) if out else resolve_path(run_root)/f"compare-{'_'.join(r['id'] for r in recs)[:120]}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    def item(r):  # every value from a run record escaped: names, files and overrides are data
-        rep, e = Path(r["run_dir"])/"report.html", lambda x: html.escape(str(x))
-        name = f'<a href="{e(os.path.relpath(rep, out.parent))}">{e(r["id"])}</a>' if rep.exists() else e(r["id"])
-        label = f" <b>{e(r['name'])}</b>" if r.get("name") else ""
-        return f"<li>{name}{label}: {e(r['params_file'])} {e(' '.join(r.get('overrides') or []))} ({e(r['status'])})</li>"
-    write_atomic(out, compare_html(params, metrics, f"Comparison of {len(recs)} runs", "<ul>" + "".join(map(item, recs)) + "</ul>"))
+    m = metric or {}
+    write_atomic(out, page(recs, out, m.get("name"), m.get("goal"), f"Comparison of {len(recs)} runs"))  # the decision page (54_decision)
     short = {r["id"]: r["id"][9:] for r in recs}  # HHMMSS-xxxx: narrower columns in a terminal
     if len(set(short.values())) < len(short): short = {}
     ren = lambda df: df.rename(columns=lambda c: " ".join(short.get(w, w) for w in str(c).split()))
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         echo("parameters that differ:"); echo(ren(params).to_string() if len(params) else "  none")
         echo("metrics:"); echo(ren(metrics).to_string())
+    if m.get("name") in metrics.index:
+        col = metrics.loc[m["name"], [r["id"] for r in recs]].astype(float)
+        if col.notna().any():
+            bid = col.idxmin() if m.get("goal") == "minimize" else col.idxmax()
+            echo(f"best on {m['name']} ({m.get('goal', 'maximize')}): run {bid} ({' '.join(next(r for r in recs if r['id'] == bid).get('overrides') or [])}), {col[bid]:.4g}")
     echo(f"comparison: {out}")
     return out
 
@@ -117,7 +120,7 @@ def sweep(path, sets=(), echo=print, progress=False) -> dict:
             echo(f"  point {i} failed: {e}"); srec["failed"].append({"point": p, "error": str(e)}); save(); continue
         srec["runs"].append(rec["id"]); save()
     if len(srec["runs"]) >= 2:
-        srec["compare"] = str(compare(srec["runs"], root, sdir/"compare.html", echo))
+        srec["compare"] = str(compare(srec["runs"], root, sdir/"compare.html", echo, spec.get("metric")))
     save()
     echo(f"sweep {sid}: {len(srec['runs'])} runs, {len(srec['failed'])} failed -> {sdir}")
     return srec

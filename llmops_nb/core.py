@@ -29,11 +29,20 @@ def project_root(start=None) -> Path:
 
 # %% ../nbs/00_core.ipynb #ccf4bea5
 def resolve_path(p) -> Path:
-    "Absolute path for `p`: as given if absolute, else tried against cwd then the project root."
+    "Absolute path for `p`: as given if absolute, else tried against cwd, the project root, then the project this package comes from."
     p = Path(os.path.expanduser(str(p)))
     if p.is_absolute(): return p
     if (Path.cwd()/p).exists(): return (Path.cwd()/p).resolve()
-    return (project_root()/p).resolve()
+    root = project_root()
+    if not (root/p).exists() and (own := _package_project()) and (own/p).exists(): return (own/p).resolve()
+    return (root/p).resolve()
+
+def _package_project() -> Path | None:
+    "The project this package is installed from (an editable install: `settings.ini` next to it), else None."
+    import importlib.util
+    spec = importlib.util.find_spec("llmops_nb")
+    d = Path(spec.origin).resolve().parents[1] if spec and spec.origin else None
+    return d if d and (d/"settings.ini").exists() else None
 
 # %% ../nbs/00_core.ipynb #c1989412
 _UMASK = os.umask(0); os.umask(_UMASK)  # read once: the process's file-creation mask

@@ -10,8 +10,8 @@ from .core import ConfigError, project_root, read_jsonl, resolve_path, stage_dir
 from .stages import output
 
 # %% auto #0
-__all__ = ['ROLES', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'load_records', 'split_dataset', 'fingerprint', 'prepare',
-           'load_prepared', 'prepare_sample']
+__all__ = ['ROLES', 'FIELDS', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'map_columns', 'load_records', 'held_out',
+           'split_dataset', 'fingerprint', 'prepare', 'load_prepared', 'prepare_sample']
 
 # %% ../nbs/05_data.ipynb #98fd66d4
 ROLES = ("system", "user", "assistant")
@@ -47,9 +47,22 @@ def to_messages(rec: dict, system: str = "") -> list:
     elif "prompt" in rec and "completion" in rec:
         msgs = [{"role": "user", "content": _text(rec, "prompt")}, {"role": "assistant", "content": _text(rec, "completion")}]
     else:
-        raise ValueError(f"unknown record shape with keys {sorted(rec)}; expected messages, instruction/input/output or prompt/completion")
+        raise ValueError(f"unknown record shape with keys {sorted(rec)}; expected messages, instruction/input/output or prompt/completion, "
+                         "or name your columns with prepare.columns, e.g. {prompt: question, completion: answer}")
     if system and msgs[0]["role"] != "system": msgs = [{"role": "system", "content": system}] + msgs
     return msgs
+
+# %% ../nbs/05_data.ipynb #fe92dc64
+FIELDS = ("prompt", "completion", "instruction", "input", "output", "messages")
+
+def map_columns(rec: dict, # one record of your data
+                columns: dict | None = None, # field prepare reads -> your column, e.g. {"prompt": "question"}
+               ) -> dict: # the record with the fields prepare reads
+    "Record `rec` with your columns renamed to the fields `to_messages` reads (a column or field that is not there is an error)."
+    if not columns: return rec
+    if bad := [f for f in columns if f not in FIELDS]: raise ValueError(f"prepare.columns: '{bad[0]}' is not a field prepare reads; expected {', '.join(FIELDS)}")
+    if miss := [c for c in columns.values() if c not in rec]: raise ValueError(f"no column '{miss[0]}' (named in prepare.columns); the record has {sorted(rec)}")
+    return {**{k: v for k, v in rec.items() if k not in columns.values()}, **{f: rec[c] for f, c in columns.items()}}
 
 # %% ../nbs/05_data.ipynb #030954af
 def _raw(source, split):
@@ -78,26 +91,34 @@ def _raw(source, split):
 def load_records(source, # a data file, a datasets folder or a hub dataset id
                  split=None, # the split to read from a hub dataset or DatasetDict folder
                  system: str = "", # system message to put first (empty: none)
+                 columns: dict | None = None, # field prepare reads -> your column (see `map_columns`)
                 ):
     "A `datasets.Dataset` with one column `messages` from a file, a folder or a hub id."
     import datasets
     where, unit, rows = _raw(source, split)
     out = []
     for i, rec in rows:
-        try: out.append(to_messages(dict(rec), system))
+        try: out.append(to_messages(map_columns(dict(rec), columns), system))
         except ValueError as e: raise ConfigError(f"{where}:{i}: {e}" if unit == "line" else f"{where}: {unit} {i}: {e}")
     if not out: raise ConfigError(f"{where}: no records")
     return datasets.Dataset.from_dict({"messages": out})
 
 # %% ../nbs/05_data.ipynb #7d03c54d
+def held_out(n: int, val_size: float = 0.1, test_size: float = 0.1) -> tuple:
+    "(validation, test) record counts for `n` records: a split asked for gets at least one, and one record at least is left to train on."
+    n_test, n_val = round(n * test_size), round(n * val_size)
+    n_test, n_val = (max(1, x) if share else 0 for x, share in ((n_test, test_size), (n_val, val_size)))  # a split asked for is never empty
+    if n - n_test - n_val < 1:
+        raise ConfigError(f"{n} record(s) leave no training examples with val_size={val_size}, test_size={test_size} "
+                          f"({n_val} held out for validation, {n_test} for the test); give at least {1 + n_val + n_test} records, or set prepare.val_size and prepare.test_size to 0")
+    return n_val, n_test
+
 def split_dataset(ds, val_size: float = 0.1, test_size: float = 0.1, seed: int = 42):
     "DatasetDict(train, validation, test), shuffled with `seed`."
     import datasets
     if not 0 <= val_size < 1 or not 0 <= test_size < 1 or val_size + test_size >= 1:
         raise ConfigError(f"val_size={val_size} and test_size={test_size}: each must be in [0, 1) and together below 1")
-    n = len(ds)
-    n_test, n_val = round(n * test_size), round(n * val_size)
-    if n - n_test - n_val < 1: raise ConfigError(f"{n} records leave no training examples with val_size={val_size}, test_size={test_size}")
+    n_val, n_test = held_out(len(ds), val_size, test_size); n = len(ds)
     ds = ds.shuffle(seed=seed)
     return datasets.DatasetDict(train=ds.select(range(n_test + n_val, n)),
                                 validation=ds.select(range(n_test, n_test + n_val)), test=ds.select(range(n_test)))
@@ -119,9 +140,10 @@ def prepare(source, # a data file, a datasets folder or a hub dataset id
             system_prompt="", # system message put first in every conversation (empty: none)
             max_examples=0, # use only this many records (0: all)
             split=None, # the split of a hub dataset or DatasetDict folder to read
+            columns=None, # field prepare reads -> your column, e.g. {"prompt": "question", "completion": "answer"}
            ) -> dict: # fingerprint, source, out_dir and split sizes
     "Load, normalise, split and save `source` under `out_dir/dataset`; returns summary metrics."
-    ds = load_records(source, split=split, system=system_prompt)
+    ds = load_records(source, split=split, system=system_prompt, columns=columns)
     if max_examples: ds = ds.shuffle(seed=seed).select(range(min(max_examples, len(ds))))
     dd = split_dataset(ds, val_size, test_size, seed)
     out = stage_dir(out_dir, "prepare")

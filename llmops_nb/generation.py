@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import torch
 from .core import ConfigError
+from .progress import report
 
 # %% auto #0
 __all__ = ['split_conversation', 'chat_prompts', 'prepacked', 'merged', 'AnswerOnly', 'answer_processors', 'generate',
@@ -124,6 +125,7 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
                 for j, i in enumerate(idx):
                     o = [t.strip() for t in texts[j*num_return_sequences:(j+1)*num_return_sequences]]
                     out[i] = o if num_return_sequences > 1 else o[0]
+                report(f"{desc} answers", min(s + batch_size, len(order)), len(order))  # to the `llmops run` terminal (progress)
     finally: tokenizer.padding_side = side
     return out
 

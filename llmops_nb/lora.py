@@ -106,11 +106,12 @@ def check_base(folder, fingerprint: str, model_name: str):
         raise ConfigError(f"{folder}: checkpoint/adapter was trained from base model '{b.get('model')}', not '{model_name}'; use another out_dir or resume: false")
 
 # %% ../nbs/08_lora.ipynb #d0b9f2a1
-def stable_config(folder) -> Path:
-    "Sort the set-valued fields PEFT wrote as lists into `folder/adapter_config.json`, so equal adapters are equal bytes."
+def stable_config(folder, base: str | None = None) -> Path:
+    "Sort the set-valued fields PEFT wrote as lists into `folder/adapter_config.json`, so equal adapters are equal bytes; with `base`, name the base model by it (portable: not a path in this cache)."
     from llmops_nb.core import write_json
     p = Path(folder)/"adapter_config.json"
     cfg = json.loads(p.read_text())
+    if base: cfg["base_model_name_or_path"] = base
     for k in ("target_modules", "modules_to_save", "exclude_modules"):
         if isinstance(cfg.get(k), list): cfg[k] = sorted(cfg[k])
     write_json(p, cfg, indent=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import ConfigError, resolve_path
 
 # %% auto #0
-__all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'cache_dir', 'resolve_model', 'embedding_path', 'pick_device', 'pick_dtype',
-           'load_tokenizer', 'load_causal_lm', 'load_adapter']
+__all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'PUBLIC', 'cache_dir', 'resolve_model', 'embedding_path', 'public_id', 'pick_device',
+           'pick_dtype', 'load_tokenizer', 'load_causal_lm', 'load_adapter']
 
 # %% ../nbs/04_models.ipynb #e26b482d
 def cache_dir() -> Path:
@@ -77,6 +77,19 @@ def embedding_path(name: str = "minilm-l6-v2") -> str:
         return str(_pkg_dir(pkg)/sub)
     p = resolve_path(name)
     return str(p) if p.exists() else name
+
+# %% ../nbs/04_models.ipynb #e83301ee
+PUBLIC = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the hub model each packaged alias was made from
+
+def public_id(name: str) -> str:
+    "The name a base model is known by elsewhere: a packaged alias's hub id, a hub id as given, a local folder's recorded hub id, else the name."
+    if name in PUBLIC: return PUBLIC[name]
+    if name in ALIASES: return name  # made here: no hub id
+    p = resolve_path(name)
+    if not p.exists(): return name  # a hub id
+    try: n = json.loads((p/"config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError): n = ""
+    return n if n.count("/") == 1 and not resolve_path(n).exists() else str(p)
 
 # %% ../nbs/04_models.ipynb #25d3353f
 def pick_device(device="auto"):

@@ -5,12 +5,14 @@
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
 import ast, hashlib, json, os, sys, tempfile, time
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 import llmops_nb
 from . import stages as ST
 from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
 from .params import apply_overrides, load_params, read_params, validate
+from .progress import Watcher
 from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
@@ -187,8 +189,9 @@ def _atomic_notebooks():
 def execute_stage(rec: dict, # the run record (updated in place)
                   stage: str, # the stage to execute
                   vals: dict, # its parameters
-                  progress: bool = True, # papermill's progress bar
+                  progress: bool = True, # show what the stage reports (steps, loss, ETA; answers done) while it runs
                   force: bool = False, # --force: the stage rebuilds what it could have reused (rag_index's previous index)
+                  echo=print, # where progress lines go when stderr is not a terminal
                  ):
     "Execute `stage` of run `rec` with parameters `vals`, then write its manifest; updates `rec` in place."
     import papermill as pm
@@ -203,14 +206,15 @@ def execute_stage(rec: dict, # the run record (updated in place)
                WANDB_TAGS=",".join(wb.get("tags") or []) or None, WANDB_DIR=str(run_dir), WANDB_SILENT="true",
                WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"], LLMOPS_NOTEBOOK=str(nb_out),
                LLMOPS_RUN_ID=rec["id"], LLMOPS_RUN_ROOT=str(run_dir.parent), LLMOPS_PROJECT_ROOT=str(project_root()),
-               LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false")
+               LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false", LLMOPS_PROGRESS=str(run_dir/".progress"/f"{stage}.json"))
     st.update(status="running", started=now(), notebook=str(nb_out), error=None)
     t = time.time()
     try:
         write_json(out/"params.json", vals); save_record(rec)
-        with _env(**env):
+        watch = Watcher(stage, env["LLMOPS_PROGRESS"], nb_out, echo) if progress else contextlib.nullcontext()
+        with _env(**env), watch:  # papermill's own bar only counted cells: the watcher shows the cells and what the stage reports
             pm.execute_notebook(str(ST.notebook(stage)), str(nb_out), parameters=vals, cwd=str(out),
-                                kernel_name=ensure_kernel(), progress_bar=progress)
+                                kernel_name=ensure_kernel(), progress_bar=False)
         write_manifest(stage, out)
     except BaseException as e:
         stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -283,7 +287,7 @@ def _stage(rec, s, n, outs, force, progress, echo):
         if bad := inputs_changed(s, outs): raise StageError(f"stage '{s}' not run: {bad}; run that stage again (--stages or --force)")
         st.update(key=key, out_dir=vals["out_dir"], cached_from=None)
         echo(f"{tag}: running -> {vals['out_dir']}")
-        execute_stage(rec, s, vals, progress, force=force and must_run)
+        execute_stage(rec, s, vals, progress, force=force and must_run, echo=echo)
         if bad := inputs_changed(s, outs):  # changed while it ran: what it computed is not trusted, so not cached
             st.update(status="failed", error=f"{bad} (it changed while the stage ran)"); rec["status"] = "failed"; save_record(rec)
             raise StageError(f"stage '{s}' failed: {st['error']}; its result is not cached; `llmops resume {rec['id']}` runs it again")
@@ -328,7 +332,7 @@ def run(params_file, # a params YAML file
     raw = apply_overrides(read_params(params_file), sets)
     rid = new_run_id()
     run_dir = resolve_path(cfg["run_root"])/rid
-    rec = dict(id=rid, name=cfg.get("name"), created=now(), status="running", params_file=str(params_file),
+    rec = dict(id=rid, name=cfg.get("name"), created=now(), status="running", params_file=str(resolve_path(params_file)),  # absolute: `list` and `resume` read it from anywhere
                overrides=list(sets or ()), raw=raw, config=cfg, wandb=cfg["wandb"], run_dir=str(run_dir),
                only=list(stages or []), git=git_info(), versions=versions(),
                stages={s: {"status": "pending"} for s in cfg["stages"]})

@@ -39,7 +39,8 @@ def check_adapter_base(adapter, model):
     cfg = Path(adapter)/"adapter_config.json"
     if not cfg.exists(): raise ConfigError(f"adapter '{adapter}': no adapter_config.json there; expected a folder written by PEFT's save_pretrained")
     base = json.loads(cfg.read_text()).get("base_model_name_or_path") or ""
-    if base and Path(base.rstrip("/")).name != Path(str(model).rstrip("/")).name:
+    from llmops_nb.models import public_id
+    if base and Path(base.rstrip("/")).name != Path(str(model).rstrip("/")).name and base != public_id(str(model)):
         raise ConfigError(f"adapter '{adapter}' was trained on '{base}', not on model '{model}'; set the stage's model to that base model")
 
 # %% ../nbs/26_preference.ipynb #8a22f08f
@@ -66,16 +67,18 @@ def train_dpo(cfg: PreferenceConfig, # the stage's settings
     "Train a DPO adapter on `pairs` into `out_dir/adapter`."
     from trl import DPOTrainer
     from llmops_nb.lora import peft_config, stable_config
-    from llmops_nb.models import load_adapter, load_causal_lm
+    from llmops_nb.models import load_adapter, load_causal_lm, public_id
+    from llmops_nb.trainer import ProgressCallback
     out = Path(out_dir)
     if adapter: check_adapter_base(adapter, cfg.model)
     lm, tok = load_causal_lm(cfg.model, adapter=None)
     if adapter: lm, new = load_adapter(lm, adapter, is_trainable=True), None  # TRL adds a frozen "ref" copy as the reference
     else: new = peft_config(cfg, lm)
-    trainer = DPOTrainer(model=lm, args=dpo_args(cfg, out), train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new)
+    trainer = DPOTrainer(model=lm, args=dpo_args(cfg, out), train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new,
+                         callbacks=[ProgressCallback()])  # steps and loss to the `llmops run` terminal
     res = trainer.train()
     dst = ST.output("dpo", out, "adapter", must_exist=False)
-    trainer.model.save_pretrained(str(dst), selected_adapters=["default"]); tok.save_pretrained(str(dst)); stable_config(dst)
+    trainer.model.save_pretrained(str(dst), selected_adapters=["default"]); tok.save_pretrained(str(dst)); stable_config(dst, public_id(cfg.model))
     hist = [h for h in trainer.state.log_history if "loss" in h]
     last = hist[-1] if hist else {}
     return {"n_pairs": len(pairs), "started_from": str(adapter) if adapter else "new LoRA adapter",

@@ -58,7 +58,7 @@ class LocalLLM(BaseLLM):
     def _generate(self, prompts, stop=None, run_manager=None, **kw):
         out = generate(self.lm, self.tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                        do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-                       no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False)
+                       no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False, desc="rag")
         return LLMResult(generations=[[Generation(text=t)] for t in out])
 
 def hf_llm(model: str = "tiny-random", adapter=None, device="auto", **gen) -> LocalLLM:

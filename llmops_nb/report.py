@@ -11,13 +11,13 @@ from .core import ConfigError, md_code, md_text
 from .runs import _num, flat_metrics, flat_params, gate_rows, gates_passed, load_record, output, stage_metrics, stage_out
 
 # %% auto #0
-__all__ = ['SECTIONS', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'show_summary', 'show_metadata', 'show_training', 'show_evaluation',
-           'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving', 'show_feedback',
-           'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize', 'to_html', 'execute', 'render',
-           'wandb_report']
+__all__ = ['SECTIONS', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'show_summary', 'show_metadata', 'show_parameters', 'show_training',
+           'show_evaluation', 'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving',
+           'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize', 'to_html', 'execute',
+           'render', 'wandb_report']
 
 # %% ../nbs/20_report.ipynb #1243899e
-SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks")
+SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
 
 def _md(s):
     from IPython.display import Markdown, display
@@ -69,27 +69,51 @@ def _status(rec) -> str:
     return rec["status"]
 
 def show_summary(rec: dict):
-    "One paragraph: what ran and how it went."
+    "The answer first: the verdict, the headline numbers with their intervals, what changed against production; then what ran."
+    from llmops_nb import summary as SU
+    from llmops_nb.runs import registry
+    detail = md_text(SU.gates_line(rec).split(" (", 1)[1].rstrip(")")) if gate_rows(rec) else ""
+    _md(f"**Verdict:** {_verdict(rec)}" + (f" ({detail})" if detail else "") + ".")
+    heads = [f"- **{md_text(s)}**: {md_text(t)}" for s in rec["stages"] if s != "report" and (t := SU.stage_line(s, stage_metrics(rec, s)))]
+    if heads: _md("\n".join(heads))
+    prod, root = registry(Path(rec["run_dir"]).parent).get("production"), Path(rec["run_dir"]).parent
+    if prod is None: _md("*No production run yet to compare with (`llmops promote RUN` sets one).*")
+    elif prod["run_id"] == rec["id"]: _md("*This run is **production**.*")
+    elif (root/prod["run_id"]/"run.json").exists():
+        vs = SU.against(rec, load_record(root/prod["run_id"]))
+        _md(f"**Against production** (run {md_text(vs['run'])}): " + (md_text("; ".join(vs["metrics"])) or "no headline number in common")
+            + ". Parameters changed: " + (md_text("; ".join(vs["params"])) or "none") + ".")
     stages = ", ".join(f"{s} ({st['status']})" for s, st in rec["stages"].items() if st.get("status") != "running")
-    model = _model(rec)
     _md(f"Run **{md_text(rec['id'])}** ({md_text(rec.get('name') or 'unnamed')}) from {md_code(rec['params_file'])}"  # data: text, never markup
         + (f" with {md_code(' '.join(rec['overrides']))}" if rec.get("overrides") else "")
-        + f", model {md_code(model)}. Stages: {md_text(stages)}. Status **{md_text(_status(rec))}**; {_verdict(rec)}.")
+        + f", model {md_code(_model(rec))}. Stages: {md_text(stages)}. Status **{md_text(_status(rec))}**. All parameters: the appendix.")
+
+def _finished(rec) -> str:
+    "When the run finished; while the report (its last stage) renders, now."
+    if rec.get("finished"): return rec["finished"]
+    from llmops_nb.runs import now
+    return f"{now()} (as this report was rendered)" if _status(rec) == "done" else "-"
 
 def show_metadata(rec: dict):
-    "Run facts, per-stage status and duration, parameters and package versions."
+    "Run facts, per-stage status and duration, and package versions."
     g = rec.get("git") or {}
     facts = {"run id": rec["id"], "name": rec.get("name"), "params file": rec["params_file"],
-             "overrides": " ".join(rec.get("overrides") or []) or "-", "created": rec.get("created"), "finished": rec.get("finished"),
+             "overrides": " ".join(rec.get("overrides") or []) or "-", "created": rec.get("created"), "finished": _finished(rec),
              "commit": (g.get("commit") or "?")[:12] + (" (uncommitted changes)" if g.get("dirty") else ""),
              "W&B": f"{rec['wandb'].get('project')} ({rec['wandb'].get('mode')})", "run folder": rec["run_dir"]}
     _table([{"": k, "value": v} for k, v in facts.items()])
     _md("**Stages** (cached stages reuse the outputs of an earlier run):")
     _table([{"stage": s, "status": "rendering this report" if st.get("status") == "running" else st.get("status"), "seconds": st.get("duration_s"), "cached from": st.get("cached_from", ""),
              "error": st.get("error") or ""} for s, st in rec["stages"].items()])
-    _md("**Parameters:**")
-    _table([{"parameter": k, "value": _short(v)} for k, v in flat_params(rec).items()])
     _md("**Versions:** " + md_text(", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v)))
+
+def show_parameters(rec: dict):
+    "Every parameter the run used, folded (`<details>`): the appendix."
+    import pandas as pd
+    from IPython.display import HTML, display
+    rows = pd.DataFrame([{"parameter": k, "value": _short(v)} for k, v in flat_params(rec).items()])
+    body = rows.style.format(_cell, na_rep="", escape="html").format_index(escape="html", axis=1).hide(axis="index").to_html()  # escaped like every table
+    display(HTML(f"<details><summary>{len(rows)} parameters (click to show)</summary>{body}</details>"))
 
 # %% ../nbs/20_report.ipynb #2784b7cc
 def show_training(rec: dict):
@@ -257,7 +281,7 @@ def report_notebook(run_dir, html_dir=None):
              c.new_code_cell(f"from llmops_nb import report as R\nfrom llmops_nb.runs import load_record\nrec = load_record({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
     calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)",
-                                "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})"]))
+                                "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"]))
     for s, call in calls.items():
         cells += [c.new_markdown_cell(f"## {s}"), c.new_code_cell(f"R.{call}")]
     nb = c.new_notebook(cells=cells)

@@ -70,8 +70,9 @@ class PrepareConfig(Seeded):
     split: str = setting("", "split to read from a hub dataset or a DatasetDict folder (empty: train)")
     val_size: float = setting(0.1, "share of records held out for validation")
     test_size: float = setting(0.1, "share of records held out for the final test")
-    system_prompt: str = setting("You are the Kestrel Home support assistant. Answer briefly and precisely.",
-                                 "system message put before every conversation (empty for none)")
+    system_prompt: str = setting("", "system message put before every conversation (empty: none; the sample params set the sample data's)")
+    columns: dict = setting({}, "your column names for the fields prepare reads, e.g. {prompt: question, completion: answer} "
+                                "(fields: prompt, completion, instruction, input, output, messages)")
     max_examples: int = setting(0, "use only this many records (0: all)")
 
 # %% ../nbs/01_settings.ipynb #ad739ece

@@ -11,16 +11,18 @@ from peft import get_peft_model
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import stages as ST
-from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_json, write_metrics
+from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
 from .labels import tokenize_split
 from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
-from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
+from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, public_id, resolve_model
+from .card import adapter_readme
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
+from .progress import report
 from .settings import FinetuneConfig
 
 # %% auto #0
 __all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'CompletionTrainer',
-           'ThroughputCallback', 'peak_memory_mb', 'training_args', 'train', 'plot_history']
+           'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback', 'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -177,6 +179,16 @@ def peak_memory_mb(device) -> float:
     if str(device).startswith("cuda"): return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
+# %% ../nbs/09_trainer.ipynb #f0e58d33
+class ProgressCallback(TrainerCallback):
+    "Reports `train steps` (done of max_steps) and the last training loss through `progress.report`."
+    loss = None
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs: self.loss = round(float(logs["loss"]), 4)
+    def on_step_end(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            report("train steps", state.global_step, state.max_steps or None, **({"loss": self.loss} if self.loss is not None else {}))
+
 # %% ../nbs/09_trainer.ipynb #c394ff32
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 _CK = "activation_checkpointing" if "activation_checkpointing" in TRAINING_FIELDS else "gradient_checkpointing"
@@ -272,7 +284,7 @@ def train(cfg: FinetuneConfig, # the stage's settings
     report_to = _report_to(report_to, run)
     if report_to != "none": os.environ.setdefault("WANDB_DIR", str(out.parent))
     args = training_args(cfg, out, report_to, has_eval=bool(val_rows))
-    cbs = ([EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []) + list(callbacks)
+    cbs = ([EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []) + [ProgressCallback()] + list(callbacks)
     trainer = CompletionTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows or None,
                                 data_collator=coll, processing_class=tok, callbacks=cbs)
     thr = ThroughputCallback()
@@ -294,7 +306,8 @@ def train(cfg: FinetuneConfig, # the stage's settings
     summary["skipped_checkpoints"] = skipped
     metrics = {"training_summary": summary, "history": hist, "config": dataclasses.asdict(cfg), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
-        tok.save_pretrained(str(adapter)); stable_config(adapter)
+        tok.save_pretrained(str(adapter)); stable_config(adapter, public_id(cfg.model))  # portable: the hub id, not this cache's folder
+        write_atomic(adapter/"README.md", adapter_readme(cfg.model))  # not PEFT's empty template; no run id, so equal adapters stay equal bytes (the cache)
         (adapter/"training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in metrics.json
         write_json(adapter/"base_model.json", {"model": cfg.model, "fingerprint": fp})
         if cfg.merge: metrics["merged_dir"] = str(merge_adapter(cfg.model, adapter, ST.output("finetune", out, "merged", must_exist=False)))

@@ -302,7 +302,8 @@ def build_index(docs, # folder of documents
     store.meta["files"] = {rel: h for rel, h in files.items() if rel in indexed}  # after the inserts, which clear it
     store.meta["skipped_files"] = {rel: h for rel, h in files.items() if rel not in indexed}
     stats = dict(chunks=len(store), files=len(indexed), added=len(new), kept=len(kept), removed=n_prev - len(kept),
-                 embedded=len(new), skipped=sum(map(len, skipped.values())), incremental=not why, full_rebuild_reason=why)
+                 embedded=len(new), skipped=sum(map(len, skipped.values())), incremental=not why, full_rebuild_reason=why,
+                 skipped_files={rel: k for k, v in skipped.items() for rel in v})  # which, and why: in the index's meta and the stage's metrics
     store.meta["stats"] = stats
     if index_dir is not None: store.save(index_dir)
     return store, stats

@@ -121,6 +121,8 @@ def test_bad_inputs(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 3 files.*blank\.md.*broken\.pdf|skipped 3 files.*broken\.pdf.*blank\.md") as w:
         store, stats = V.build_index(bad)
     assert len(w) == 1 and stats["files"] == 1 and "x.docx" in str(w[0].message)
+    assert set(stats["skipped_files"]) == {"blank.md", "broken.pdf", "x.docx"} and stats["skipped_files"]["x.docx"] == "unsupported type"  # which, and why
+    assert store.meta["stats"]["skipped_files"] == stats["skipped_files"]                           # in the index's metadata too
     q = tmp_path/"q.jsonl"
     q.write_text('{"question": "fine", "sources": ["a.md"]}\n{"question": "fine too"}\n{"answer": "no question"}\n')
     with pytest.raises(ConfigError, match=r"q\.jsonl:3: expected an object with a non-empty string 'question'"):
