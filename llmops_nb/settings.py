@@ -32,7 +32,7 @@ class CausalLM:
 class Precision:
     "The number format, for every stage that runs a model."
     dtype: str = setting("auto", "auto (bf16 where the hardware has it: CUDA, CPUs with AVX512-BF16, AMX or Arm BF16; "
-                                 "mixed precision with fp32 weights when training), float32, bfloat16, float16", "dtype")
+                                 "mixed precision when training, fp32 adapters), float32, bfloat16, float16", "dtype")
 
 @dataclass
 class Lora:

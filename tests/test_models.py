@@ -45,7 +45,7 @@ def test_auto_dtype_on_this_machine():
     caps = dict(torch.cpu.get_capabilities())
     native = bool(caps.get("avx512_bf16") or caps.get("amx_bf16") or caps.get("bf16") or caps.get("sve_bf16"))
     assert cpu_bf16() == native and pick_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
-    # training on CPU: fp32 weights (and AdamW state), bf16 autocast where the CPU has bf16
-    assert train_dtypes("auto", "cpu") == (torch.float32, torch.bfloat16 if native else None)
+    # training on CPU: where it has bf16 a bf16 frozen base and bf16 autocast (the adapters and AdamW state stay fp32)
+    assert train_dtypes("auto", "cpu") == ((torch.bfloat16, torch.bfloat16) if native else (torch.float32, None))
     assert train_dtypes("float32", "cpu") == (torch.float32, None)
     with pytest.raises(ConfigError, match="not a torch dtype"): pick_dtype("bf16")
