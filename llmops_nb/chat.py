@@ -6,7 +6,8 @@
 from __future__ import annotations
 import os, threading, time
 from pathlib import Path
-from .core import ConfigError
+from .core import ConfigError, md_code, md_text
+from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
 from .feedback import rate, record
 
 # %% auto #0
@@ -27,13 +28,14 @@ def run_inputs(ref, run_root="runs") -> dict:
 
 # %% ../nbs/25_chat.ipynb #754c8676
 class Answerer:
-    "question -> {answer, sources, cited, top_similarity, latency_ms} over a RAG chain; `meta` holds run/model/adapter ids."
+    "question -> {answer, sources, cited, top_similarity, latency_ms, note} over a RAG chain, questions capped; `meta` holds run/model/adapter ids."
     def __init__(self, index, model: str = "tiny-random", adapter=None, k: int = 4, mode: str = "dense",
-                 max_new_tokens: int = 128, run_id=None):
-        from llmops_nb import rag, vectorstore
-        self.store = vectorstore.load_index(index)
-        self.chain = rag.qa_chain(self.store, model=model, adapter=adapter, k=k, mode=mode, gen={"max_new_tokens": max_new_tokens})
-        self.k, self.lock = k, threading.Lock()
+                 max_new_tokens: int = 128, run_id=None, max_chars: int = MAX_CHARS, max_tokens: int = MAX_TOKENS):
+        from llmops_nb import rag, stores
+        self.store = stores.open_index(index)
+        llm = rag.hf_llm(model, adapter, max_new_tokens=max_new_tokens)
+        self.chain, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm.tok
+        self.k, self.lock, self.max_chars, self.max_tokens = k, threading.Lock(), max_chars, max_tokens
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}
 
     @classmethod
@@ -45,6 +47,7 @@ class Answerer:
         return cls(index, model or got["model"], adapter or got["adapter"], run_id=got["run_id"], **kw)
 
     def __call__(self, question: str) -> dict:
+        check_input(question, self.tok, self.max_chars, self.max_tokens)  # InputTooLong: refused before the lock and the store
         t = time.perf_counter()
         with self.lock: r = self.chain.invoke(question)
         ms = (time.perf_counter() - t) * 1000
@@ -54,7 +57,7 @@ class Answerer:
                  "score": scores.get(d.id), "cited": d.metadata.get("source") in cited} for d in r["documents"]]
         top = max((s for s in scores.values()), default=None)
         return {"answer": r["answer"], "sources": srcs, "cited": r["cited"], "latency_ms": round(ms, 1),
-                "top_similarity": None if top is None else float(top)}
+                "top_similarity": None if top is None else float(top), "note": r.get("note", "")}
 
     def ask(self, question: str, db=None) -> dict:
         "Answer `question` and record it in the store; the result has the row `id`."
@@ -68,7 +71,7 @@ def format_sources(sources: list) -> str:
     if not sources: return "_no sources retrieved_"
     out = []
     for i, s in enumerate(sources, 1):
-        name = f"{s['source']}" + (f" > {s['heading']}" if s.get("heading") else "")
+        name = md_text(s["source"]) + (f" > {md_text(s['heading'])}" if s.get("heading") else "")  # names and headings are data
         score = f" (similarity {s['score']:.2f})" if s.get("score") is not None else ""
         out.append(f"{i}. {'**' + name + '** (cited)' if s.get('cited') else name}{score}")
     return "\n".join(out)
@@ -81,22 +84,27 @@ def chat_app(answerer, db=None, title: str = "Ask the knowledge base"):
     def ask(q):
         q = (q or "").strip()
         if not q: return None, "", "", "Type a question first."
-        r = answerer(q)
+        try: r = answerer(q)
+        except InputTooLong as e: return None, "", "", f"Not asked: {e}."  # nothing stored, nothing generated
         rid = record(q, r["answer"], r["sources"], latency_ms=r["latency_ms"], top_similarity=r["top_similarity"], db=db, **meta)
-        return rid, r["answer"] or "_(empty answer)_", format_sources(r["sources"]), f"Answered in {r['latency_ms']:.0f} ms (#{rid}). Was it helpful?"
+        note = f" ({r['note']})" if r.get("note") else ""
+        return rid, r["answer"] or "_(empty answer)_", format_sources(r["sources"]), f"Answered in {r['latency_ms']:.0f} ms (#{rid}){note}. Was it helpful?"
     def vote(rid, v):
         if rid is None: return "Ask a question first."
         rate(rid, v, db=db); return f"Thanks, recorded {'👍' if v == 1 else '👎'} for #{rid}. A correction helps even more."
     def send(rid, corr, comm):
         if rid is None: return "Ask a question first.", corr, comm
         if not (corr or "").strip() and not (comm or "").strip(): return "Write a correction or a comment first.", corr, comm
+        try: [check_input(x or "", None, MAX_NOTE_CHARS, 0, w) for x, w in ((corr, "correction"), (comm, "comment"))]
+        except InputTooLong as e: return f"Not saved: {e}.", corr, comm
         rate(rid, correction=corr or None, comment=comm or None, db=db)
         return f"Thanks, feedback saved for #{rid}.", "", ""
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"## {title}" + (f"\nrun `{meta['run_id']}`, model `{meta.get('model_id')}`" if meta.get("run_id") else ""))
+        gr.Markdown(f"## {md_text(title)}" + (f"\nrun {md_code(meta['run_id'])}, model {md_code(meta.get('model_id'))}" if meta.get("run_id") else ""))
         rid = gr.State(None)
         with gr.Row():
-            q = gr.Textbox(label="Question", placeholder="Ask about the documents...", scale=4, elem_id="question")
+            q = gr.Textbox(label="Question", placeholder="Ask about the documents...", scale=4, elem_id="question",
+                           max_length=getattr(answerer, "max_chars", MAX_CHARS) or None)  # the browser's cap; the server checks again
             go = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
         gr.Markdown("**Answer**"); ans = gr.Markdown(elem_id="answer")
         gr.Markdown("**Sources**"); srcs = gr.Markdown(elem_id="sources")

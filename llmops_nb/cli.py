@@ -9,7 +9,8 @@ import argparse, sys
 # %% auto #0
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'arg', 'command', 'parser', 'show_status', 'cmd_run',
            'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_stages', 'cmd_report', 'cmd_compare', 'cmd_sweep',
-           'cmd_sweep_run', 'cmd_promote', 'cmd_sync', 'cmd_chat', 'cmd_feedback_export', 'cmd_monitor', 'main']
+           'cmd_sweep_run', 'cmd_promote', 'cmd_sync', 'cmd_chat', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve',
+           'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -93,13 +94,13 @@ def cmd_resume(a):
 
 @command("status", "the stages of a run", arg("run", nargs="?", default="latest", help=RUN))
 def cmd_status(a):
-    from llmops_nb.runs import load_record
-    show_status(load_record(a.run, a.run_root))
+    from llmops_nb.runs import load_record, refresh
+    show_status(refresh(load_record(a.run, a.run_root)))  # a run whose process died shows `interrupted`, not `running`
 
 @command("list", "all runs")
 def cmd_list(a):
-    from llmops_nb.runs import list_runs
-    for r in list_runs(a.run_root):
+    from llmops_nb.runs import list_runs, refresh
+    for r in map(refresh, list_runs(a.run_root)):
         done = sum(s["status"] in ("done", "cached") for s in r["stages"].values())
         print(f"{r['id']}  {r['status']:<8} {done}/{len(r['stages'])} stages  {r['params_file']}")
 
@@ -176,6 +177,8 @@ def cmd_sync(a):
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
          arg("--adapter", default=None, help="PEFT adapter folder (default: the run's dpo or finetune adapter)"),
          arg("--k", type=int, default=4, help="passages retrieved per question"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
+         arg("--max-chars", type=int, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
+         arg("--max-tokens", type=int, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
 def cmd_chat(a):
     import os
@@ -184,7 +187,8 @@ def cmd_chat(a):
     from llmops_nb.feedback import db_path
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not a.run and not a.index: raise ConfigError("chat: give a RUN (`llmops list`) or --index FOLDER (a rag_index stage's index)")
-    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens)
+    bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens,
+                            max_chars=a.max_chars, max_tokens=a.max_tokens)
     print(f"chat on http://{a.host}:{a.port}  (model {bot.meta['model_id']}, adapter {bot.meta['adapter_id']}); feedback -> {db_path(a.db)}")
     serve(bot, a.host, a.port, db=a.db)
 
@@ -196,7 +200,7 @@ def cmd_feedback_export(a):
     print(f"{r['feedback_rows']} feedback rows -> {r['out_dir']}: {r['eval_questions']} eval questions, "
           f"{r['sft']} SFT examples, {r['pairs']} preference pairs")
 
-@command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps (+ plot, W&B)",
+@command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps; served requests per model (+ plots, W&B)",
          arg("--out", default=None, help="output folder (default feedback/monitor)"), arg("--db", default=None, help=DB),
          arg("--threshold", type=float, default=0.4, help="similarity below which a retrieved chunk counts as unrelated"))
 def cmd_monitor(a):
@@ -204,7 +208,31 @@ def cmd_monitor(a):
     r = monitor(a.out, db=a.db, threshold=a.threshold)
     print(r["daily"].round(3).to_string() if len(r["daily"]) else "no feedback yet")
     if len(r["top_downvoted"]): print("\nmost downvoted:\n" + r["top_downvoted"].to_string(index=False))
+    if len(r.get("serving", [])): print("\nserving, per model:\n" + r["serving"].round(3).to_string())
     print(f"\nplot: {r['figure']}")
+
+# %% ../nbs/27_cli.ipynb #15963756
+@command("serve", "serve a run over an OpenAI-compatible API (/v1) with a chat page, health, metrics; an alias is followed when promoted",
+         arg("target", help=RUN + "; an alias is followed: `llmops promote` moves the server to the new run"),
+         arg("--host", default="127.0.0.1", help="address to bind; anything but loopback needs an API key ($LLMOPS_API_KEY or --api-key-file)"),
+         arg("--port", type=int, default=8000, help="port"),
+         arg("--engine", choices=["hf", "vllm"], default="hf", help="hf: the batching engine in this process; vllm: a vLLM server (GPU, pip install vllm)"),
+         arg("--name", default=None, help="served name of the tuned model (NAME and NAME-rag); default: the alias, else the run's name and id end"),
+         arg("--api-key-file", default=None, help="file holding the API key (else $LLMOPS_API_KEY); never a params file"),
+         arg("--max-batch", type=int, default=16, help="requests decoded together"),
+         arg("--max-queue", type=int, default=256, help="requests allowed to wait for a batch row; beyond that, 503"),
+         arg("--max-tokens", type=int, default=1024, help="the longest answer a request may ask for"),
+         arg("--max-input-chars", type=int, default=32_000, help="characters of all messages of a request (413 beyond)"),
+         arg("--max-input-tokens", type=int, default=4096, help="tokens of all messages of a request (413 beyond)"),
+         arg("--device", default="auto", help="auto, cpu, cuda (engine hf)"), arg("--db", default=None, help=DB),
+         arg("--vllm-arg", dest="vllm_args", action="append", default=[], metavar="ARG", help="extra argument for `vllm serve` (repeatable)"))
+def cmd_serve(a):
+    import logging
+    from llmops_nb.server import serve
+    from llmops_nb.serving import Caps
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(a.target, a.run_root, a.host, a.port, a.engine, a.name, a.db, a.api_key_file, a.max_batch, a.max_queue,
+          Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args))
 
 # %% ../nbs/27_cli.ipynb #ab3d9404
 def main(argv=None) -> int:
@@ -215,9 +243,12 @@ def main(argv=None) -> int:
     try: a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2
     except StageError as e: print(f"llmops: {e}", file=sys.stderr); return 1
-    except BrokenPipeError:
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left: say nothing more
+    except BrokenPipeError: _quiet_stdout()  # `llmops list | head`: the reader left, say nothing more
+    except OSError as e: print(f"llmops: {' '.join(str(e).split())}", file=sys.stderr); return 1  # a full disk, a permission: one line
     return 0
+
+def _quiet_stdout():
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 if __name__ == "__main__" and sys.argv[0].endswith("cli.py"): sys.exit(main())  # python -m llmops_nb.cli

@@ -51,10 +51,11 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
     params, metrics = compare_tables(recs)
     out = Path(out) if out else resolve_path(run_root)/f"compare-{'_'.join(r['id'] for r in recs)[:120]}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    def item(r):
-        rep = Path(r["run_dir"])/"report.html"
-        name = f'<a href="{html.escape(os.path.relpath(rep, out.parent))}">{r["id"]}</a>' if rep.exists() else r["id"]
-        return f"<li>{name}: {html.escape(r['params_file'])} {html.escape(' '.join(r.get('overrides') or []))} ({r['status']})</li>"
+    def item(r):  # every value from a run record escaped: names, files and overrides are data
+        rep, e = Path(r["run_dir"])/"report.html", lambda x: html.escape(str(x))
+        name = f'<a href="{e(os.path.relpath(rep, out.parent))}">{e(r["id"])}</a>' if rep.exists() else e(r["id"])
+        label = f" <b>{e(r['name'])}</b>" if r.get("name") else ""
+        return f"<li>{name}{label}: {e(r['params_file'])} {e(' '.join(r.get('overrides') or []))} ({e(r['status'])})</li>"
     write_atomic(out, compare_html(params, metrics, f"Comparison of {len(recs)} runs", "<ul>" + "".join(map(item, recs)) + "</ul>"))
     short = {r["id"]: r["id"][9:] for r in recs}  # HHMMSS-xxxx: narrower columns in a terminal
     if len(set(short.values())) < len(short): short = {}

@@ -4,12 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #3dba7820
 from __future__ import annotations
-import hashlib, json, os, tempfile
+import hashlib, html, json, os, re, socket, tempfile, time
 from pathlib import Path
+try: import fcntl
+except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (see Lock)
 
 # %% auto #0
 __all__ = ['ConfigError', 'project_root', 'resolve_path', 'write_atomic', 'write_json', 'write_jsonl', 'read_jsonl',
-           'sha256_path', 'stage_dir', 'write_metrics', 'read_metrics', 'seed_everything']
+           'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #b445cfb5
 class ConfigError(ValueError):
@@ -46,8 +48,11 @@ def write_atomic(path, data: str | bytes) -> Path:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # f.write on a full disk names no file: name the target
+            raise OSError(e.errno, e.strerror, str(p)) from None
+        raise
     return p
 
 # %% ../nbs/00_core.ipynb #0671d5d7
@@ -70,12 +75,16 @@ def read_jsonl(path, what="JSONL file") -> list:
     "`(line number, object)` for each non-blank line of `path`; a one-line ConfigError names the file and line."
     p = resolve_path(path)
     if not p.is_file(): raise ConfigError(f"{what} '{path}' does not exist; expected a JSONL file, one JSON object per line")
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    rows, data = [], p.read_bytes()
+    for i, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):  # bytes: only \n and \r end a line
+        try: line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}:{i}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); expected a UTF-8 JSONL file") from None
         if not line.strip(): continue
         try: rows.append((i, json.loads(line)))
         except json.JSONDecodeError as e: raise ConfigError(f"{p}:{i}: not valid JSON ({e.msg}); expected one JSON object per line") from None
     return rows
+
 
 # %% ../nbs/00_core.ipynb #ea608744
 def sha256_path(p) -> str:
@@ -88,6 +97,53 @@ def sha256_path(p) -> str:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #a6ad7102
+class Lock:
+    "An exclusive lock on file `path`, held by this process until `release()` or until the process ends (even by kill -9)."
+    supported = fcntl is not None  # False: acquire always succeeds and nobody is ever known to hold a lock
+    def __init__(self, path): self.path, self.fd = Path(path), None
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+
+    def acquire(self, wait: bool = False, **info) -> bool:
+        "Take the lock (waiting for it with `wait`) and record `info` with pid, host and time in the file; False when another holds it."
+        if self.fd is not None: return True
+        fd = self._open()
+        try:
+            if fcntl: fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError: os.close(fd); return False
+        except BaseException: os.close(fd); raise
+        self.fd = fd
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+        try: os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError: pass  # a full disk: the lock holds all the same, only the note is missing
+        return True
+
+    def release(self):
+        "Let go (closing the descriptor drops the flock)."
+        if self.fd is not None: os.close(self.fd); self.fd = None
+
+    def info(self) -> dict:
+        "What the last holder recorded ({} when nothing readable)."
+        try: return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError): return {}
+
+    def holder(self) -> dict | None:
+        "The record of the live process holding the lock (this one included), or None when nobody holds it."
+        if self.fd is not None: return self.info()
+        if not self.path.exists() or not fcntl: return None
+        fd = self._open()
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: return self.info() or {"pid": None}
+        finally: os.close(fd)  # closing also drops the probe's own lock
+        return None
+
+    def __enter__(self):
+        self.acquire(wait=True); return self
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/00_core.ipynb #50d368a4
 def stage_dir(out_dir="", stage="stage") -> Path:
@@ -104,6 +160,20 @@ def read_metrics(d) -> dict:
     "The metrics a stage wrote in `d`, or `{}`."
     p = Path(d)/"metrics.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+# %% ../nbs/00_core.ipynb #27129dc9
+_MD = re.compile(r"([\\`*_\[\]{}()#+!|~])")
+
+def md_text(x) -> str:
+    "`x` as Markdown that shows it as it is and runs nothing: HTML escaped, Markdown markup backslashed."
+    return _MD.sub(r"\\\1", html.escape(str(x), quote=False)).replace("\n", " ")
+
+def md_code(x, table: bool = False) -> str:
+    "`x` as a Markdown code span that no backtick inside can close early (`table`: `|` escaped for a table cell)."
+    s = " ".join(str(x).split("\n"))
+    if table: s = s.replace("|", "\\|")
+    n = max((len(m) for m in re.findall(r"`+", s)), default=0) + 1
+    return f"{'`' * n} {s} {'`' * n}" if n > 1 else f"`{s}`"
 
 # %% ../nbs/00_core.ipynb #f2daf410
 def seed_everything(seed: int = 42):

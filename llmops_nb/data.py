@@ -16,8 +16,19 @@ __all__ = ['ROLES', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'load_records', 's
 # %% ../nbs/05_data.ipynb #98fd66d4
 ROLES = ("system", "user", "assistant")
 
+def _text(rec: dict, key: str, need: bool = True) -> str:
+    "Field `key` of a record as stripped text; a null, empty (when `need`) or non-text value is an error naming the field."
+    v = rec.get(key)
+    if v is None:
+        if need: raise ValueError(f"'{key}' is null; expected a non-empty string")
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)): raise ValueError(f"'{key}' is {type(v).__name__}; expected a string")
+    s = str(v).strip()
+    if need and not s: raise ValueError(f"'{key}' is empty; expected a non-empty string")
+    return s
+
 def to_messages(rec: dict, system: str = "") -> list:
-    "Chat messages for a record in Alpaca, prompt/completion or messages shape."
+    "Chat messages for a record in Alpaca, prompt/completion or messages shape; a record without an answer to learn from is an error."
     if not isinstance(rec, dict): raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
     if "messages" in rec:
         msgs = rec["messages"]
@@ -26,12 +37,15 @@ def to_messages(rec: dict, system: str = "") -> list:
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise ValueError(f"each message needs a role in {ROLES} and a string content, got {m!r:.80}")
         msgs = [{"role": m["role"], "content": m["content"]} for m in msgs]
+        answers = [m["content"] for m in msgs if m["role"] == "assistant"]
+        if not answers: raise ValueError("no assistant message; expected at least one answer to learn from")
+        if not all(a.strip() for a in answers): raise ValueError("an assistant message is empty; expected the answer to learn from")
     elif "instruction" in rec and "output" in rec:
-        user = str(rec["instruction"]).strip()
-        if rec.get("input"): user += "\n\n" + str(rec["input"]).strip()
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": str(rec["output"]).strip()}]
+        user = _text(rec, "instruction")
+        if inp := _text(rec, "input", need=False): user += "\n\n" + inp
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(rec, "output")}]
     elif "prompt" in rec and "completion" in rec:
-        msgs = [{"role": "user", "content": str(rec["prompt"]).strip()}, {"role": "assistant", "content": str(rec["completion"]).strip()}]
+        msgs = [{"role": "user", "content": _text(rec, "prompt")}, {"role": "assistant", "content": _text(rec, "completion")}]
     else:
         raise ValueError(f"unknown record shape with keys {sorted(rec)}; expected messages, instruction/input/output or prompt/completion")
     if system and msgs[0]["role"] != "system": msgs = [{"role": "system", "content": system}] + msgs

@@ -67,6 +67,7 @@ def read_file(p) -> tuple:
         if kind == "html": title, secs = _read_html(p)
         elif kind == "pdf": title, secs = _read_pdf(p)
         else: title, secs = None, [(p.read_text(encoding="utf-8"), {})]
+    except UnicodeDecodeError as e: raise Skip("not UTF-8 text") from e
     except Exception as e: raise Skip(f"unreadable ({type(e).__name__})") from e
     if not any(t.strip() for t, _ in secs): raise Skip("empty")
     return ("markdown" if kind == "html" else kind), title, secs

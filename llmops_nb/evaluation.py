@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 from . import metrics as _metrics
 from .core import ConfigError
-from .generation import generate
 
 # %% auto #0
-__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'PAIRWISE', 'default_metrics', 'metrics_dir', 'metric_names',
-           'metric_path', 'load_metric', 'metric_keys', 'score_examples', 'corpus_scores', 'answer_and_score',
-           'bootstrap_ci', 'compare', 'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'summary_table',
-           'examples_table', 'extremes', 'plot_comparison']
+__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'PAIRWISE', 'default_metrics',
+           'metrics_dir', 'metric_names', 'metric_path', 'load_metric', 'metric_keys', 'score_examples',
+           'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError', 'gate_metrics',
+           'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes', 'plot_comparison']
 
 # %% ../nbs/12_evaluation.ipynb #d9e925e7
 TASK_METRICS = {
@@ -25,6 +24,8 @@ TASK_METRICS = {
 }
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 LOWER_IS_BETTER = {"perplexity"}
+ANSWER_METRICS = ("rougeL", "token_f1", "semantic_similarity")  # what rag_eval scores answers with
+RAG_GATES = ("hit_at_1", "hit_at_k", "mrr_at_k", "groundedness", *ANSWER_METRICS)  # what rag_eval can gate on
 
 def default_metrics(task: str) -> list:
     "The metrics to compute for `task` (qa, summarization, translation, instruction)."
@@ -102,6 +103,7 @@ def corpus_scores(names, predictions, references) -> dict:
 # %% ../nbs/12_evaluation.ipynb #6a02df63
 def answer_and_score(model, tokenizer, prompts, references, metrics, desc="generate", **gen_kw) -> tuple:
     "(answers, {key: [score per example]}) of `model` on `prompts` for the metric names `metrics`."
+    from llmops_nb.generation import generate  # here, not at the top: the params checks read metric names without torch
     answers = generate(model, tokenizer, prompts, desc=desc, **gen_kw)
     first = [a[0] if isinstance(a, list) else a for a in answers]
     scores = {}

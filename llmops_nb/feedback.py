@@ -36,6 +36,23 @@ MIGRATIONS = [  # (version, SQL script or callable(connection)); append, never e
     CREATE INDEX feedback_timestamp ON feedback(timestamp);
     CREATE INDEX feedback_question ON feedback(question);
     """),
+    (2, """
+    CREATE TABLE requests (                 -- every request `llmops serve` answered or refused
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        response_id TEXT UNIQUE,            -- the id the client got (chatcmpl-...)
+        timestamp TEXT NOT NULL,            -- UTC, ISO 8601: when the request arrived
+        model TEXT,                         -- the served model name the client asked for
+        base_model TEXT, adapter_id TEXT, run_id TEXT,
+        stream INTEGER,
+        status INTEGER NOT NULL,            -- HTTP status (499: the client went away before the end)
+        finish_reason TEXT, error TEXT,
+        latency_ms REAL, ttft_ms REAL,      -- arrival to the last token, and to the first
+        prompt_tokens INTEGER, completion_tokens INTEGER,
+        feedback_id INTEGER REFERENCES feedback(id),  -- the question/answer row, for ratings
+        rating INTEGER CHECK (rating IN (-1, 1)));
+    CREATE INDEX requests_timestamp ON requests(timestamp);
+    CREATE INDEX requests_run ON requests(run_id);
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

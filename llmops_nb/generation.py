@@ -9,7 +9,8 @@ import torch
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['split_conversation', 'chat_prompts', 'prepacked', 'merged', 'generate', 'base_model', 'with_adapters', 'use_adapter']
+__all__ = ['split_conversation', 'chat_prompts', 'prepacked', 'merged', 'AnswerOnly', 'answer_processors', 'generate',
+           'base_model', 'with_adapters', 'use_adapter']
 
 # %% ../nbs/11_generation.ipynb #2fd9b3f5
 def split_conversation(messages) -> tuple:
@@ -80,6 +81,19 @@ def merged(model):
                 for w, k in keep: w.copy_(k)
 
 # %% ../nbs/11_generation.ipynb #dba8c214
+class AnswerOnly:
+    "A logits processor that sees only the generated part of the sequence (the positions after `start`)."
+    def __init__(self, proc, start: int): self.proc, self.start = proc, start
+    def __call__(self, input_ids, scores): return self.proc(input_ids[:, self.start:], scores)
+
+def answer_processors(start: int, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list:
+    "generate's repetition controls counted over the answer only: the prompt (passages to quote, text to summarise) is free to repeat."
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+    out = []
+    if repetition_penalty != 1.0: out.append(AnswerOnly(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)), start))
+    if no_repeat_ngram_size > 0: out.append(AnswerOnly(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)), start))
+    return LogitsProcessorList(out) if out else []
+
 def _eos_ids(model, tokenizer) -> list:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
@@ -94,6 +108,8 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
              do_sample: bool = False, # sample instead of greedy decoding
              temperature: float = 1.0, # sampling temperature (with do_sample)
              top_p: float = 1.0, # nucleus sampling mass (with do_sample)
+             repetition_penalty: float = 1.0, # scores of tokens already in the answer divided (or multiplied) by it; 1: off
+             no_repeat_ngram_size: int = 0, # no n-gram of this many tokens occurs twice in the answer; 0: off
              num_return_sequences: int = 1, # answers per prompt
              seed: int = 42, # seed of the sampling
              progress: bool = True, # show a progress bar
@@ -118,7 +134,8 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
             for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
                 idx = order[s:s+batch_size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-                with torch.inference_mode(): gen = model.generate(**enc, **kw)
+                lp = answer_processors(enc["input_ids"].shape[1], repetition_penalty, no_repeat_ngram_size)
+                with torch.inference_mode(): gen = model.generate(**enc, **kw, **({"logits_processor": lp} if lp else {}))
                 texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 for j, i in enumerate(idx):
                     o = [t.strip() for t in texts[j*num_return_sequences:(j+1)*num_return_sequences]]
@@ -133,13 +150,10 @@ def base_model(model):
 # %% ../nbs/11_generation.ipynb #72e4be6d
 def with_adapters(model: str, adapters: dict, device="auto", dtype="auto") -> tuple:
     "(model, tokenizer): causal LM `model` with each adapter folder of `adapters` (name -> folder; empty ones skipped) loaded under its name."
-    from peft import PeftModel
-    from llmops_nb.models import load_causal_lm
+    from llmops_nb.models import load_adapter, load_causal_lm
     lm, tok = load_causal_lm(model, device=device, dtype=dtype)
-    named = [(n, str(a)) for n, a in adapters.items() if a]
-    for i, (n, a) in enumerate(named):
-        if i == 0: lm = PeftModel.from_pretrained(lm, a, adapter_name=n)
-        else: lm.load_adapter(a, adapter_name=n)
+    for n, a in adapters.items():
+        if a: lm = load_adapter(lm, a, n)  # a damaged adapter: one line naming the file
     return lm.to(next(lm.parameters()).device).eval(), tok
 
 @contextlib.contextmanager

@@ -4,13 +4,13 @@
 
 # %% ../nbs/04_models.ipynb #95bdf685
 from __future__ import annotations
-import importlib.util, os, shutil
+import importlib.util, json, os, shutil
 from pathlib import Path
 from .core import ConfigError, resolve_path
 
 # %% auto #0
 __all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'BF16_CPU_FEATURES', 'cache_dir', 'resolve_model', 'embedding_path', 'pick_device',
-           'cpu_bf16', 'pick_dtype', 'train_dtypes', 'load_tokenizer', 'load_causal_lm']
+           'cpu_bf16', 'pick_dtype', 'train_dtypes', 'load_tokenizer', 'load_causal_lm', 'load_adapter']
 
 # %% ../nbs/04_models.ipynb #e26b482d
 def cache_dir() -> Path:
@@ -142,9 +142,26 @@ def load_causal_lm(name: str = "tiny-random", # packaged alias, local folder or 
         raise ConfigError(f"model '{name}': cannot load ({str(e).splitlines()[0]}); expected a packaged alias ({', '.join(ALIASES)}), a local folder or a reachable hub id") from e
     tok = load_tokenizer(name)
     if model.generation_config.pad_token_id is None: model.generation_config.pad_token_id = tok.pad_token_id
-    if adapter:
-        from peft import PeftModel
-        if not (Path(adapter)/"adapter_config.json").exists():
-            raise ConfigError(f"adapter '{adapter}': no adapter_config.json there; expected a folder written by PEFT's save_pretrained")
-        model = PeftModel.from_pretrained(model, str(adapter))
+    if adapter: model = load_adapter(model, adapter)
     return model.to(dev).eval(), tok
+
+def load_adapter(model, # a causal LM, or a PeftModel to add a named adapter to
+                 adapter, # a folder written by PEFT's save_pretrained
+                 name: str | None = None, # the adapter's name (None: PEFT's default)
+                 **kw, # more PeftModel.from_pretrained keywords (is_trainable, ...)
+                ):
+    "`model` with the PEFT adapter in folder `adapter`; a missing, truncated or damaged adapter is a one-line error naming the file."
+    from peft import PeftModel
+    from safetensors import SafetensorError
+    a = Path(adapter)
+    if not (a/"adapter_config.json").exists():
+        raise ConfigError(f"adapter '{adapter}': no adapter_config.json there; expected a folder written by PEFT's save_pretrained")
+    named = {"adapter_name": name} if name else {}
+    try:
+        if isinstance(model, PeftModel) and name: model.load_adapter(str(a), **named, **kw); return model
+        return PeftModel.from_pretrained(model, str(a), **named, **kw)
+    except (SafetensorError, json.JSONDecodeError, OSError, EOFError) as e:
+        f = a/"adapter_config.json" if isinstance(e, json.JSONDecodeError) else next(
+            (a/w for w in ("adapter_model.safetensors", "adapter_model.bin") if (a/w).exists()), a)
+        raise ConfigError(f"adapter '{adapter}': {f.name} cannot be read ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); "
+                          "the file is damaged or incomplete: train the adapter again") from None

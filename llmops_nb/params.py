@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib, json, re
 from pathlib import Path
 import yaml
-from . import stages as ST
+from . import checks, stages as ST
 from .core import ConfigError, resolve_path
 
 # %% auto #0
@@ -50,12 +50,17 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DATA_EXT = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md", ".yaml", ".yml")
 
 # %% ../nbs/03_params.ipynb #7d0307e0
-def check_model(name, where: str):
-    "Raise unless `name` is a known alias, an existing folder or a hub id."
+_HUB_OK = set()  # hub ids already found (a run names its model in several sections)
+
+def check_model(name, where: str, aliases=None):
+    "Raise unless `name` is a known alias (of `aliases`, default the causal LMs), an existing folder or a hub id that is cached or on the hub."
     from llmops_nb.models import ALIASES  # only to list names; importing models is cheap
-    if name in ALIASES or resolve_path(name).exists(): return
-    if HUB_ID.match(str(name)) and not str(name).startswith((".", "/")): return
-    raise ConfigError(f"{where}: unknown model '{name}'{near(name, ALIASES)} (or a local folder, or a hub id like org/name)")
+    aliases = ALIASES if aliases is None else aliases
+    if name in aliases or resolve_path(name).exists(): return
+    if HUB_ID.match(str(name)) and not str(name).startswith((".", "/")):
+        if name not in _HUB_OK: checks.check_hub_model(name, f"{where}: {name}"); _HUB_OK.add(name)
+        return
+    raise ConfigError(f"{where}: unknown model '{name}'{near(name, aliases)} (or a local folder, or a hub id like org/name)")
 
 def check_path(v, where: str, hub_ok: bool = False):
     "Raise unless `v` exists (or, with `hub_ok`, looks like a hub dataset id)."
@@ -69,6 +74,9 @@ def check_value(where: str, key: str, v, decl: dict):
         raise ConfigError(f"{where}: {key} = {v!r} is {type(v).__name__}, expected {_tname(decl['type'])} (default {decl['default']!r})")
     if isinstance(v, str) and v and decl["kind"] in ("path", "path|hub"): check_path(v, f"{where}: {key}", decl["kind"] == "path|hub")
     if decl["kind"] == "model": check_model(v, f"{where}: {key}")
+    if decl["kind"] == "embedding":
+        from llmops_nb.models import EMBEDDINGS
+        check_model(v, f"{where}: {key}", EMBEDDINGS)
     if decl["kind"] == "dtype" and v not in DTYPES: raise ConfigError(f"{where}: {key} = {v!r} is not a number format{near(v, DTYPES)}")
 
 # %% ../nbs/03_params.ipynb #d0ad80ed
@@ -128,8 +136,10 @@ def validate(p: dict, src: str = "params") -> dict:
     _check_stages(stages, src)
     if "model" in p: check_model(p["model"], f"{src}: model")
     sections = {s: _section(p, s, src) for s in ST.names() if s in stages or s in p}
-    return dict(stages=stages, params={s: sections[s] for s in stages}, seed=p.get("seed", 42), run_root=p.get("run_root", "runs"),
-                wandb={"project": "llmops-nb", "mode": "auto", **(p.get("wandb") or {})}, name=p.get("name"))
+    params = {s: sections[s] for s in stages}
+    warnings = checks.contents(params, src)  # what the stages will read, read now, before any kernel
+    return dict(stages=stages, params=params, seed=p.get("seed", 42), run_root=p.get("run_root", "runs"),
+                wandb={"project": "llmops-nb", "mode": "auto", **(p.get("wandb") or {})}, name=p.get("name"), warnings=warnings)
 
 # %% ../nbs/03_params.ipynb #fda0941b
 def apply_overrides(p: dict, sets=()) -> dict:

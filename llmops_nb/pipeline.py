@@ -9,14 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 import llmops_nb
 from . import stages as ST
-from .core import ConfigError, project_root, read_metrics, resolve_path, sha256_path, write_json
+from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
 from .params import apply_overrides, load_params, read_params, validate
-from .runs import git_info, list_runs, load_record, new_run_id, now, save_record, versions
+from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
+from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
-__all__ = ['PKG', 'DECLARATIONS', 'MANIFEST', 'KERNEL', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key',
-           'write_manifest', 'read_manifest', 'verify', 'input_digests', 'cache_get', 'cache_put', 'ensure_kernel',
-           'StageError', 'execute_stage', 'run', 'resume', 'demo_run']
+__all__ = ['PKG', 'DECLARATIONS', 'KERNEL', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key',
+           'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock', 'ensure_kernel',
+           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -80,58 +81,52 @@ def stage_key(stage: str, vals: dict, inputs: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 # %% ../nbs/19_pipeline.ipynb #c3b1067f
-MANIFEST = "manifest.json"
-
-def write_manifest(stage: str, out_dir) -> dict:
-    "Hash the declared outputs of `stage` in `out_dir` (and its metrics.json) into `out_dir/manifest.json`."
-    out = Path(out_dir)
-    files = {name: sha256_path(p) for name, rel in ST.stage(stage).outputs.items() if (p := out/rel).exists()}
-    if (out/"metrics.json").exists(): files["metrics.json"] = sha256_path(out/"metrics.json")
-    m = {"stage": stage, "files": files}
-    write_json(out/MANIFEST, m)
-    return m
-
-def read_manifest(out_dir) -> dict | None:
-    "The manifest in `out_dir`, or None when it is missing or unreadable."
-    try: return json.loads((Path(out_dir)/MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError): return None
-
-def verify(out_dir) -> str:
-    "Why the outputs in `out_dir` cannot be trusted ('' when they all match their manifest)."
-    out, m = Path(out_dir), read_manifest(out_dir)
-    if m is None: return f"{out} has no readable {MANIFEST}"
-    st = ST.stage(m["stage"])
-    for name, digest in m["files"].items():
-        p = out/(st.outputs.get(name) or name)
-        if not p.exists(): return f"{p} is missing"
-        if sha256_path(p) != digest: return f"{p} changed since the stage wrote it"
-    return ""
-
 def input_digests(stage: str, outs: dict) -> dict:
     "Content digests of the upstream outputs `stage` reads, from the manifests in the folders `outs` (upstream -> folder)."
     st, got = ST.stage(stage), {}
-    reads = {u: None for u in outs} if st.reads_run else {i.stage: i.outputs for i in st.inputs if i.stage in outs}
-    for u, names in reads.items():
+    for u, names in _reads(stage, outs).items():
         files = (read_manifest(outs[u]) or {}).get("files", {})
         got[u] = files if names is None else {n: files.get(n) for n in names}
     return got
 
+def _reads(stage: str, outs: dict) -> dict:
+    "upstream -> the output names `stage` reads from it (None: all, for a stage that reads the whole run)."
+    st = ST.stage(stage)
+    return {u: None for u in outs} if st.reads_run else {i.stage: list(i.outputs) for i in st.inputs if i.stage in outs}
+
+def inputs_changed(stage: str, outs: dict) -> str:
+    "Why an upstream output `stage` reads no longer matches its manifest ('' when all do)."
+    for u, names in _reads(stage, outs).items():
+        why = verify(outs[u], names)
+        if why: return f"its input from {u} cannot be trusted: {why}"
+    return ""
+
 # %% ../nbs/19_pipeline.ipynb #b1c51574
 def _cache_file(run_root, stage, key): return resolve_path(run_root)/".cache"/f"{stage}-{key}.json"
 
-def cache_get(run_root, stage: str, key: str, echo=print) -> dict | None:
-    "The cache entry of `stage` with `key` whose outputs still match their manifest, or None."
+def cache_lookup(run_root, stage: str, key: str) -> tuple:
+    "(entry, ''): the cache entry of `stage` with `key` whose outputs still match their manifest; (None, why) otherwise (why: '' for no entry)."
     p = _cache_file(run_root, stage, key)
-    if not p.exists(): return None
+    if not p.exists(): return None, ""
     try: hit = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        echo(f"  cache entry {p.name} is unreadable; running {stage} again"); return None
+    except (OSError, ValueError): hit = None
+    if not isinstance(hit, dict) or not isinstance(hit.get("out_dir"), str): return None, f"cache entry {p.name} is unreadable"
     why = verify(hit["out_dir"])
-    if why: echo(f"  cached {stage} of run {hit['run_id']} cannot be reused: {why}; running it again"); return None
+    return (None, f"the cached {stage} of run {hit.get('run_id')} cannot be reused: {why}") if why else (hit, "")
+
+def cache_get(run_root, stage: str, key: str, echo=print) -> dict | None:
+    "The cache entry of `stage` with `key` whose outputs still match their manifest, or None (saying why through `echo`)."
+    hit, why = cache_lookup(run_root, stage, key)
+    if why: echo(f"  {why}; running {stage} again")
     return hit
 
 def cache_put(run_root, stage: str, key: str, entry: dict):
+    "Record `entry` (run_id, out_dir, notebook) for `stage` with `key`, atomically."
     write_json(_cache_file(run_root, stage, key), entry)
+
+def key_lock(run_root, stage: str, key: str) -> Lock:
+    "The lock a run holds while it executes `stage` with `key`."
+    return Lock(resolve_path(run_root)/".cache"/"locks"/f"{stage}-{key}.lock")
 
 # %% ../nbs/19_pipeline.ipynb #6f7d2a1c
 KERNEL = "llmops-nb"
@@ -139,7 +134,7 @@ KERNEL = "llmops-nb"
 def ensure_kernel(name=KERNEL) -> str:
     "Name of a kernelspec that runs this interpreter, installed into sys.prefix if needed."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    quiet = "--IPKernelApp.log_level=ERROR"  # not the kernel's transport warnings on every stage
+    quiet = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
     try:
         argv = KernelSpecManager().get_kernel_spec(name).argv
         if argv[0] == sys.executable and quiet in argv: return name
@@ -169,34 +164,61 @@ def _one_line(e) -> str:
     if getattr(e, "ename", None): return f"{e.ename}: {' '.join(str(e.evalue).split())}"
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
+def _save_quietly(rec):
+    "Save the record if the disk lets us (a full disk must not hide the error that stopped the run)."
+    try: save_record(rec)
+    except OSError: pass
+
+class NotebookIO:
+    "papermill I/O for local absolute paths that writes atomically: a reader, or a full disk, never meets half a notebook."
+    def read(self, path): return Path(path).read_text(encoding="utf-8")
+    def write(self, buf, path): write_atomic(path, buf)
+    def listdir(self, path): return [os.path.join(path, f) for f in os.listdir(path)]
+    def pretty_path(self, path): return path
+
+_IO = []
+def _atomic_notebooks():
+    "Register `NotebookIO` with papermill for absolute paths (once per process)."
+    if not _IO:
+        from papermill.iorw import papermill_io
+        _IO.append(NotebookIO()); papermill_io.register("/", _IO[0])  # handlers are tried newest first, by prefix
+
 # %% ../nbs/19_pipeline.ipynb #2624367b
-def execute_stage(rec: dict, stage: str, vals: dict, progress: bool = True):
+def execute_stage(rec: dict, # the run record (updated in place)
+                  stage: str, # the stage to execute
+                  vals: dict, # its parameters
+                  progress: bool = True, # papermill's progress bar
+                  force: bool = False, # --force: the stage rebuilds what it could have reused (rag_index's previous index)
+                 ):
     "Execute `stage` of run `rec` with parameters `vals`, then write its manifest; updates `rec` in place."
     import papermill as pm
+    _atomic_notebooks()
     run_dir = Path(rec["run_dir"])
     st = rec["stages"][stage]
     out = Path(st["out_dir"]); out.mkdir(parents=True, exist_ok=True)
+    (out/MANIFEST).unlink(missing_ok=True)  # rerun in the same folder: the old manifest describes what is about to be replaced
     nb_out = run_dir/f"{stage}.ipynb"
-    write_json(out/"params.json", vals)
     wb = rec["wandb"]
     env = dict(WANDB_PROJECT=wb.get("project"), WANDB_ENTITY=wb.get("entity"), WANDB_RUN_GROUP=rec["id"],
                WANDB_TAGS=",".join(wb.get("tags") or []) or None, WANDB_DIR=str(run_dir), WANDB_SILENT="true",
                WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"], LLMOPS_NOTEBOOK=str(nb_out),
                LLMOPS_RUN_ID=rec["id"], LLMOPS_RUN_ROOT=str(run_dir.parent), LLMOPS_PROJECT_ROOT=str(project_root()),
-               TOKENIZERS_PARALLELISM="false")
-    st.update(status="running", started=now(), notebook=str(nb_out)); save_record(rec)
+               LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false")
+    st.update(status="running", started=now(), notebook=str(nb_out), error=None)
     t = time.time()
     try:
+        write_json(out/"params.json", vals); save_record(rec)
         with _env(**env):
             pm.execute_notebook(str(ST.notebook(stage)), str(nb_out), parameters=vals, cwd=str(out),
                                 kernel_name=ensure_kernel(), progress_bar=progress)
+        write_manifest(stage, out)
     except BaseException as e:
-        st.update(status="failed", duration_s=round(time.time() - t, 1), error=_one_line(e))
-        rec["status"] = "failed"; save_record(rec)
+        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        st.update(status=stop, duration_s=round(time.time() - t, 1), error=_one_line(e))
+        rec["status"] = stop; _save_quietly(rec)
         if isinstance(e, KeyboardInterrupt): raise
         raise StageError(f"stage '{stage}' failed: {st['error']} (executed notebook: {nb_out}); "
                          f"fix it, then `llmops resume {rec['id']}` (with --set stage.key=value to change a parameter)") from None
-    write_manifest(stage, out)
     st.update(status="done", duration_s=round(time.time() - t, 1), metrics=read_metrics(out), error=None)
     save_record(rec)
 
@@ -234,32 +256,60 @@ def _stage_vals(rec, s, outs) -> dict:
     vals["out_dir"] = str(Path(rec["run_dir"])/s)
     return vals
 
-def _execute(rec: dict, force=False, progress=True, echo=print) -> dict:
-    run_root, stages = rec["config"]["run_root"], rec["config"]["stages"]
-    only, needs, outs = rec.get("only") or [], _needs(rec), {}
-    for n, s in enumerate(stages, 1):
-        st, tag = rec["stages"][s], f"[{n}/{len(stages)}] {s}"
-        if only and s not in only and s not in needs:
-            st.update(status="skipped"); save_record(rec); echo(f"{tag}: not in --stages, skipped"); continue
-        vals = _stage_vals(rec, s, outs)
-        key = stage_key(s, rec["config"]["params"][s], input_digests(s, outs))
-        if st.get("status") in ("done", "cached") and st.get("key") == key and not verify(st["out_dir"]):
-            outs[s] = st["out_dir"]; continue  # resume: finished already, with these inputs
-        must_run = not only or s in only
-        hit = None if force and must_run else cache_get(run_root, s, key, echo)
+def _hold_key(lock: Lock, rec, s, tag, echo):
+    "Take the stage key's lock, waiting (and saying for whom) when another run executes the same stage."
+    if lock.acquire(run=rec["id"], stage=s): return
+    who = lock.holder() or {}
+    echo(f"{tag}: waiting for run {who.get('run', '?')} (pid {who.get('pid', '?')}), which is running {s} with the same inputs")
+    lock.acquire(wait=True, run=rec["id"], stage=s)
+
+def _stage(rec, s, n, outs, force, progress, echo):
+    "Stage `s` of run `rec`: kept, taken from the cache, or executed; returns its folder."
+    run_root, stages, only, st = rec["config"]["run_root"], rec["config"]["stages"], rec.get("only") or [], rec["stages"][s]
+    tag, vals = f"[{n}/{len(stages)}] {s}", _stage_vals(rec, s, outs)
+    key = stage_key(s, rec["config"]["params"][s], input_digests(s, outs))
+    if st.get("status") in ("done", "cached") and st.get("key") == key and not verify(st["out_dir"]):
+        return st["out_dir"]  # resume: finished already, with these inputs
+    must_run, lock = not only or s in only, key_lock(run_root, s, key)
+    _hold_key(lock, rec, s, tag, echo)
+    try:
+        hit, why = (None, "") if force and must_run else cache_lookup(run_root, s, key)
         if hit:
-            _take_cached(rec, s, key, hit); outs[s] = hit["out_dir"]
-            echo(f"{tag}: unchanged since run {hit['run_id']}, skipped"); continue
+            _take_cached(rec, s, key, hit); echo(f"{tag}: unchanged since run {hit['run_id']}, skipped")
+            return hit["out_dir"]
         if not must_run:
-            raise StageError(f"stage '{s}' is needed by {', '.join(sorted(needs[s]))} but has no cached result with these params; add it to --stages")
+            raise StageError(f"stage '{s}' is needed by {', '.join(sorted(_needs(rec)[s]))} but {why or 'has no cached result with these params'}; add it to --stages")
+        if why: echo(f"  {why}; running {s} again")
+        if bad := inputs_changed(s, outs): raise StageError(f"stage '{s}' not run: {bad}; run that stage again (--stages or --force)")
         st.update(key=key, out_dir=vals["out_dir"], cached_from=None)
         echo(f"{tag}: running -> {vals['out_dir']}")
-        execute_stage(rec, s, vals, progress)
+        execute_stage(rec, s, vals, progress, force=force and must_run)
+        if bad := inputs_changed(s, outs):  # changed while it ran: what it computed is not trusted, so not cached
+            st.update(status="failed", error=f"{bad} (it changed while the stage ran)"); rec["status"] = "failed"; save_record(rec)
+            raise StageError(f"stage '{s}' failed: {st['error']}; its result is not cached; `llmops resume {rec['id']}` runs it again")
         cache_put(run_root, s, key, dict(run_id=rec["id"], out_dir=st["out_dir"], notebook=st["notebook"]))
-        outs[s] = st["out_dir"]
         echo(f"{tag}: done in {st['duration_s']:.1f}s")
-    rec.update(status="done", finished=now()); save_record(rec)
+        return st["out_dir"]
+    finally: lock.release()
+
+def _execute(rec: dict, force=False, progress=True, echo=print) -> dict:
+    only, needs, outs = rec.get("only") or [], _needs(rec), {}
+    for n, s in enumerate(rec["config"]["stages"], 1):
+        if only and s not in only and s not in needs:
+            rec["stages"][s].update(status="skipped"); save_record(rec); echo(f"[{n}/{len(rec['stages'])}] {s}: not in --stages, skipped"); continue
+        outs[s] = _stage(rec, s, n, outs, force, progress, echo)
+    rec.update(status="done", finished=now(), error=None); save_record(rec)
     return rec
+
+def _walk(rec: dict, lock: Lock, force=False, progress=True, echo=print) -> dict:
+    "`_execute` under the run's `lock` (released after); whatever stops it leaves the run `failed` or `interrupted`, never `running`."
+    try: return _execute(rec, force, progress, echo)
+    except BaseException as e:
+        if rec.get("status") == "running":
+            rec.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=_one_line(e), finished=now())
+            _save_quietly(rec)
+        raise
+    finally: lock.release()
 
 # %% ../nbs/19_pipeline.ipynb #12df4e47
 def run(params_file, # a params YAML file
@@ -274,6 +324,7 @@ def run(params_file, # a params YAML file
     if stages:
         bad = [s for s in stages if s not in cfg["stages"]]
         if bad: raise ConfigError(f"--stages: '{bad[0]}' is not among the stages of {params_file} ({', '.join(cfg['stages'])})")
+    for w in cfg.get("warnings", []): echo(f"warning: {w}")
     raw = apply_overrides(read_params(params_file), sets)
     rid = new_run_id()
     run_dir = resolve_path(cfg["run_root"])/rid
@@ -283,9 +334,11 @@ def run(params_file, # a params YAML file
                stages={s: {"status": "pending"} for s in cfg["stages"]})
     _needs(rec)
     run_dir.mkdir(parents=True)
-    save_record(rec)
+    lock = run_lock(rec); lock.acquire(cmd="run")  # a new folder: nobody else can hold it yet
+    try: save_record(rec)
+    except BaseException: lock.release(); raise
     echo(f"run {rid}: {len(cfg['stages'])} stages -> {run_dir}")
-    return _execute(rec, force, progress, echo)
+    return _walk(rec, lock, force, progress, echo)
 
 def resume(ref, # the run: id, short id, latest or alias
            run_root="runs", # folder of runs
@@ -294,16 +347,21 @@ def resume(ref, # the run: id, short id, latest or alias
            echo=print, # where progress lines go
           ) -> dict: # the run record
     "Continue the run `ref` names from its first stage that did not finish; `sets` change parameters first."
-    rec = load_record(ref, run_root)
-    if rec["status"] == "done" and not sets: echo(f"run {rec['id']} already finished"); return rec
-    raw = apply_overrides(rec["raw"], sets)
-    cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
-    if cfg["stages"] != rec["config"]["stages"]: raise ConfigError(f"--set: resume keeps the run's stages ({', '.join(rec['config']['stages'])}); start a new run to change them")
-    cfg["run_root"] = str(Path(rec["run_dir"]).parent)
-    rec.update(raw=raw, config=cfg, status="running", overrides=[*rec.get("overrides", []), *sets])
-    rec.setdefault("resumed", []).append(now()); save_record(rec)
+    lock, rec = take_run(load_record(ref, run_root), "resume")  # refused while a live process runs it
+    try:
+        if rec["status"] == "done" and not sets: echo(f"run {rec['id']} already finished"); lock.release(); return rec
+        if rec["status"] == "interrupted" and rec.get("interruptions"):
+            echo(f"run {rec['id']} was interrupted ({rec['error'].split(': ', 1)[-1]}); taking it over")
+        raw = apply_overrides(rec["raw"], sets)
+        cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
+        if cfg["stages"] != rec["config"]["stages"]: raise ConfigError(f"--set: resume keeps the run's stages ({', '.join(rec['config']['stages'])}); start a new run to change them")
+        for w in cfg.get("warnings", []): echo(f"warning: {w}")
+        cfg["run_root"] = str(Path(rec["run_dir"]).parent)
+        rec.update(raw=raw, config=cfg, status="running", overrides=[*rec.get("overrides", []), *sets])
+        rec.setdefault("resumed", []).append(now()); save_record(rec)
+    except BaseException: lock.release(); raise
     echo(f"resuming run {rec['id']}" + (f" with {' '.join(sets)}" if sets else ""))
-    return _execute(rec, progress=progress, echo=echo)
+    return _walk(rec, lock, progress=progress, echo=echo)
 
 # %% ../nbs/19_pipeline.ipynb #2b617658
 def demo_run(run_root=None, stages=("prepare",), echo=None, **sections) -> dict:

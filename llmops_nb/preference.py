@@ -67,14 +67,13 @@ def train_dpo(cfg: PreferenceConfig, # the stage's settings
               adapter=None, # the SFT adapter folder to continue from (None: a new LoRA adapter)
              ) -> dict: # the training summary
     "Train a DPO adapter on `pairs` into `out_dir/adapter`."
-    import peft
     from trl import DPOTrainer
     from llmops_nb.lora import peft_config, stable_config
-    from llmops_nb.models import load_causal_lm, train_dtypes
+    from llmops_nb.models import load_adapter, load_causal_lm, train_dtypes
     out = Path(out_dir)
     if adapter: check_adapter_base(adapter, cfg.model)
     lm, tok = load_causal_lm(cfg.model, dtype=str(train_dtypes(cfg.dtype)[0]).replace("torch.", ""), adapter=None)
-    if adapter: lm, new = peft.PeftModel.from_pretrained(lm, str(adapter), is_trainable=True), None  # TRL adds a frozen "ref" copy as the reference
+    if adapter: lm, new = load_adapter(lm, adapter, is_trainable=True), None  # TRL adds a frozen "ref" copy as the reference
     else: new = peft_config(cfg, lm)
     trainer = DPOTrainer(model=lm, args=dpo_args(cfg, out), train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new)
     res = trainer.train()

@@ -13,12 +13,16 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import Generation, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 from .generation import generate
+from .limits import fit_prompt, prompt_budget
 from .retrieval import hit_at_k, make_retriever, mrr_at_k
-from .vectorstore import FaissStore, embed_texts, load_index
+from langchain_core.vectorstores import VectorStore
+from .settings import Generation as GenerationSettings
+from .stores import open_index
+from .vectorstore import embed_texts
 
 # %% auto #0
-__all__ = ['SYSTEM', 'ANSWER_METRICS', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain',
-           'sentences', 'groundedness', 'score_answers', 'summarize']
+__all__ = ['SYSTEM', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain', 'sentences',
+           'groundedness', 'score_answers', 'summarize']
 
 # %% ../nbs/16_rag.ipynb #41bdb8c7
 SYSTEM = ("Answer the question using only the numbered passages below. Cite the passages you use like [1]. "
@@ -44,6 +48,8 @@ class LocalLLM(BaseLLM):
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    repetition_penalty: float = GenerationSettings.repetition_penalty  # the shared setting's default, for callers that give none (the chat)
+    no_repeat_ngram_size: int = GenerationSettings.no_repeat_ngram_size
     seed: int = 42
 
     @property
@@ -51,7 +57,8 @@ class LocalLLM(BaseLLM):
 
     def _generate(self, prompts, stop=None, run_manager=None, **kw):
         out = generate(self.lm, self.tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                       do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, seed=self.seed, progress=False)
+                       do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                       no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False)
         return LLMResult(generations=[[Generation(text=t)] for t in out])
 
 def hf_llm(model: str = "tiny-random", adapter=None, device="auto", dtype="auto", **gen) -> LocalLLM:
@@ -70,17 +77,26 @@ def _package(x: dict) -> dict:
         if d.metadata.get("source") not in srcs: srcs.append(d.metadata.get("source"))
     nums = {int(n) for n in re.findall(r"\[(\d+)\]", x["answer"])}
     cited = list(dict.fromkeys(docs[n - 1].metadata.get("source") for n in sorted(nums) if 0 < n <= len(docs)))
-    return {"answer": x["answer"].strip(), "sources": srcs, "cited": cited, "documents": docs}
+    return {"answer": x["answer"].strip(), "sources": srcs, "cited": cited, "documents": docs, "note": x.get("note", "")}
 
 class AnswerStep(Runnable):
-    "Chain step {question, documents} -> + answer; a batch of questions is one batched LLM call (LangChain's assign step would call the LLM once per question, from threads)."
-    def __init__(self, llm, tok): self.gen, self.tok = llm | StrOutputParser(), tok
+    "Chain step {question, documents} -> + answer, note; a batch of questions is one batched LLM call (LangChain's assign step would call the LLM once per question, from threads)."
+    def __init__(self, llm, tok):
+        self.gen, self.tok = llm | StrOutputParser(), tok
+        lm = getattr(llm, "lm", None)  # a LocalLLM: its model's context bounds the prompt
+        self.budget = prompt_budget(lm, llm.max_new_tokens) if lm is not None else None
+    def _prompt(self, x) -> tuple:
+        "(prompt, passages kept, note): the passages that fit the model's context, best first (`limits.fit_prompt`)."
+        docs = list(x["documents"])
+        if self.budget is None: return render_prompt(self.tok, x["question"], docs), docs, ""
+        return fit_prompt(self.tok, lambda ds: render_prompt(self.tok, x["question"], ds), docs, self.budget)
     def invoke(self, x, config=None, **kw): return self.batch([x], config)[0]
     def batch(self, xs, config=None, **kw):
-        answers = self.gen.batch([render_prompt(self.tok, x["question"], x["documents"]) for x in xs], config)
-        return [{**x, "answer": a} for x, a in zip(xs, answers)]
+        fitted = [self._prompt(x) for x in xs]
+        answers = self.gen.batch([p for p, _, _ in fitted], config)
+        return [{**x, "documents": docs, "note": note, "answer": a} for x, (_, docs, note), a in zip(xs, fitted, answers)]
 
-def qa_chain(index, # an index folder, or a FaissStore
+def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangChain VectorStore
              model: str = "tiny-random", # causal LM alias, folder or hub id (ignored with `llm`)
              adapter=None, # PEFT adapter folder, merged into the model
              k: int = 4, # passages retrieved
@@ -89,8 +105,8 @@ def qa_chain(index, # an index folder, or a FaissStore
              gen: dict | None = None, # LocalLLM generation settings (max_new_tokens, batch_size, ...)
              dtype: str = "auto", # the model's number format (see models.pick_dtype)
              **retriever_kw): # fetch_k, lambda_mult
-    "LCEL chain question -> {answer, sources, cited, documents}."
-    store = index if isinstance(index, FaissStore) else load_index(index)
+    "LCEL chain question -> {answer, sources, cited, documents, note}; note says when passages were left out to fit the model's context."
+    store = index if isinstance(index, VectorStore) else open_index(index)
     llm = llm or hf_llm(model, adapter, dtype=dtype, **(gen or {}))
     return (RunnableParallel(question=RunnablePassthrough(), documents=make_retriever(store, mode, k, **retriever_kw))
             | AnswerStep(llm, llm.tok)
@@ -109,7 +125,7 @@ def groundedness(answer: str, passages: list, emb: Embeddings, threshold: float 
     return float(((s @ p.T).max(axis=1) >= threshold).mean())
 
 # %% ../nbs/16_rag.ipynb #f3aa4bba
-ANSWER_METRICS = ("rougeL", "token_f1", "semantic_similarity")
+from .evaluation import ANSWER_METRICS  # declared with the other metric names
 
 def score_answers(results: list, # qa_chain outputs, one per question
                   questions: list, # the questions (question, answer, sources)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import html, json, os, re, sys
 from pathlib import Path
 from .card import intervals, model_card, _model
-from .core import ConfigError
+from .core import ConfigError, md_code, md_text
 from .runs import _num, flat_metrics, flat_params, gate_rows, gates_passed, load_record, output, stage_metrics, stage_out
 
 # %% auto #0
-__all__ = ['SECTIONS', 'show_summary', 'show_metadata', 'show_training', 'show_evaluation', 'examples', 'show_examples',
-           'show_retrieval', 'show_gates', 'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook',
-           'to_html', 'execute', 'render', 'wandb_report']
+__all__ = ['SECTIONS', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'show_summary', 'show_metadata', 'show_training', 'show_evaluation',
+           'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving', 'show_feedback',
+           'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize', 'to_html', 'execute', 'render',
+           'wandb_report']
 
 # %% ../nbs/20_report.ipynb #1243899e
 SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks")
@@ -30,7 +31,7 @@ def _fig(fig):
 def _absent(rec, stage, what):
     st = rec["stages"].get(stage)
     why = "is not in this run" if st is None else f"did not finish ({st.get('status')})"
-    _md(f"*No {what}: the `{stage}` stage {why}.*")
+    _md(f"*No {what}: the {md_code(stage)} stage {md_text(why)}.*")
 
 def _cell(v): return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
@@ -41,7 +42,8 @@ def _table(data):
     import pandas as pd
     from IPython.display import display
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-    st = df.style.format(_cell, na_rep="", escape="html").format_index(escape="html", axis=1).map(_verdict_style)  # data never becomes markup
+    st = (df.style.format(_cell, na_rep="", escape="html").format_index(escape="html", axis=0)
+          .format_index(escape="html", axis=1).map(_verdict_style))  # data never becomes markup: cells, index and headers escaped
     display(st if isinstance(data, pd.DataFrame) else st.hide(axis="index"))
 
 def _rows(p) -> list:
@@ -70,9 +72,9 @@ def show_summary(rec: dict):
     "One paragraph: what ran and how it went."
     stages = ", ".join(f"{s} ({st['status']})" for s, st in rec["stages"].items() if st.get("status") != "running")
     model = _model(rec)
-    _md(f"Run **{rec['id']}** ({rec.get('name') or 'unnamed'}) from `{rec['params_file']}`"
-        + (f" with `{' '.join(rec['overrides'])}`" if rec.get("overrides") else "")
-        + f", model `{model}`. Stages: {stages}. Status **{_status(rec)}**; {_verdict(rec)}.")
+    _md(f"Run **{md_text(rec['id'])}** ({md_text(rec.get('name') or 'unnamed')}) from {md_code(rec['params_file'])}"  # data: text, never markup
+        + (f" with {md_code(' '.join(rec['overrides']))}" if rec.get("overrides") else "")
+        + f", model {md_code(model)}. Stages: {md_text(stages)}. Status **{md_text(_status(rec))}**; {_verdict(rec)}.")
 
 def show_metadata(rec: dict):
     "Run facts, per-stage status and duration, parameters and package versions."
@@ -87,7 +89,7 @@ def show_metadata(rec: dict):
              "error": st.get("error") or ""} for s, st in rec["stages"].items()])
     _md("**Parameters:**")
     _table([{"parameter": k, "value": _short(v)} for k, v in flat_params(rec).items()])
-    _md("**Versions:** " + ", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v))
+    _md("**Versions:** " + md_text(", ".join(f"{k} {v}" for k, v in (rec.get("versions") or {}).items() if v)))
 
 # %% ../nbs/20_report.ipynb #2784b7cc
 def show_training(rec: dict):
@@ -159,11 +161,11 @@ def show_examples(rec: dict, n=3):
     col, best, worst = ex
     import pandas as pd
     scores = pd.DataFrame(_rows(output(rec, "evaluate", "predictions")))[col]
-    if scores.nunique() == 1: _md(f"*Every example has the same `{col}` ({scores.iloc[0]:.4g}): best and worst are arbitrary.*")
+    if scores.nunique() == 1: _md(f"*Every example has the same {md_code(col)} ({scores.iloc[0]:.4g}): best and worst are arbitrary.*")
     keep = [c for c in ("prompt", "question", "reference", "base", "tuned", "prediction") if c in best.columns]
     nums = [c for c in best.columns if c.endswith(col.split("_", 1)[1]) and c != col]
     for title, d in (("Best", best), ("Worst", worst)):
-        _md(f"**{title} {len(d)}** by `{col}`:")
+        _md(f"**{title} {len(d)}** by {md_code(col)}:")
         _table(d[keep + nums + [col]].map(lambda v: (_short(v, 300) or "(empty)") if isinstance(v, (str, list, dict)) else v))
 
 def show_retrieval(rec: dict):
@@ -195,16 +197,28 @@ def show_gates(rec: dict):
     _table([{**r, "passed": "pass" if r["passed"] else "FAIL"} for r in rows])
 
 
+def show_serving(rec: dict, db=None):
+    "What `llmops serve` recorded for this run: requests, error rate, latency and time to first token per served model."
+    from llmops_nb import monitor as M, servelog as SL
+    req = SL.load_requests(db, run_id=rec["id"])
+    if req.empty: return _md(f"*Not served yet: `llmops serve {rec['id']}` (or `llmops promote {rec['id']}`, then `llmops serve production`) records every request here.*")
+    st = M.serving_stats(req)
+    _md(f"**Served** ({len(req)} requests, {req['timestamp'].min():%Y-%m-%d %H:%M} to {req['timestamp'].max():%Y-%m-%d %H:%M} UTC): "
+        f"error rate {st['errors'].sum() / len(req):.1%}, latency p50 {req.loc[req['status'] == 200, 'latency_ms'].median():.0f} ms, "
+        f"time to first token p50 {req.loc[req['status'] == 200, 'ttft_ms'].median():.0f} ms; per served model:")
+    _table(st.reset_index().to_dict("records"))  # rows, not an index: model names are escaped like every other cell
+
 def show_feedback(rec: dict, db=None):
-    "End users' ratings of this run's chatbot (`llmops chat`), from the feedback store: figures and the plot."
+    "End users' ratings of this run's chatbot (`llmops chat`, `llmops serve`), from the feedback store: serving figures, ratings and the plot."
     from llmops_nb import feedback as F, monitor as M
-    if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: `llmops chat {rec['id']}` serves this run's chatbot and stores ratings.*")
+    if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: {md_code('llmops serve ' + rec['id'])} or {md_code('llmops chat ' + rec['id'])} serves this run and stores ratings.*")
+    show_serving(rec, db)
     df = F.load(db)
     df = df[df["run_id"] == rec["id"]]
-    if df.empty: return _md(f"*No end-user feedback for this run yet: `llmops chat {rec['id']}` collects it; `llmops report {rec['id']}` re-renders this page.*")
+    if df.empty: return _md(f"*No end-user feedback for this run yet: {md_code('llmops chat ' + rec['id'])} collects it; {md_code('llmops report ' + rec['id'])} re-renders this page.*")
     rated = df["rating"].notna().sum()
     _md(f"{len(df)} questions, {rated} rated, thumbs-down rate {(df['rating'] == -1).sum() / max(rated, 1):.0%}, "
-        f"latency p50 {df['latency_ms'].quantile(0.5):.0f} ms / p95 {df['latency_ms'].quantile(0.95):.0f} ms.")
+        f"latency p50 {df['latency_ms'].astype(float).quantile(0.5):.0f} ms / p95 {df['latency_ms'].astype(float).quantile(0.95):.0f} ms.")
     stats, top = M.daily_stats(df), M.top_downvoted(df)
     _fig(M.plot_monitor(stats, top))
     if len(top): _md("**Most downvoted questions:**"); _table(top.to_dict("records"))
@@ -225,12 +239,12 @@ def show_notebooks(rec: dict, html_dir=None):
     items = []
     for s, nb in stage_notebooks(rec).items():
         st = rec["stages"][s]
-        links = [f'<a class="stage-link" href="{html.escape(os.path.relpath(nb, run_dir))}">{s}.ipynb</a>']
+        links = [f'<a class="stage-link" href="{html.escape(os.path.relpath(nb, run_dir))}">{html.escape(s)}.ipynb</a>']
         h = Path(html_dir)/f"{s}.html" if html_dir else None
-        if h and h.exists(): links.insert(0, f'<a class="stage-link" href="{html.escape(os.path.relpath(h, run_dir))}">{s} (HTML)</a>')
-        extra = f" (cached from {st['cached_from']})" if st.get("cached_from") else ""
-        status = "this report's own notebook" if st.get("status") == "running" else st.get("status")
-        items.append(f"<li><b>{s}</b> {status}{extra}: {' &middot; '.join(links)}</li>")
+        if h and h.exists(): links.insert(0, f'<a class="stage-link" href="{html.escape(os.path.relpath(h, run_dir))}">{html.escape(s)} (HTML)</a>')
+        extra = f" (cached from {html.escape(str(st['cached_from']))})" if st.get("cached_from") else ""
+        status = "this report's own notebook" if st.get("status") == "running" else html.escape(str(st.get("status")))
+        items.append(f"<li><b>{html.escape(s)}</b> {status}{extra}: {' &middot; '.join(links)}</li>")
     display(HTML("<ul>" + "".join(items) + "</ul>" if items else "<p><i>No executed notebooks.</i></p>"))
 
 # %% ../nbs/20_report.ipynb #b73dce1e
@@ -239,7 +253,7 @@ def report_notebook(run_dir, html_dir=None):
     import nbformat as nbf
     rec = load_record(run_dir)
     c = nbf.v4
-    cells = [c.new_markdown_cell(f"# Run report: {rec.get('name') or 'llmops-nb'} {rec['id']}"),
+    cells = [c.new_markdown_cell(f"# Run report: {md_text(rec.get('name') or 'llmops-nb')} {md_text(rec['id'])}"),
              c.new_code_cell(f"from llmops_nb import report as R\nfrom llmops_nb.runs import load_record\nrec = load_record({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
     calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)",
@@ -257,11 +271,27 @@ body { max-width: 1200px; margin: 0 auto; }
 .jp-RenderedHTMLCommon th { overflow-wrap: normal; }
 </style>"""
 
+SAFE_TAGS = ("a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del", "details", "div", "dl", "dt",
+             "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre", "s", "small", "span", "strong",
+             "style", "sub", "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul")
+SAFE_ATTRIBUTES = {"*": ["class", "id", "title", "style", "align"], "a": ["href", "class", "title"], "img": ["src", "alt", "width", "height"],
+                   "td": ["colspan", "rowspan"], "th": ["colspan", "rowspan", "scope"], "table": ["border"]}
+
+def sanitize(nb):
+    "Copy of notebook `nb` whose HTML and Markdown outputs keep only the allow-listed markup (no script, handler or javascript: link)."
+    import copy
+    from nbconvert.preprocessors.sanitize import SanitizeHTML  # bleach underneath; inline styles through its CSS sanitizer
+    s = SanitizeHTML(tags=list(SAFE_TAGS), attributes=SAFE_ATTRIBUTES, strip=True)
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        if c.cell_type == "code": c.outputs = s.sanitize_code_outputs(c.outputs)
+    return nb
+
 def to_html(nb, exclude_input=True) -> str:
-    "HTML of an executed notebook: code hidden (by default), no external scripts."
+    "HTML of an executed notebook, its outputs sanitized: code hidden (by default), no external scripts."
     from nbconvert import HTMLExporter
     ex = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = ex.from_notebook_node(nb)
+    body, _ = ex.from_notebook_node(sanitize(nb))
     body = re.sub(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>', "", body)
     body = re.sub(r"<script[^>]*>\s*(?:window\.)?MathJax[\s\S]*?</script>", "", body)  # MathJax config, useless offline
     return body.replace("</head>", _CSS + "\n</head>", 1)

@@ -8,43 +8,53 @@ import re
 from pathlib import Path
 from typing import Any
 import numpy as np
+from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from .core import ConfigError, read_jsonl, resolve_path
+from .core import ConfigError
 from .documents import embed_text
 
 # %% auto #0
-__all__ = ['MODES', 'bm25', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k', 'retrieved_sources',
-           'score_retrieval']
+__all__ = ['MODES', 'corpus', 'bm25', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k',
+           'retrieved_sources', 'score_retrieval']
 
 # %% ../nbs/15_retrieval.ipynb #ad8442fc
 MODES = ("dense", "hybrid", "mmr")
 
-def _tokens(text: str) -> list: return re.findall(r"\w+", text.lower())
+def _tokens(text: str) -> list: return re.findall(r"\w+|[=!<>%{}\\*+\-/\[\]@^|&~]+", text.lower())
+
+def corpus(store) -> tuple:
+    "(chunks, BM25 index over them) of `store`, kept on the store until its size changes."
+    n, hit = len(store), getattr(store, "_llmops_bm25", None)
+    if hit is None or hit[0] != n:
+        from rank_bm25 import BM25Okapi
+        docs = list(store.docs)
+        hit = store._llmops_bm25 = (n, docs, BM25Okapi([_tokens(embed_text(d)) for d in docs]) if docs else None)
+    return hit[1], hit[2]
 
 def bm25(store):
-    "A BM25 index over the store's chunks (built once per store)."
-    if getattr(store, "_bm25", None) is None:
-        from rank_bm25 import BM25Okapi
-        store._bm25 = BM25Okapi([_tokens(embed_text(d)) for d in store.docs])
-    return store._bm25
+    "A BM25 index over the store's chunks (see `corpus`)."
+    return corpus(store)[1]
 
 class HybridRetriever(BaseRetriever):
-    "Dense + BM25 candidates merged by reciprocal rank fusion."
+    "Dense + BM25 candidates merged by reciprocal rank fusion (on document ids)."
     store: Any
     k: int = 4
     fetch_k: int = 20
     rrf_c: int = 60
 
     def _get_relevant_documents(self, query: str, *, run_manager=None) -> list:
-        n = min(self.fetch_k, len(self.store))
-        _, dense = self.store.search_rows(self.store.embedding.embed_query(query), n)
-        scores = bm25(self.store).get_scores(_tokens(query))
-        sparse = [i for i in np.argsort(-scores, kind="stable")[:n] if scores[i] > 0]
-        fused = {}
+        docs, index = corpus(self.store)
+        n = min(self.fetch_k, len(docs))
+        if n == 0: return []
+        dense = self.store.similarity_search(query, k=n)
+        scores = index.get_scores(_tokens(query))
+        sparse = [docs[i] for i in np.argsort(-scores, kind="stable")[:n] if scores[i] > 0]
+        fused, by_id = {}, {}
         for ranking in (dense, sparse):
-            for r, i in enumerate(ranking): fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (self.rrf_c + r + 1)
+            for r, d in enumerate(ranking):
+                fused[d.id] = fused.get(d.id, 0.0) + 1.0 / (self.rrf_c + r + 1); by_id.setdefault(d.id, d)
         top = sorted(fused, key=lambda i: -fused[i])[:self.k]
-        return [self.store.docs[i] for i in top]
+        return [Document(page_content=by_id[i].page_content, metadata=dict(by_id[i].metadata), id=i) for i in top]
 
 def make_retriever(store, mode: str = "dense", k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5) -> BaseRetriever:
     "A retriever over `store`: `dense`, `hybrid` (dense + BM25, RRF) or `mmr`."
@@ -55,21 +65,10 @@ def make_retriever(store, mode: str = "dense", k: int = 4, fetch_k: int = 20, la
 
 # %% ../nbs/15_retrieval.ipynb #a7989922
 def load_questions(path, limit: int = 0) -> list:
-    "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list)."
-    p, out = resolve_path(path), []
-    for n, r in read_jsonl(p, "questions file"):
-        if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not r["question"].strip():
-            raise ConfigError(f"{p}:{n}: expected an object with a non-empty string 'question'")
-        src = r.get("sources") or []
-        src = [src] if isinstance(src, str) else src
-        if not isinstance(src, list) or not all(isinstance(s, str) for s in src):
-            raise ConfigError(f"{p}:{n}: 'sources' must be a string or a list of strings")
-        ans = r.get("answer")
-        if ans is not None and not isinstance(ans, str): raise ConfigError(f"{p}:{n}: 'answer' must be a string")
-        out.append({"question": r["question"], "answer": ans, "sources": src})
-        if limit and len(out) >= limit: break
-    if not out: raise ConfigError(f"questions file '{path}' has no questions")
-    return out
+    "Questions from a JSONL file as dicts with `question`, `answer` (or None) and `sources` (list); every line is checked (`checks.read_questions`)."
+    from llmops_nb.checks import read_questions  # the one reader: the params checks read the file the same way, before any kernel
+    qs = [q for _, q in read_questions(path)]
+    return qs[:limit] if limit else qs
 
 # %% ../nbs/15_retrieval.ipynb #f91e7772
 def _hit(src, expected) -> bool: return Path(src).name in {Path(e).name for e in expected}

@@ -8,12 +8,12 @@ import json, os, subprocess, sys
 from datetime import datetime, timezone
 from pathlib import Path
 from . import stages as ST
-from .core import ConfigError, project_root, read_metrics, resolve_path, write_json
+from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, write_json
 
 # %% auto #0
-__all__ = ['PKGS', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry', 'resolve', 'load_record',
-           'stage_out', 'stage_metrics', 'output', 'gate_rows', 'gates_passed', 'aliases', 'promote', 'flat_params',
-           'flat_metrics']
+__all__ = ['PKGS', 'RUN_LOCK', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry', 'resolve',
+           'load_record', 'run_lock', 'mark_interrupted', 'take_run', 'refresh', 'stage_out', 'stage_metrics', 'output',
+           'gate_rows', 'gates_passed', 'aliases', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -86,6 +86,46 @@ def load_record(ref, run_root="runs") -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise ConfigError(f"{p}: not valid JSON ({e.msg}); the record is damaged") from None
 
+# %% ../nbs/18_runs.ipynb #c4b201cc
+RUN_LOCK = ".lock"
+
+def run_lock(rec: dict) -> Lock:
+    "The lock of run `rec` (a hidden file in its folder)."
+    return Lock(Path(rec["run_dir"])/RUN_LOCK)
+
+def mark_interrupted(rec: dict, last: dict) -> dict:
+    "Mark run `rec` and its running stage `interrupted` (saved): the process `last` (the lock's last note) ended without finishing it."
+    why = f"interrupted: the process running it (pid {last.get('pid', '?')} on {last.get('host', '?')}) ended before it finished"
+    for st in rec["stages"].values():
+        if st.get("status") == "running": st.update(status="interrupted", error=why)
+    rec.update(status="interrupted", error=why)
+    rec.setdefault("interruptions", []).append({"at": now(), **{k: last.get(k) for k in ("pid", "host", "since", "cmd")}})
+    save_record(rec)
+    return rec
+
+def _settle(rec: dict, last: dict) -> dict:
+    "The record as saved (read under the lock), marked interrupted when it still says running."
+    cur = load_record(rec["run_dir"]) if (Path(rec["run_dir"])/"run.json").exists() else rec
+    return mark_interrupted(cur, last) if cur.get("status") == "running" and Lock.supported else cur  # no locks (Windows): cannot tell
+
+def take_run(rec: dict, cmd: str = "resume") -> tuple:
+    "(lock, record): run `rec`'s lock, taken, and its record re-read; a one-line error when a live process runs it. A run a dead process left `running` comes back `interrupted`."
+    lock = run_lock(rec); last = lock.info()
+    if not lock.acquire(wait=(lock.holder() or {}).get("cmd") == "status", cmd=cmd):  # `status` holds it for milliseconds only
+        who = lock.holder() or last
+        raise ConfigError(f"run {rec['id']} is being run by process {who.get('pid', '?')} on {who.get('host', '?')} (llmops {who.get('cmd', '?')}, "
+                          f"since {who.get('since', '?')}); wait for it to end or stop it, then `llmops resume {rec['id']}`")
+    try: return lock, _settle(rec, last)
+    except BaseException: lock.release(); raise
+
+def refresh(rec: dict) -> dict:
+    "`rec` as it stands: a run left `running` by a process that is gone comes back `interrupted` (and is saved so)."
+    if rec.get("status") != "running" or not Lock.supported: return rec
+    lock = run_lock(rec); last = lock.info()
+    if not lock.acquire(cmd="status"): return rec  # alive
+    try: return _settle(rec, last)
+    finally: lock.release()
+
 # %% ../nbs/18_runs.ipynb #035cb6f3
 def stage_out(rec: dict, stage: str) -> Path | None:
     "Folder of `stage` in run `rec` when it finished (ran or cached), else None."
@@ -99,11 +139,12 @@ def stage_metrics(rec: dict, stage: str) -> dict:
     out = stage_out(rec, stage)
     return read_metrics(out) if out else {}
 
-def output(rec: dict, stage: str, what: str) -> Path | None:
-    "Path of output `what` (see the stage contracts) of `stage` in run `rec`, or None when it is not there."
+def output(rec: dict, stage: str, what: str, check: bool = True) -> Path | None:
+    "Path of output `what` (see the stage contracts) of `stage` in run `rec`, or None when it is not there; with `check`, a damaged one is a one-line error."
     out = stage_out(rec, stage)
     p = ST.output(stage, out, what, must_exist=False) if out else None
-    return p if p is not None and p.exists() else None
+    if p is None or not p.exists(): return None
+    return ST.output(stage, out, what) if check else p  # checked against the stage's manifest
 
 # %% ../nbs/18_runs.ipynb #233f6d17
 def gate_rows(rec: dict) -> list:

@@ -65,6 +65,8 @@ class Generation:
     do_sample: bool = setting(False, "sample instead of greedy decoding")
     temperature: float = setting(1.0, "sampling temperature (with do_sample)")
     top_p: float = setting(1.0, "nucleus sampling mass (with do_sample)")
+    repetition_penalty: float = setting(1.05, "scores of tokens already in the answer divided by it (1: off; generate's name, counted over the answer)")
+    no_repeat_ngram_size: int = setting(4, "no n-gram of this many tokens occurs twice in the answer (0: off; generate's name, counted over the answer)")
 
 # %% ../nbs/01_settings.ipynb #25768d28
 @dataclass
@@ -133,13 +135,16 @@ class EvaluateConfig(Generation, Precision, CausalLM, Seeded):
 # %% ../nbs/01_settings.ipynb #30b82e6b
 @dataclass
 class RagIndexConfig(Precision):
-    "The `rag_index` stage: a folder of documents -> chunks -> embeddings -> a FAISS index."
+    "The `rag_index` stage: a folder of documents -> chunks -> embeddings -> a FAISS index or a Chroma collection."
     docs: str = setting("data/kb", "folder of documents (.md, .txt, .html, .pdf), read recursively", "path")
     embedding_model: str = setting("minilm-l6-v2", "sentence-transformers model: packaged alias, local folder or hub id", "embedding")
     chunk_size: int = setting(800, "characters per chunk")
     chunk_overlap: int = setting(100, "characters shared by neighbouring chunks of a section")
-    index_type: str = setting("flat", "flat (exact inner product) or hnsw (approximate, for large collections)")
-    previous_index: str = setting("auto", "index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build")
+    index_type: str = setting("flat", "FAISS index: flat (exact inner product) or hnsw (approximate, for large collections)")
+    previous_index: str = setting("auto", "FAISS index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build")
+    store: str = setting("faiss", "vector store: faiss (index files in the run folder, one process) or chroma (a collection on the Chroma server at store_url, shared by replicas)")
+    store_url: str = setting("", "Chroma server for store: chroma, http(s)://host:port (a managed one adds ?tenant and database query parameters); a token goes in $CHROMA_TOKEN, not here")
+    collection: str = setting("llmops-kb", "Chroma collection (store: chroma); it is updated incrementally, like a previous FAISS index")
 
 # %% ../nbs/01_settings.ipynb #f0c3abf5
 @dataclass

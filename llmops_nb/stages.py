@@ -4,16 +4,17 @@
 
 # %% ../nbs/02_stages.ipynb #82dcae2c
 from __future__ import annotations
-import json, sys
+import hashlib, json, sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 import llmops_nb
 from . import settings as S
-from .core import ConfigError
+from .core import ConfigError, sha256_path, write_json
 
 # %% auto #0
-__all__ = ['STAGES', 'RESERVED', 'HEADER', 'Input', 'Stage', 'stage', 'names', 'pipeline_dir', 'notebook', 'declared',
-           'parameters', 'parameters_cell', 'cell_mismatches', 'write_cells', 'type_ok', 'config', 'output']
+__all__ = ['STAGES', 'RESERVED', 'HEADER', 'MANIFEST', 'Input', 'Stage', 'stage', 'names', 'pipeline_dir', 'notebook', 'declared',
+           'parameters', 'parameters_cell', 'cell_mismatches', 'write_cells', 'type_ok', 'config', 'digest',
+           'write_manifest', 'read_manifest', 'verify', 'output']
 
 # %% ../nbs/02_stages.ipynb #427dffda
 @dataclass(frozen=True)
@@ -168,11 +169,64 @@ def config(name: str, ns: dict):
     return st.config(**vals)
 
 # %% ../nbs/02_stages.ipynb #9c319446
+MANIFEST = "manifest.json"
+
+def digest(p) -> tuple:
+    "(sha256, parts) of file or folder `p`; a folder's parts map each file (hidden ones left out) to its sha256, and its digest hashes them."
+    p = Path(p)
+    if p.is_file(): return sha256_path(p), None
+    parts = {f.relative_to(p).as_posix(): sha256_path(f) for f in sorted(p.rglob("*"))
+             if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), parts
+
+def write_manifest(name: str, out_dir) -> dict:
+    "Hash the declared outputs of stage `name` in `out_dir` (and its metrics.json) into `out_dir/manifest.json`."
+    out, files, parts = Path(out_dir), {}, {}
+    for what, rel in {**stage(name).outputs, "metrics.json": "metrics.json"}.items():
+        if (out/rel).exists():
+            files[what], sub = digest(out/rel)
+            if sub is not None: parts[what] = sub
+    m = {"stage": name, "files": files, "parts": parts}
+    write_json(out/MANIFEST, m)
+    return m
+
+def read_manifest(out_dir) -> dict | None:
+    "The manifest in `out_dir`, or None when it is missing or unreadable."
+    try: return json.loads((Path(out_dir)/MANIFEST).read_text())
+    except (OSError, ValueError): return None
+
+def _changed(p: Path, want: str, parts: dict | None) -> str:
+    "Why `p` does not match digest `want` ('' when it does), naming the file inside a folder that changed."
+    if not p.exists(): return f"{p} is missing"
+    if p.is_dir() and parts is None:  # a manifest written before per-file parts: its folders are hashed whole
+        return "" if sha256_path(p) == want else f"{p} changed"
+    got, now = digest(p)
+    if got == want: return ""
+    for rel in sorted(set(parts or {}) | set(now or {})) if parts and now is not None else []:
+        if rel not in now: return f"{p/rel} is missing"
+        if rel not in parts: return f"{p/rel} was added"
+        if parts[rel] != now[rel]: return f"{p/rel} changed"
+    return f"{p} changed"
+
+def verify(out_dir, names=None) -> str:
+    "Why the outputs `names` (default: all) in `out_dir` cannot be trusted ('' when they match its manifest)."
+    out, m = Path(out_dir), read_manifest(out_dir)
+    if m is None: return f"{out} has no readable {MANIFEST}"
+    outputs = STAGES[m["stage"]].outputs if m.get("stage") in STAGES else {}
+    for what, want in m.get("files", {}).items():
+        if names is not None and what not in names: continue
+        why = _changed(out/(outputs.get(what) or what), want, m.get("parts", {}).get(what))
+        if why: return why + " since the stage wrote it"
+    return ""
+
 def output(name: str, folder, what: str, must_exist: bool = True) -> Path:
-    "Path of output `what` of stage `name` inside its `folder`."
+    "Path of output `what` of stage `name` inside its `folder`; with `must_exist`, checked against the folder's manifest when it has one."
     st = stage(name)
     if what not in st.outputs: raise ConfigError(f"stage '{name}' has no output '{what}'; its outputs: {', '.join(st.outputs)}")
     p = Path(folder)/st.outputs[what]
     if must_exist and not p.exists():
         raise ConfigError(f"'{folder}' has no {st.outputs[what]}; expected the output folder of a finished {name} stage")
+    if must_exist and (Path(folder)/MANIFEST).exists():
+        why = verify(folder, [what])
+        if why: raise ConfigError(f"{name} output '{what}' cannot be trusted: {why} (see {Path(folder)/MANIFEST}); run the {name} stage again")
     return p

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 from peft import get_peft_model
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_json, write_metrics
 from .labels import tokenize_split
@@ -18,8 +19,8 @@ from .packing import PackedCollator, pack, padded_collator, use_packed_attention
 from .settings import FinetuneConfig
 
 # %% auto #0
-__all__ = ['TRAINING_FIELDS', 'check_length', 'load_base', 'last_checkpoint', 'no_input_casts', 'CompletionTrainer',
-           'ThroughputCallback', 'peak_memory_mb', 'training_args', 'train', 'plot_history']
+__all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'no_input_casts',
+           'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -57,10 +58,31 @@ def load_base(cfg: FinetuneConfig):
     return model, tok
 
 # %% ../nbs/09_trainer.ipynb #22672788
+STAGING = ".staging"  # hidden: not a checkpoint to the Trainer's own globbing, nor part of any folder hash
+
+def _incomplete(p: Path) -> str:
+    "Why checkpoint folder `p` cannot be resumed from ('' when it can)."
+    try: json.loads((p/"trainer_state.json").read_text())
+    except FileNotFoundError: return "no trainer_state.json"
+    except (OSError, ValueError): return "trainer_state.json is unreadable"
+    if not any((p/w).exists() for w in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")):
+        return "no weights"
+    if not (p/"optimizer.pt").exists(): return "no optimizer.pt"
+    return ""
+
+def checkpoints(ckpt_dir) -> tuple:
+    "(newest complete `checkpoint-N` folder in `ckpt_dir` or None, {name: why} of the newer ones that are incomplete)."
+    cs = sorted((p for p in Path(ckpt_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                key=lambda p: -int(p.name.split("-")[-1]))
+    skipped = {}
+    for p in cs:
+        if not (why := _incomplete(p)): return p, skipped
+        skipped[p.name] = why
+    return None, skipped
+
 def last_checkpoint(ckpt_dir) -> Path | None:
-    "The newest `checkpoint-N` folder in `ckpt_dir`, if any."
-    cs = [p for p in Path(ckpt_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(cs, key=lambda p: int(p.name.split("-")[-1])) if cs else None
+    "The newest complete `checkpoint-N` folder in `ckpt_dir`, if any."
+    return checkpoints(ckpt_dir)[0]
 
 # %% ../nbs/09_trainer.ipynb #20e8643c
 @contextlib.contextmanager
@@ -113,6 +135,32 @@ class CompletionTrainer(Trainer):
             loss, self.loss_is_scaled_for_ga = loss / num_items_in_batch * self._across(), True
         else: loss, self.loss_is_scaled_for_ga = loss / (tgt != -100).sum().clamp(min=1), False
         return (loss, out) if return_outputs else loss
+
+    def _get_output_dir(self, trial):
+        return getattr(self, "_staging", None) or super()._get_output_dir(trial)  # the staging folder while a checkpoint is written
+
+    def _save_checkpoint(self, model, trial):
+        "Write the checkpoint into `.staging/`, then rename it into place: a crash mid-save never leaves a `checkpoint-N` that looks whole."
+        root = Path(super()._get_output_dir(trial)); stage = root/STAGING
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save: shutil.rmtree(stage/name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = str(stage)
+        try: super()._save_checkpoint(model, trial)
+        finally: self._staging = None
+        self.accelerator.wait_for_everyone()  # every process wrote its part (RNG states, FSDP shards)
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == stage:  # the Trainer recorded the staging path: record the final one
+                self.state.best_model_checkpoint = str(root/Path(best).name)
+                self.state.save_to_json(str(stage/name/"trainer_state.json"))
+            if (root/name).exists(): shutil.rmtree(root/name)
+            os.replace(stage/name, root/name)
+            if hasattr(self, "_rotate_checkpoints"): self._rotate_checkpoints(use_mtime=True, output_dir=str(root))  # transformers 4
+            else:
+                from transformers.trainer_utils import rotate_checkpoints
+                rotate_checkpoints(str(root), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
 # %% ../nbs/09_trainer.ipynb #d2fcd43e
 class ThroughputCallback(TrainerCallback):
@@ -204,6 +252,7 @@ def train(cfg: FinetuneConfig, # the stage's settings
           dataset=None, # a DatasetDict with train (and validation) splits, instead of prepare_dir
           run=None, # the stage's W&B run, if any (the Trainer then reports to it)
           report_to: str = "auto", # a TrainingArguments report_to; auto: wandb when a W&B run is active
+          callbacks=(), # more `TrainerCallback`s for the Trainer
          ) -> dict: # the metrics written to out_dir/metrics.json
     "Fine-tune `cfg.model` with PEFT; returns the metrics."
     t0, c0 = time.perf_counter(), time.process_time()
@@ -224,13 +273,17 @@ def train(cfg: FinetuneConfig, # the stage's settings
     else: train_rows, val_rows, coll = train_ex, val_ex, padded_collator(tok.pad_token_id)
 
     ckpts = out/"checkpoints"
-    last = last_checkpoint(ckpts) if cfg.resume else None
-    if last is not None: check_base(ckpts, fp, cfg.model)
-    elif ckpts.exists(): shutil.rmtree(ckpts)
+    last, skipped = checkpoints(ckpts) if cfg.resume else (None, {})
+    if int(os.environ.get("RANK", 0)) == 0:
+        shutil.rmtree(ckpts/STAGING, ignore_errors=True)  # what a crash left mid-save
+        for name, why in skipped.items():
+            print(f"checkpoint {ckpts/name} is incomplete ({why}): a save was cut short; skipped and removed"); shutil.rmtree(ckpts/name)
+    if last is not None: check_base(ckpts, fp, cfg.model); print(f"resuming from {last}")
+    elif ckpts.exists() and int(os.environ.get("RANK", 0)) == 0: shutil.rmtree(ckpts)
     report_to = _report_to(report_to, run)
     if report_to != "none": os.environ.setdefault("WANDB_DIR", str(out.parent))
     args = training_args(cfg, out, report_to, has_eval=bool(val_rows))
-    cbs = [EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []
+    cbs = ([EarlyStoppingCallback(cfg.early_stopping_patience)] if args.load_best_model_at_end else []) + list(callbacks)
     trainer = CompletionTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows or None,
                                 data_collator=coll, processing_class=tok, callbacks=cbs)
     thr = ThroughputCallback()
@@ -249,6 +302,7 @@ def train(cfg: FinetuneConfig, # the stage's settings
     trainer.save_model(str(adapter))
     summary, hist = _summary(cfg, trainer, model, thr, args, {"train": st_train, "val": st_val}, last, wall, cpu,
                              len(train_ex), len(val_ex), len(train_rows))
+    summary["skipped_checkpoints"] = skipped
     metrics = {"training_summary": summary, "history": hist, "config": dataclasses.asdict(cfg), "base_fingerprint": fp}
     if trainer.is_world_process_zero():
         tok.save_pretrained(str(adapter)); stable_config(adapter)

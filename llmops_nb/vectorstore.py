@@ -4,20 +4,21 @@
 
 # %% ../nbs/14_vectorstore.ipynb #1a566b7b
 from __future__ import annotations
-import hashlib, json, os, shutil, warnings
+import hashlib, json, os, shutil, threading, uuid, warnings
 from functools import lru_cache
 from pathlib import Path
 import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
-from .core import ConfigError, resolve_path
+from .core import ConfigError, resolve_path, sha256_path, write_atomic
 from .documents import Skip, chunk_file, embed_text, scan, chunk_id
 from .models import embedding_path, pick_dtype
 
 # %% auto #0
-__all__ = ['INDEX_TYPES', 'EMBED_TEXT', 'get_embeddings', 'embedding_dtype', 'embed_texts', 'make_index', 'search', 'FaissStore',
-           'build_index', 'load_index', 'find_previous_index', 'sample_index', 'pick_previous', 'update_index']
+__all__ = ['INDEX_TYPES', 'INDEX_FILES', 'EMBED_TEXT', 'get_embeddings', 'embedding_dtype', 'embed_texts', 'make_index', 'search',
+           'unit', 'check_index', 'FaissStore', 'build_index', 'load_index', 'find_previous_index', 'sample_index',
+           'pick_previous', 'update_index']
 
 # %% ../nbs/14_vectorstore.ipynb #c7659c5c
 def get_embeddings(name: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
@@ -79,49 +80,116 @@ def search(index, queries: np.ndarray, k: int) -> tuple:
 
 def _same_model(a, b) -> bool: return a == b or embedding_path(a) == embedding_path(b)
 
+def _copy(d: Document) -> Document:
+    "A copy the caller may change without changing the store (and the other way round)."
+    return Document(page_content=d.page_content, metadata=dict(d.metadata), id=d.id)
+
+def unit(v) -> np.ndarray:
+    "Rows of `v` scaled to length 1 (float32, contiguous), so an inner product is a cosine for any embedding; zero rows stay zero."
+    v = np.ascontiguousarray(np.atleast_2d(np.asarray(v, dtype="float32")))
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n > 0, n, 1)
+INDEX_FILES = ("index.faiss", "documents.json")
+
+def check_index(folder) -> str:
+    "Why the saved index in `folder` cannot be trusted ('' when its files match the sha256 in its meta.json; an index saved without them is taken as it is)."
+    folder = Path(folder)
+    try: meta = json.loads((folder/"meta.json").read_text())
+    except FileNotFoundError: return f"{folder/'meta.json'} is missing"
+    except (OSError, ValueError): return f"{folder/'meta.json'} is unreadable"
+    for f, want in (meta.get("sha256") or {}).items():
+        if not (folder/f).is_file(): return f"{folder/f} is missing"
+        if sha256_path(folder/f) != want: return f"{folder/f} changed since the index was saved"
+    return ""
+
 class FaissStore(VectorStore):
-    "LangChain vector store over a faiss inner-product index; `docs[i]` is row i. Saved without pickle."
-    def __init__(self, embedding: Embeddings, index, docs: list, meta: dict | None = None):
-        self.embedding, self.index, self.docs, self.meta = embedding, index, list(docs), dict(meta or {})
+    "LangChain vector store over a faiss inner-product index of unit vectors; `docs[i]` is row i, ids are unique. Saved without pickle."
+    def __init__(self, embedding: Embeddings, index=None, docs=(), meta: dict | None = None, index_type: str = "flat"):
+        self.embedding, self.index, self.docs = embedding, index, [_copy(d) for d in docs]
+        self.meta = {"index_type": index_type, **(meta or {})}
+        self._rows = {d.id: i for i, d in enumerate(self.docs)}  # id -> row
+        self._lock = threading.RLock()  # LangChain's async methods run these in threads
 
     @property
     def embeddings(self): return self.embedding
     def __len__(self): return len(self.docs)
 
+    def _new_index(self, dim: int):
+        m = self.meta
+        return make_index(m.get("index_type", "flat"), dim, hnsw_m=m.get("hnsw_m", 32),
+                          ef_construction=m.get("ef_construction", 80), ef_search=m.get("ef_search", 64))
+
+    def _edited(self):
+        self.meta.pop("files", None)  # no longer what build_index made from the files: a later update re-reads them all
+
     def add_documents(self, documents, ids=None, vectors=None, **kw) -> list:
-        "Embed (unless `vectors` are given) and append `documents`."
-        documents = list(documents)
-        if vectors is None: vectors = embed_texts(self.embedding, [embed_text(d) for d in documents])
-        if len(documents): self.index.add(np.ascontiguousarray(vectors, dtype="float32"))
-        for i, d in enumerate(documents):
-            if ids: d.id = ids[i]
-            d.id = d.id or chunk_id(d.metadata.get("source", ""), len(self.docs), d.page_content)
-            self.docs.append(d)
-        return [d.id for d in documents]
+        "Embed (unless `vectors` are given) and add copies of `documents`; an id already stored is replaced (upsert). Returns the ids."
+        docs = [_copy(d) for d in documents]
+        if ids is not None:
+            if len(ids) != len(docs): raise ValueError(f"{len(ids)} ids for {len(docs)} documents")
+            for d, i in zip(docs, ids): d.id = i if i is not None else d.id
+        for d in docs: d.id = d.id or str(uuid.uuid4())
+        if not docs: return []
+        v = unit(embed_texts(self.embedding, [embed_text(d) for d in docs], progress=False) if vectors is None else vectors)
+        last = sorted({d.id: j for j, d in enumerate(docs)}.values())  # an id given twice: the last one wins
+        v, new = v[last], [docs[j] for j in last]
+        with self._lock:
+            if self.index is not None and v.shape[1] != self.index.d:
+                raise ConfigError(f"vectors have {v.shape[1]} dimensions but the index has {self.index.d}; use the embedding model the index was built with")
+            self._remove({d.id for d in new})
+            if self.index is None: self.index = self._new_index(v.shape[1])
+            self.index.add(v)
+            for d in new: self._rows[d.id] = len(self.docs); self.docs.append(d)
+            self._edited()
+        return [d.id for d in docs]
 
     def add_texts(self, texts, metadatas=None, ids=None, **kw) -> list:
         texts = list(texts); metadatas = metadatas or [{} for _ in texts]
         return self.add_documents([Document(page_content=t, metadata=m) for t, m in zip(texts, metadatas)], ids=ids)
 
+    def _remove(self, ids) -> int:
+        "Drop the rows of `ids` (those present), keeping the order of the rest; the number dropped."
+        gone = sorted(self._rows[i] for i in set(ids) if i in self._rows)
+        if not gone: return 0
+        try: self.index.remove_ids(np.asarray(gone, dtype="int64"))  # flat: removes in place, keeps the order
+        except RuntimeError:  # hnsw cannot remove: rebuild from the kept vectors (same order)
+            keep = np.setdiff1d(np.arange(self.index.ntotal), gone)
+            vecs, self.index = self.vectors()[keep], self._new_index(self.index.d)
+            self.index.add(np.ascontiguousarray(vecs))
+        drop = set(gone)
+        self.docs = [d for r, d in enumerate(self.docs) if r not in drop]
+        self._rows = {d.id: r for r, d in enumerate(self.docs)}
+        return len(gone)
+
+    def delete(self, ids=None, **kw) -> bool:
+        "Delete the documents with `ids` (missing ones are ignored); all of them when `ids` is None."
+        with self._lock:
+            n = self._remove(list(self._rows) if ids is None else ids)
+            if n: self._edited()
+        return True
+
+    def get_by_ids(self, ids, /) -> list:
+        "Copies of the stored documents with these ids (missing ones are left out), in the order asked."
+        with self._lock: return [_copy(self.docs[self._rows[i]]) for i in ids if i in self._rows]
+
     @classmethod
     def from_texts(cls, texts, embedding, metadatas=None, ids=None, index_type="flat", **kw):
-        texts = list(texts); v = embed_texts(embedding, texts)
-        store = cls(embedding, make_index(index_type, v.shape[1], **kw), [], {"index_type": index_type})
-        metadatas = metadatas or [{} for _ in texts]
-        store.add_documents([Document(page_content=t, metadata=m) for t, m in zip(texts, metadatas)], ids=ids, vectors=v)
+        store = cls(embedding, None, [], {"index_type": index_type, **kw})
+        store.add_texts(texts, metadatas, ids=ids)
         return store
 
     def search_rows(self, vector, k: int = 4) -> tuple:
         "(scores, rows) of the `k` nearest rows to one query vector."
-        k = min(k, len(self.docs))
-        if k == 0: return np.zeros(0), np.zeros(0, dtype=int)
-        D, I = search(self.index, np.asarray(vector, dtype="float32").reshape(1, -1), k)
+        with self._lock:
+            k = min(k, len(self.docs))
+            if k <= 0 or self.index is None: return np.zeros(0), np.zeros(0, dtype=int)
+            D, I = search(self.index, unit(vector), k)
         keep = I[0] >= 0
         return D[0][keep], I[0][keep]
 
     def similarity_search_with_score_by_vector(self, embedding, k: int = 4, **kw) -> list:
         D, I = self.search_rows(embedding, k)
-        return [(self.docs[i], float(d)) for d, i in zip(D, I)]
+        with self._lock: return [(_copy(self.docs[i]), float(d)) for d, i in zip(D, I)]
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kw) -> list:
         return self.similarity_search_with_score_by_vector(self.embedding.embed_query(query), k)
@@ -132,31 +200,37 @@ class FaissStore(VectorStore):
     def similarity_search(self, query: str, k: int = 4, **kw) -> list:
         return [d for d, _ in self.similarity_search_with_score(query, k)]
 
-    def _select_relevance_score_fn(self): return lambda s: s  # normalised vectors: the score is a cosine
+    def _select_relevance_score_fn(self): return lambda s: s  # unit vectors: the score is a cosine
 
     def max_marginal_relevance_search_by_vector(self, embedding, k=4, fetch_k=20, lambda_mult=0.5, **kw) -> list:
         from langchain_core.vectorstores.utils import maximal_marginal_relevance
-        q = np.asarray(embedding, dtype="float32")
-        _, I = self.search_rows(q, fetch_k)
-        if len(I) == 0: return []
-        vecs = np.stack([self.index.reconstruct(int(i)) for i in I])
-        return [self.docs[I[j]] for j in maximal_marginal_relevance(q, vecs, lambda_mult=lambda_mult, k=k)]
+        q = unit(embedding)[0]
+        with self._lock:
+            _, I = self.search_rows(q, fetch_k)
+            if len(I) == 0: return []
+            vecs = np.stack([self.index.reconstruct(int(i)) for i in I])
+            return [_copy(self.docs[I[j]]) for j in maximal_marginal_relevance(q, vecs, lambda_mult=lambda_mult, k=k)]
 
     def max_marginal_relevance_search(self, query, k=4, fetch_k=20, lambda_mult=0.5, **kw) -> list:
         return self.max_marginal_relevance_search_by_vector(self.embedding.embed_query(query), k, fetch_k, lambda_mult)
 
     def vectors(self) -> np.ndarray:
         "All stored vectors, row-aligned with `docs`."
+        if self.index is None: return np.zeros((0, self.meta.get("dims", 0)), "float32")
         return self.index.reconstruct_n(0, self.index.ntotal) if self.index.ntotal else np.zeros((0, self.index.d), "float32")
 
     def save(self, folder) -> Path:
-        "Write `index.faiss`, `documents.json` and `meta.json` into `folder` (no pickle)."
+        "Write `index.faiss` (none while empty), `documents.json` and `meta.json` (last, with the sha256 of the others) into `folder`; no pickle."
         import faiss
         folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder/"index.faiss"))
-        docs = [{"id": d.id, "page_content": d.page_content, "metadata": d.metadata} for d in self.docs]
-        (folder/"documents.json").write_text(json.dumps(docs, ensure_ascii=False))
-        (folder/"meta.json").write_text(json.dumps({**self.meta, "n_chunks": len(self.docs), "dims": int(self.index.d)}, indent=1))
+        with self._lock:
+            if self.index is not None: write_atomic(folder/"index.faiss", faiss.serialize_index(self.index).tobytes())
+            else: (folder/"index.faiss").unlink(missing_ok=True)
+            docs = [{"id": d.id, "page_content": d.page_content, "metadata": d.metadata} for d in self.docs]
+            write_atomic(folder/"documents.json", json.dumps(docs, ensure_ascii=False))
+            sums = {f: sha256_path(folder/f) for f in INDEX_FILES if (folder/f).exists()}
+            dims = int(self.index.d) if self.index is not None else self.meta.get("dims", 0)
+            write_atomic(folder/"meta.json", json.dumps({**self.meta, "n_chunks": len(self.docs), "dims": dims, "sha256": sums}, indent=1))
         return folder
 
     @classmethod
@@ -166,16 +240,20 @@ class FaissStore(VectorStore):
         folder = resolve_path(folder)
         if not (folder/"meta.json").exists():
             raise ConfigError(f"index folder '{folder}' has no meta.json; expected a folder written by rag.build_index (rag_index stage: <out_dir>/index)")
+        if why := check_index(folder): raise ConfigError(f"index '{folder}' cannot be trusted: {why}; rebuild it (the rag_index stage)")
         meta = json.loads((folder/"meta.json").read_text())
         built = meta.get("embedding_model")
         if embedding_model and not _same_model(embedding_model, built):
             raise ConfigError(f"index '{folder}' was built with embedding model '{built}', not '{embedding_model}'; query it with '{built}' or rebuild it (rag_index)")
-        index = faiss.read_index(str(folder/"index.faiss"))
-        if meta.get("index_type") == "hnsw": index.hnsw.efSearch = meta.get("ef_search", 64)
-        docs = [Document(page_content=d["page_content"], metadata=d["metadata"], id=d["id"])
-                for d in json.loads((folder/"documents.json").read_text())]
-        if len(docs) != index.ntotal:
-            raise ConfigError(f"index '{folder}': {index.ntotal} vectors but {len(docs)} documents; the folder is damaged, rebuild it")
+        try:
+            index = faiss.read_index(str(folder/"index.faiss")) if (folder/"index.faiss").exists() else None
+            docs = [Document(page_content=d["page_content"], metadata=d["metadata"], id=d["id"])
+                    for d in json.loads((folder/"documents.json").read_text())]
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # faiss raises RuntimeError with a C++ trace in it
+            raise ConfigError(f"index '{folder}' is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); rebuild it (the rag_index stage)") from None
+        if meta.get("index_type") == "hnsw" and index is not None: index.hnsw.efSearch = meta.get("ef_search", 64)
+        if len(docs) != (n := index.ntotal if index is not None else 0):
+            raise ConfigError(f"index '{folder}': {n} vectors but {len(docs)} documents; the folder is damaged, rebuild it")
         return cls(embeddings or get_embeddings(built, dtype=meta.get("embedding_dtype") or "float32"), index, docs, meta)  # queries as the index was embedded
 
 # %% ../nbs/14_vectorstore.ipynb #6e4e76d0
@@ -227,16 +305,17 @@ def build_index(docs, # folder of documents
     if skipped: warnings.warn(f"skipped {sum(map(len, skipped.values()))} files in {root}: " +
                               "; ".join(f"{k}: {', '.join(v)}" for k, v in skipped.items()), stacklevel=2)
     if not kept and not new:
-        raise ConfigError(f"docs folder '{docs}' has no readable documents; expected .md/.txt/.html/.pdf files with text")
+        why = "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}" for k, v in skipped.items())
+        raise ConfigError(f"docs folder '{docs}' has no readable documents" + (f" ({why})" if why else "") + "; expected UTF-8 .md/.txt/.html/.pdf files with text")
     nv = embed_texts(emb, [embed_text(d) for d in new])
     rows = [(d, v) for d, v in kept] + list(zip(new, nv))
     rows.sort(key=lambda r: (r[0].metadata["source"], r[0].metadata["position"]))
     dim = meta["dims"] = int(rows[0][1].shape[0])
     indexed = {d.metadata["source"] for d, _ in rows}
-    meta["files"] = {rel: h for rel, h in files.items() if rel in indexed}
-    meta["skipped_files"] = {rel: h for rel, h in files.items() if rel not in indexed}
     store = FaissStore(emb, make_index(index_type, dim, hnsw_m=hnsw_m, ef_search=ef_search), [], meta)
     store.add_documents([d for d, _ in rows], vectors=np.stack([v for _, v in rows]))
+    store.meta["files"] = {rel: h for rel, h in files.items() if rel in indexed}  # after the inserts, which clear it
+    store.meta["skipped_files"] = {rel: h for rel, h in files.items() if rel not in indexed}
     stats = dict(chunks=len(store), files=len(indexed), added=len(new), kept=len(kept), removed=n_prev - len(kept),
                  embedded=len(new), skipped=sum(map(len, skipped.values())), incremental=not why, full_rebuild_reason=why)
     store.meta["stats"] = stats
@@ -249,16 +328,18 @@ def load_index(index_dir, embedding_model: str | None = None) -> FaissStore:
 
 # %% ../nbs/14_vectorstore.ipynb #7edd6fb7
 def find_previous_index(runs_root, docs, exclude=None):
-    "Newest index folder (`*/*/index`, `*/index` or `*` below `runs_root`) built from folder `docs`, or None."
+    "Newest index folder (`*/*/index`, `*/index` or `*` below `runs_root`) built from folder `docs` that passes `check_index`, or None."
     root, docs = Path(runs_root), str(resolve_path(docs))
     ex = Path(exclude).resolve() if exclude else None
-    best = None
+    found = []
     for m in [*root.glob("*/*/index/meta.json"), *root.glob("*/index/meta.json"), *root.glob("*/meta.json")]:
         if ex and (m.parent.resolve() == ex or ex in m.parent.resolve().parents): continue
         try: meta = json.loads(m.read_text())
         except (OSError, json.JSONDecodeError): continue
-        if meta.get("docs") == docs and (best is None or m.stat().st_mtime > best.stat().st_mtime): best = m
-    return best.parent if best else None
+        if meta.get("docs") == docs: found.append(m)
+    for m in sorted(found, key=lambda m: -m.stat().st_mtime):
+        if not check_index(m.parent): return m.parent  # a damaged index is passed over: its vectors are not reused
+    return None
 
 # %% ../nbs/14_vectorstore.ipynb #117a0295
 def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_size: int = 800, chunk_overlap: int = 100, dtype: str = "auto") -> Path:
@@ -273,7 +354,7 @@ def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_si
         meta = json.loads((d/"meta.json").read_text())
         want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
                     embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""))
-        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want): return d  # nothing changed
+        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
     tmp = d.with_name(f"{key}.tmp{os.getpid()}")
     store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev, dtype=dtype)
     if d.exists(): shutil.rmtree(d, ignore_errors=True)
@@ -296,10 +377,13 @@ def update_index(docs, # folder of documents
                  **kw, # build_index settings (embedding_model, chunk_size, ...)
                 ) -> tuple:
     "(store, stats): `build_index` of `docs` into `index_dir`, updating the index `previous` names (see `pick_previous`)."
-    prev = pick_previous(previous, docs, exclude=Path(index_dir).parent)
+    force = os.environ.get("LLMOPS_FORCE") == "1"  # `llmops run --force`: a full build
+    prev = None if force else pick_previous(previous, docs, exclude=Path(index_dir).parent)
     try: store, stats = build_index(docs, index_dir, previous=prev, **kw)
-    except ConfigError:
+    except ConfigError as e:
         if previous != "auto" or prev is None: raise
         store, stats = build_index(docs, index_dir, **kw)  # the automatic pick could not be updated
+        stats["full_rebuild_reason"] = f"previous index {prev} not usable: {e}"
+    if force: stats["full_rebuild_reason"] = "--force: everything embedded again"
     stats["previous_index"] = str(prev or "")
     return store, stats

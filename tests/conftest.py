@@ -24,3 +24,8 @@ def llmops(*args, cwd=ROOT, timeout=900):
     "Run the installed `llmops` command; returns CompletedProcess."
     exe = Path(sys.executable).parent/"llmops"
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    # LangChain's standard store suite (tests/test_stores.py) has async tests without markers: let pytest-asyncio run them
+    if hasattr(config.option, "asyncio_mode"): config.option.asyncio_mode = "auto"

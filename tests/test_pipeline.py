@@ -19,20 +19,22 @@ def test_cache_skips_unchanged_stages(params, tmp_path):
 
 
 def test_failure_then_resume(params, tmp_path):
-    data = tmp_path/"data.jsonl"
-    good = (ROOT/"data"/"instructions.jsonl").read_text().splitlines()[:30]
-    data.write_text("\n".join(good[:10] + ['{"instruction": "broken"'] + good[10:]) + "\n")
+    "A failure only the stage can meet (a Parquet file that is not one: only `datasets` reads Parquet), then a resume once it is fixed."
+    import pandas as pd
+    good = [json.loads(l) for l in (ROOT/"data"/"instructions.jsonl").read_text().splitlines()[:30]]
+    data = tmp_path/"data.parquet"
+    data.write_bytes(b"PAR1 this is not a parquet file")
     f = params({"stages": ["prepare"], "prepare": {"data": str(data)}})
     r = llmops("run", f, "--quiet")
     assert r.returncode == 1
     line = r.stderr.strip()
-    assert "\n" not in line and "stage 'prepare' failed" in line and "data.jsonl:11: not valid JSON" in line
+    assert "\n" not in line and "stage 'prepare' failed" in line and "llmops resume " in line, line
     run_id = line.split("llmops resume ")[1].split("`")[0]
     rec = json.loads((tmp_path/"runs"/run_id/"run.json").read_text())
     assert rec["status"] == "failed" and rec["stages"]["prepare"]["status"] == "failed"
     nb = json.loads((tmp_path/"runs"/run_id/"prepare.ipynb").read_text())  # the failing cell is kept
     assert any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
-    data.write_text("\n".join(good) + "\n")
+    pd.DataFrame(good).to_parquet(data)
     r = llmops("--run-root", tmp_path/"runs", "resume", run_id, "--quiet")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path/"runs"/run_id/"run.json").read_text())

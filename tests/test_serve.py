@@ -1,0 +1,380 @@
+"Serving: a real server on a loopback port, real clients (the openai SDK, LangChain's ChatOpenAI, chromium), real promotion."
+import concurrent.futures as cf, json, os, socket, subprocess, sys, threading, time, urllib.request
+from pathlib import Path
+import pytest
+from conftest import ROOT, llmops
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+openai = pytest.importorskip("openai")
+from llmops_nb import feedback as F, generation as G, servelog as SL, vectorstore as V  # noqa: E402
+from llmops_nb.serving import Caps  # noqa: E402
+from llmops_nb.settings import Generation  # noqa: E402
+from llmops_nb.server import serve  # noqa: E402
+
+DOCS = {"battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh, of which 4.8 kWh is usable.\n\n## Warranty\n\n"
+                      "KB-5 modules are covered for 10 years or 6,000 full cycles.\n",
+        "charger.md": "# Charger\n\nThe KC-11 charges cars at up to 11 kW.\n\n## Modes\n\nSolar-only mode uses surplus PV.\n",
+        "island.md": "# Island mode\n\nDuring a power cut the system switches to battery power in under 20 ms.\n"}
+QUESTIONS = ["How long is the battery warranty?", "How fast does the charger charge?", "What happens in a power cut?",
+             "What is solar-only mode?", "How much of the battery is usable?", "Can I reset the gateway?", "What is the KB-5?", "Hi"]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def _run(root: Path, rid: str, seed: int, index: Path) -> dict:
+    "A finished run record: tiny-random, a LoRA adapter with random weights (`seed`), a rag_index folder holding `index`."
+    import peft, torch
+    from llmops_nb.models import load_causal_lm
+    d = root/rid; (d/"finetune").mkdir(parents=True)
+    torch.manual_seed(seed)
+    lm, _ = load_causal_lm("tiny-random", device="cpu")
+    cfg = peft.LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(lm, cfg).save_pretrained(d/"finetune"/"adapter")
+    rec = {"id": rid, "name": "test", "status": "done", "run_dir": str(d), "params_file": "p.yaml", "created": rid, "raw": {"model": "tiny-random"},
+           "config": {"stages": ["finetune", "rag_index", "rag_eval"], "params": {
+               "prepare": {"system_prompt": "Answer briefly."}, "rag_eval": {"model": "tiny-random", "k": 2, "retrieval": "hybrid"}}},
+           "stages": {"finetune": {"status": "done", "out_dir": str(d/"finetune")}, "rag_index": {"status": "done", "out_dir": str(index.parent)}}}
+    (d/"run.json").write_text(json.dumps(rec))
+    return rec
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "A runs folder with two finished runs (different adapters) sharing a small real FAISS index."
+    root = tmp_path_factory.mktemp("serve")
+    kb = root/"kb"; kb.mkdir()
+    for name, text in DOCS.items(): (kb/name).write_text(text)
+    V.build_index(kb, root/"rag_index"/"index", chunk_size=200, chunk_overlap=20)
+    r1 = _run(root/"runs", "20260101-000000-aaaa", 1, root/"rag_index"/"index")
+    r2 = _run(root/"runs", "20260101-000001-bbbb", 2, root/"rag_index"/"index")
+    return root, r1, r2
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    "`llmops serve`'s server for the first run, in this process, on a free loopback port."
+    root, r1, _ = runs
+    db = root/"fb.db"
+    srv, follow, backend, reqlog = serve(r1["id"], root/"runs", port=0, db=db, max_batch=8, device="cpu", block=False)
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback", max_retries=0, timeout=120)
+    yield dict(srv=srv, follow=follow, backend=backend, log=reqlog, db=db, client=client, url=srv.url, models=list(follow.current.models))
+    srv.stop(); backend.close(); reqlog.close()
+
+
+def _ask(q): return [{"role": "user", "content": q}]
+
+
+def test_openai_sdk_models_completion_stream(server):
+    c = server["client"]
+    models = c.models.list().data
+    assert [m.id for m in models] == ["tiny-random", "test-aaaa", "test-aaaa-rag"]
+    assert {m.id: m.model_extra["kind"] for m in models} == {"tiny-random": "base", "test-aaaa": "tuned", "test-aaaa-rag": "rag"}
+    assert models[1].model_extra["lineage"]["run_id"] == "20260101-000000-aaaa" and models[1].model_extra["lineage"]["adapter"].endswith("adapter")
+    r = c.chat.completions.create(model="test-aaaa", messages=_ask(QUESTIONS[0]), max_tokens=16)
+    text = r.choices[0].message.content
+    assert text and r.id.startswith("chatcmpl-") and r.object == "chat.completion" and r.system_fingerprint == "20260101-000000-aaaa"
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (16, "length") and r.usage.prompt_tokens > 10
+    # the same greedy answer as generation.generate on the same prompt alone
+    served = server["follow"].current.models["test-aaaa"]
+    prompt = served.tok.apply_chat_template([{"role": "system", "content": "Answer briefly."}, *_ask(QUESTIONS[0])], tokenize=False, add_generation_prompt=True)
+    assert served.defaults == {"repetition_penalty": Generation.repetition_penalty, "no_repeat_ngram_size": Generation.no_repeat_ngram_size}
+    assert text == G.generate(served.model.lm, served.tok, [prompt], max_new_tokens=16, progress=False, **served.defaults)[0]
+    chunks = list(c.chat.completions.create(model="test-aaaa", messages=_ask(QUESTIONS[0]), max_tokens=16, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and len({ch.id for ch in chunks}) == 1 and chunks[0].id != r.id
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    rag = c.chat.completions.create(model="test-aaaa-rag", messages=_ask(QUESTIONS[0]), max_tokens=16)
+    srcs = rag.model_extra["sources"]
+    assert [s["source"] for s in srcs][:1] == ["battery.md"] and all(0 < s["score"] <= 1 for s in srcs if s["score"] is not None)
+
+
+def test_raw_sse_format(server):
+    "The bytes on the wire: `data: {...}` events separated by blank lines, ending with `data: [DONE]`."
+    body = json.dumps({"model": "test-aaaa", "messages": _ask("Hi"), "max_tokens": 4, "stream": True}).encode()
+    req = urllib.request.Request(f"{server['url']}/v1/chat/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-2])
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_error_statuses(server):
+    c = server["client"]
+    with pytest.raises(openai.BadRequestError, match="'temperature' must be between 0 and 2"):
+        c.chat.completions.create(model="test-aaaa", messages=_ask("x"), temperature=5)
+    with pytest.raises(openai.BadRequestError, match="the last message must be the user's"):
+        c.chat.completions.create(model="test-aaaa", messages=[{"role": "assistant", "content": "x"}])
+    with pytest.raises(openai.NotFoundError, match="'nope' does not exist") as e:
+        c.chat.completions.create(model="nope", messages=_ask("x"))
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    with pytest.raises(openai.APIStatusError, match="at most 32000") as e:
+        c.chat.completions.create(model="test-aaaa", messages=_ask("x" * 40_000))
+    assert e.value.status_code == 413 and e.value.body["code"] == "input_too_long"
+    with pytest.raises(openai.APIStatusError) as e:  # a prompt that cannot fit the tiny model's 2048-token context
+        c.chat.completions.create(model="test-aaaa", messages=_ask("word " * 3000), max_tokens=8)
+    assert e.value.status_code == 413
+    bad = urllib.request.Request(f"{server['url']}/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(bad, timeout=30)
+    assert e.value.code == 400 and json.loads(e.value.read())["error"]["message"] == "the request body is not valid JSON"
+
+
+def test_api_key_and_busy(runs):
+    "A server with a key answers 401 without it; a full queue answers 503 with Retry-After."
+    root, r1, _ = runs
+    os.environ["LLMOPS_TEST_SERVE_KEY"] = key = "s3cret-" + "x" * 20
+    from llmops_nb import deploy, engine as EN, serving
+    from llmops_nb.server import Running, create_app
+    dep = deploy.load(r1["id"], root/"runs", device="cpu", max_batch=1)
+    backend, reqlog = serving.HFBackend(EN.Engine(max_batch=1, max_queue=1)), SL.RequestLog(root/"keyed.db")
+    srv = Running(create_app(dep, backend, reqlog, Caps(), key=key, db=root/"keyed.db"))
+    try:
+        wrong = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong-key-wrong-key", max_retries=0)
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key provided: wro...ey"): wrong.models.list()
+        with pytest.raises(openai.AuthenticationError): wrong.chat.completions.create(model="test-aaaa", messages=_ask("Hi"))
+        with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(f"{srv.url}/metrics", timeout=30)
+        assert e.value.code == 401
+        assert json.loads(urllib.request.urlopen(f"{srv.url}/health", timeout=30).read()) == {"status": "ok", "auth": True}
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=120)
+        assert [m.id for m in c.models.list()] == ["tiny-random", "test-aaaa", "test-aaaa-rag"]
+        long = c.chat.completions.create(model="test-aaaa", messages=_ask("Tell me everything."), max_tokens=1000, stream=True)
+        first = next(iter(long))  # it holds the only batch row now
+        queued = cf.ThreadPoolExecutor(1).submit(c.chat.completions.create, model="test-aaaa", messages=_ask("Hi"), max_tokens=4)
+        for _ in range(200):
+            if backend.engine.waiting == 1: break
+            time.sleep(0.02)
+        assert backend.engine.waiting == 1 and backend.engine.active == 1
+        with pytest.raises(openai.InternalServerError, match="the server is busy") as e:
+            c.chat.completions.create(model="test-aaaa", messages=_ask("Hi"), max_tokens=4)
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
+        long.close()
+        assert queued.result(timeout=120).choices[0].finish_reason in ("length", "stop") and first.choices[0].delta.role == "assistant"
+    finally:
+        srv.stop(); backend.close(); reqlog.close()
+    got = SL.load_requests(root/"keyed.db")["status"].tolist()
+    assert sorted(got) == [200, 401, 499, 503], got  # every chat request, refused ones too
+
+
+def test_langchain_chat_openai(server):
+    from langchain_openai import ChatOpenAI
+    llm = ChatOpenAI(base_url=f"{server['url']}/v1", api_key="loopback", model="test-aaaa-rag", max_tokens=12, temperature=0, max_retries=0)
+    msg = llm.invoke(QUESTIONS[2])
+    direct = server["client"].chat.completions.create(model="test-aaaa-rag", messages=_ask(QUESTIONS[2]), max_tokens=12, temperature=0)
+    assert msg.content == direct.choices[0].message.content and msg.content
+    assert "".join(ch.content for ch in llm.stream(QUESTIONS[2])) == msg.content
+    assert msg.response_metadata["model_name"] == "test-aaaa-rag" and msg.usage_metadata["output_tokens"] == 12
+
+
+def test_64_concurrent_mixed_requests_none_lost(server, tmp_path):
+    "64 requests at once (three models, streamed or not, greedy or seeded sampling): all answered, greedy ones as when asked alone, all recorded."
+    c, models = server["client"], server["models"]
+    jobs = [dict(model=models[i % 3], q=QUESTIONS[i % len(QUESTIONS)], stream=bool(i % 2), sample=i % 5 == 0) for i in range(64)]
+    alone = {}
+    for j in jobs:  # the greedy answers one at a time, first
+        if not j["sample"] and (j["model"], j["q"]) not in alone:
+            alone[j["model"], j["q"]] = c.chat.completions.create(model=j["model"], messages=_ask(j["q"]), max_tokens=16).choices[0].message.content
+    server["log"].flush()
+    before = len(SL.load_requests(server["db"]))
+    go = threading.Barrier(64)
+    def one(j):
+        kw = dict(model=j["model"], messages=_ask(j["q"]), max_tokens=16, **(dict(temperature=0.8, seed=7) if j["sample"] else {}))
+        go.wait()
+        if not j["stream"]:
+            r = c.chat.completions.create(**kw); return r.id, r.choices[0].message.content
+        parts, rid = [], None
+        for ch in c.chat.completions.create(stream=True, **kw):
+            rid = ch.id; parts += [ch.choices[0].delta.content or ""] if ch.choices else []
+        return rid, "".join(parts)
+    with cf.ThreadPoolExecutor(64) as ex: got = list(ex.map(one, jobs))
+    ids = [rid for rid, _ in got]
+    assert len(set(ids)) == 64
+    for j, (_, text) in zip(jobs, got):
+        if not j["sample"]: assert text == alone[j["model"], j["q"]], (j, text)
+    assert server["log"].flush()
+    req = SL.load_requests(server["db"]).iloc[before:]
+    assert set(ids) <= set(req["response_id"]) and len(req) == 64 and (req["status"] == 200).all()
+    assert req["feedback_id"].notna().all() and (req["completion_tokens"] > 0).all() and (req["ttft_ms"] <= req["latency_ms"]).all()
+    fb = F.load(server["db"]).set_index("id").loc[req["feedback_id"].astype(int)]
+    assert sorted(fb["question"]) == sorted(j["q"] for j in jobs)
+    assert (fb[fb["adapter_id"].isna()].index.size, fb["run_id"].unique().tolist()) == (sum(j["model"] == "tiny-random" for j in jobs), ["20260101-000000-aaaa"])
+    metrics = urllib.request.urlopen(f"{server['url']}/metrics", timeout=30).read().decode()
+    assert "llmops_queue_depth 0.0" in metrics and 'llmops_request_latency_seconds_count{model="test-aaaa-rag"}' in metrics
+    res = llmops("monitor", "--db", server["db"], "--out", tmp_path/"mon")
+    assert res.returncode == 0, res.stderr
+    assert "serving, per model" in res.stdout and (tmp_path/"mon"/"serving.png").stat().st_size > 5_000
+    import pandas as pd
+    sv = pd.read_csv(tmp_path/"mon"/"serving.csv", index_col=0)
+    assert int(sv["requests"].sum()) == len(SL.load_requests(server["db"]))
+
+
+def test_client_disconnects_mid_stream(server):
+    "A client that closes its stream frees its batch row at once and is recorded as 499; the server goes on."
+    c, eng = server["client"], server["backend"].engine
+    s = c.chat.completions.create(model="test-aaaa", messages=_ask("Tell me a long story."), max_tokens=1000, stream=True)
+    it = iter(s)
+    rid = [next(it).id for _ in range(3)][0]
+    s.close()
+    for _ in range(300):
+        if eng.active == 0 and eng.waiting == 0: break
+        time.sleep(0.05)
+    assert (eng.active, eng.waiting) == (0, 0)
+    server["log"].flush()
+    row = SL.load_requests(server["db"]).set_index("response_id").loc[rid]
+    assert (row["status"], row["error"]) == (499, "client disconnected") and 0 < row["completion_tokens"] < 1000
+    assert c.chat.completions.create(model="test-aaaa", messages=_ask("Hi"), max_tokens=4).choices[0].finish_reason in ("length", "stop")
+
+
+def test_feedback_endpoint(server):
+    c = server["client"]
+    r = c.chat.completions.create(model="test-aaaa-rag", messages=_ask(QUESTIONS[0]), max_tokens=8)
+    out = c.post("/feedback", cast_to=object, body={"response_id": r.id, "rating": -1, "correction": "10 years or 6,000 cycles."})
+    assert out == {"object": "feedback", "response_id": r.id, "rating": -1, "correction": "10 years or 6,000 cycles."}
+    row = SL.load_requests(server["db"]).set_index("response_id").loc[r.id]
+    fb = F.load(server["db"]).set_index("id").loc[int(row["feedback_id"])]
+    assert (row["rating"], fb["rating"], fb["correction"], fb["answer"]) == (-1, -1, "10 years or 6,000 cycles.", r.choices[0].message.content)
+    assert fb["sources"][0]["source"] == "battery.md" and fb["top_similarity"] > 0
+    with pytest.raises(openai.NotFoundError, match="no answer with id"):
+        c.post("/feedback", cast_to=object, body={"response_id": "chatcmpl-nope", "rating": 1})
+
+
+def test_refuses_public_address_without_key(runs, tmp_path):
+    root, r1, _ = runs
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_API_KEY"}
+    exe = Path(sys.executable).parent/"llmops"
+    t = time.time()
+    res = subprocess.run([str(exe), "--run-root", str(root/"runs"), "serve", r1["id"], "--host", "0.0.0.0"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and time.time() - t < 60
+    err = res.stderr.strip()
+    assert "0.0.0.0 is not a loopback address, so an API key is required" in err and "\n" not in err, err
+    (tmp_path/"key").write_text("")
+    res = subprocess.run([str(exe), "--run-root", str(root/"runs"), "serve", r1["id"], "--host", "0.0.0.0", "--api-key-file", str(tmp_path/"key")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and "the file is empty" in res.stderr
+    res = subprocess.run([str(exe), "--run-root", str(root/"runs"), "serve", r1["id"], "--host", "0.0.0.0"], capture_output=True, text=True,
+                         env={**env, "LLMOPS_API_KEY": "short"}, timeout=120)
+    assert res.returncode == 2 and "use at least 16" in res.stderr and "short" not in res.stderr
+
+
+def test_promotion_during_traffic(runs, tmp_path):
+    "`llmops serve production` under traffic while `llmops promote` moves the alias: nothing fails, in-flight answers finish on the old adapter, new ones come from the new."
+    root, r1, r2 = runs
+    rr = root/"runs"
+    assert llmops("--run-root", rr, "promote", r1["id"]).returncode == 0
+    port, db = _free_port(), tmp_path/"fb.db"
+    exe = Path(sys.executable).parent/"llmops"
+    proc = subprocess.Popen([str(exe), "--run-root", str(rr), "serve", "production", "--port", str(port), "--db", str(db), "--device", "cpu", "--max-batch", "8", "--max-tokens", "2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(1200):
+            try:
+                if json.loads(urllib.request.urlopen(f"{url}/health", timeout=2).read())["run_id"] == r1["id"]: break
+            except OSError: time.sleep(0.1)
+        else: pytest.fail("the server did not start: " + (proc.stdout.read() if proc.poll() is not None else ""))
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="loopback", max_retries=0, timeout=300)
+        assert "production" in [m.id for m in c.models.list()]
+        def ask(q, n=24):
+            t0, parts, fps = time.time(), [], set()
+            for ch in c.chat.completions.create(model="production", messages=_ask(q), max_tokens=n, stream=True):
+                fps.add(ch.system_fingerprint); parts += [ch.choices[0].delta.content or ""] if ch.choices else []
+            assert len(fps) == 1, fps  # one run from the first chunk to the last
+            return dict(q=q, start=t0, end=time.time(), run=fps.pop(), text="".join(parts))
+        expected = {r1["id"]: {q: ask(q)["text"] for q in QUESTIONS[:4]}}
+        long_q = "Tell me a long story."
+        long_old = ask(long_q, 1900)["text"]
+        stop, done, errors = threading.Event(), [], []
+        def traffic(w):
+            i = w
+            while not stop.is_set():
+                try: done.append(ask(QUESTIONS[i % 4]))
+                except Exception as e: errors.append(repr(e))
+                i += 1
+        with cf.ThreadPoolExecutor(5) as ex:
+            workers = [ex.submit(traffic, w) for w in range(4)]
+            time.sleep(1.0)
+            t_promote = time.time()
+            promoting = subprocess.Popen([str(exe), "--run-root", str(rr), "promote", r2["id"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            inflight = ex.submit(ask, long_q, 1900)  # starts while `llmops promote` is still starting up
+            assert promoting.wait(120) == 0, promoting.stderr.read()
+            for _ in range(600):
+                if len([d for d in done if d["run"] == r2["id"]]) >= 8: break
+                time.sleep(0.1)
+            stop.set()
+            for w in workers: w.result(timeout=300)
+            old = inflight.result(timeout=300)
+        assert not errors, errors[:3]
+        new = [d for d in done if d["run"] == r2["id"]]
+        assert len(new) >= 8 and {d["run"] for d in done} == {r1["id"], r2["id"]}
+        switch = min(d["start"] for d in new)
+        assert old["run"] == r1["id"] and old["text"] == long_old  # the request in flight finished on the old adapter, whole
+        assert old["start"] < switch < old["end"], (old["start"], switch, old["end"])  # ... while new requests already got the new one
+        assert all(d["run"] == r2["id"] for d in done if d["start"] > switch + 0.5)  # once switched, new requests stay on the new run
+        for d in done:
+            if d["run"] == r1["id"]: assert d["text"] == expected[r1["id"]][d["q"]]
+        by_q = {}
+        for d in new: by_q.setdefault(d["q"], set()).add(d["text"])
+        assert all(len(v) == 1 for v in by_q.values()) and any(by_q[q] != {expected[r1["id"]][q]} for q in by_q)  # another adapter, one answer each
+        assert json.loads(urllib.request.urlopen(f"{url}/health", timeout=10).read())["run_id"] == r2["id"]
+    finally:
+        proc.terminate()
+        try: proc.wait(60)
+        except subprocess.TimeoutExpired: proc.kill()
+    req = SL.load_requests(db)
+    assert set(req["run_id"]) == {r1["id"], r2["id"]} and (req["status"] == 200).all()
+
+
+@pytest.fixture
+def browser():
+    "Debian's chromium and Playwright for Python, or a skip that says what is missing."
+    reason = None
+    if not Path(CHROMIUM).exists(): reason = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
+    try: import playwright.sync_api  # noqa: F401
+    except ImportError: reason = reason or "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if reason:
+        print(f"browser test skipped: {reason}"); pytest.skip(reason)
+    return CHROMIUM
+
+
+def test_chat_page_in_browser(browser, server, tmp_path):
+    "The page at /: two turns (the second sent with the history), streamed answers with sources, a thumbs down with a correction stored."
+    from playwright.sync_api import sync_playwright
+    sent = []
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/"profile"), executable_path=browser, headless=True, args=FLAGS)
+        try:
+            page = ctx.new_page()
+            page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None)
+            page.goto(f"{server['url']}/")
+            page.locator("#model option").first.wait_for(state="attached", timeout=60_000)
+            assert page.locator("#model").input_value() == "test-aaaa-rag"
+            for i, q in enumerate([QUESTIONS[0], QUESTIONS[4]]):
+                page.locator("#question").fill(q)
+                page.locator("#send").click()
+                page.locator("#status").get_by_text("Answered").wait_for(timeout=120_000)
+                page.locator(".turn.assistant .rate").nth(i).wait_for(timeout=30_000)
+            answers = page.locator(".turn.assistant .answer")
+            assert answers.count() == 2 and all(int(answers.nth(i).get_attribute("data-chunks")) > 1 for i in range(2))  # streamed, delta by delta
+            assert "battery.md" in page.locator(".turn.assistant .sources").first.inner_text()
+            last = page.locator(".turn.assistant").nth(1)
+            rid = last.get_attribute("data-id")
+            last.locator("button.down").click()
+            last.get_by_text("rating stored").wait_for(timeout=30_000)
+            last.locator("textarea.correction").fill("4.8 kWh of the 5.1 kWh.")
+            last.locator("button.send-correction").click()
+            last.get_by_text("correction stored").wait_for(timeout=30_000)
+            first_id = page.locator(".turn.assistant").nth(0).get_attribute("data-id")
+        finally: ctx.close()
+    assert [len(b["messages"]) for b in sent] == [1, 3] and all(b["stream"] for b in sent)
+    req, fb = SL.load_requests(server["db"]).set_index("response_id"), F.load(server["db"]).set_index("id")
+    first = fb.loc[int(req.loc[first_id, "feedback_id"])]
+    assert sent[1]["messages"][:2] == [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": first["answer"]}]
+    row = req.loc[rid]
+    last = fb.loc[int(row["feedback_id"])]
+    assert (row["rating"], last["rating"], last["correction"], last["question"]) == (-1, -1, "4.8 kWh of the 5.1 kWh.", QUESTIONS[4])
