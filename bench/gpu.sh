@@ -8,7 +8,7 @@
 #   PY=/path/python bench/gpu.sh # another environment
 #
 # Optional packages for the tests (skipped when absent): bitsandbytes (QLoRA), liger-kernel (Liger); vllm for the
-# serve benchmark (only when bench/serve.py exists, i.e. the serve issue has landed).
+# serve benchmark (bench/serve.py, vLLM behind our server; skipped without vllm).
 # Results: bench/out/gpu/*.json and *.txt, and a summary at the end. Targets: fine-tuning at 135m, seq 2048, >= 150k useful
 # tokens/s and >= 3x the tutorial; at 1b >= 50k useful tokens/s.
 set -uo pipefail
@@ -53,7 +53,7 @@ step generate 150 "$PY" bench/generate.py --device cuda --n 64 --batch-size 16 -
 
 # 4. serving with vLLM, when the serve issue's benchmark is there
 if [ -f bench/serve.py ] && $PY -c "import vllm" 2>/dev/null; then
-  step serve_vllm 240 "$PY" bench/serve.py --engine vllm --out "$OUT/serve_vllm.json"
+  step serve_vllm 300 "$PY" bench/serve.py --device cuda --engines tutorial,hf,vllm --clients 1,16,64 --n 40 --max-tokens 128 --out "$OUT/serve_vllm.json"
 else echo "=== serve_vllm: skipped (no bench/serve.py or no vllm)"; fi
 
 # summary against the targets

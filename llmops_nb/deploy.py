@@ -71,11 +71,12 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
          engine: str = "hf", # hf (this process) or vllm (names only; vLLM holds the weights)
          device: str = "auto", # where the hf models run
          max_batch: int = 16, # rows per decoding step: the packed weights are laid out for it
-         prepack: bool = True, # MKL-packed weights (fp32 CPU)
+         prepack: bool = True, # weights packed for `max_batch` rows (CPU: fp32 by MKL, bf16 by oneDNN)
+         dtype: str = "auto", # the hf models' number format (see models.pick_dtype: bf16 on CPUs with native bf16)
          previous: Deployment | None = None, # a deployment whose base model and index may be reused
         ) -> Deployment:
     "The models the run `target` names, ready to serve."
-    from llmops_nb.models import load_causal_lm, load_tokenizer
+    from llmops_nb.models import load_causal_lm, load_tokenizer, pick_dtype
     rec = R.load_record(target, run_root)
     if rec.get("status") != "done": raise ConfigError(f"run {rec['id']} is {rec.get('status')}; only a finished run can be served")
     p, names = run_parts(rec), model_names(rec, target, name, run_root)
@@ -90,8 +91,8 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         from llmops_nb.engine import Model
         reuse = old.get(("base", p["model"], None)) if adapter is None else None
         if reuse: return reuse.model, reuse.tok, reuse.context
-        lm, tok = load_causal_lm(p["model"], device=device, adapter=str(adapter) if adapter else None)
-        if adapter: lm = lm.merge_and_unload()
+        lm, tok = load_causal_lm(p["model"], device=device, dtype="float32" if adapter else dtype, adapter=str(adapter) if adapter else None)
+        if adapter: lm = lm.merge_and_unload().to(pick_dtype(dtype, device))  # merged in fp32, rounded once
         m = Model(lm, tok, names["tuned" if adapter else "base"], max_batch=max_batch, prepack=prepack)
         return m, tok, m.context
     models = {}
