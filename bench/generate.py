@@ -16,7 +16,8 @@ Reported: answers/s and generated tokens/s per mode, `speedup_vs_fp32` (fp32-bat
 on CPU), `speedup` (single / batched), how many greedy answers differ from fp32's and batched from single. In fp32,
 batched and single answers must be identical (asserted); in bf16 a padded batch and a single prompt round differently
 and a near tie in greedy decoding can tip, so they are counted, not asserted.
-Rounds alternate the order of the modes; `--repeat` rounds, medians reported (best too). On a busy 2-core machine
+Rounds alternate the order of the modes; `--repeat` rounds, medians reported (best too), per wall second and per CPU
+second of this process (`cpu_speedup_vs_fp32`: steadier on a shared machine). On a busy 2-core machine
 torch's 2 intra-op threads can be several times slower than one (`--threads 1`).
 """
 import argparse, json, os, platform, statistics, sys, time
@@ -58,30 +59,31 @@ def main(argv=None):
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def run(mode):
-        sync(); t = time.perf_counter()
+        sync(); t, c = time.perf_counter(), time.process_time()
         kw = dict(max_new_tokens=a.max_new_tokens, progress=False)
         if mode == "single": out = [G.generate(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
         else: out = G.generate(fp32 if mode == "fp32-batched" else model, tok, prompts, batch_size=a.batch_size, prepack=mode != "batched-plain", **kw)
-        sync(); return time.perf_counter() - t, out
+        sync(); return time.perf_counter() - t, time.process_time() - c, out
 
     modes = ["batched"] + (["fp32-batched"] if fp32 is not None else []) + ([] if a.no_single else ["single"]) + (["batched-plain"] if a.ablate else [])
-    times, outs = {m: [] for m in modes}, {}
+    times, cpus, outs = {m: [] for m in modes}, {m: [] for m in modes}, {}
     for r in range(a.repeat):
         for mode in (modes if r % 2 == 0 else modes[::-1]):
-            t, outs[mode] = run(mode); times[mode].append(t)
-            print(f"{mode:13s} round {r}: {t:.2f} s", flush=True)
+            t, c, outs[mode] = run(mode); times[mode].append(t); cpus[mode].append(c)
+            print(f"{mode:13s} round {r}: {t:.2f} s ({c:.2f} CPU s)", flush=True)
     differ = lambda x, y: [i for i, (p, q) in enumerate(zip(outs[x], outs[y])) if p != q] if x in outs and y in outs else None
     ntok = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs["batched"])
     med = {m: statistics.median(v) for m, v in times.items()}
     res = {"model": a.model, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""), "n_prompts": len(prompts),
            "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
-           "answer_tokens": ntok, "seconds": med, "best_seconds": {m: min(v) for m, v in times.items()}, "all_seconds": times,
+           "answer_tokens": ntok, "seconds": med, "cpu_seconds": {m: statistics.median(v) for m, v in cpus.items()}, "best_seconds": {m: min(v) for m, v in times.items()}, "all_seconds": times,
            "answers_per_s": {m: len(prompts)/t for m, t in med.items()},
            "tokens_per_s": {m: ntok/t for m, t in med.items()}}
     if "fp32-batched" in med:
         res["speedup_vs_fp32"] = med["fp32-batched"]/med["batched"]
         res["round_speedups_vs_fp32"] = [f/b for f, b in zip(times["fp32-batched"], times["batched"])]
+        res["cpu_speedup_vs_fp32"] = statistics.median(cpus["fp32-batched"])/statistics.median(cpus["batched"])  # steadier on a busy machine
         res["differ_from_fp32"] = differ("batched", "fp32-batched")
     if "single" in med:
         res["speedup"] = med["single"]/med["batched"]
@@ -92,7 +94,7 @@ def main(argv=None):
     print(json.dumps({k: res[k] for k in ("device", "dtype", "n_prompts", "batch_size", "max_new_tokens", "answers_per_s") if k in res}, indent=1))
     if "speedup_vs_fp32" in res:
         print(f"batched {res['dtype']} / batched fp32: {res['speedup_vs_fp32']:.2f}x (medians of {a.repeat}; per round "
-              f"{[round(x, 2) for x in res['round_speedups_vs_fp32']]}); {len(res['differ_from_fp32'])} of {len(prompts)} greedy answers differ from fp32's")
+              f"{[round(x, 2) for x in res['round_speedups_vs_fp32']]}; per CPU second {res['cpu_speedup_vs_fp32']:.2f}x); {len(res['differ_from_fp32'])} of {len(prompts)} greedy answers differ from fp32's")
     if "speedup" in res:
         print(f"batched / one at a time: {res['speedup']:.2f}x; {len(res['differ_batched_vs_single'])} of {len(prompts)} answers differ")
     if a.ablate: print(f"prepacked / plain: {res['speedup_prepack']:.2f}x")
