@@ -4,11 +4,15 @@ Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
 Ours: llmops_nb.trainer's path with its defaults: completion-only labels, padding-free packing
 (DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions,
-no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), bf16 on GPU, optional torch.compile.
+no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), `dtype: auto` (bf16 mixed precision on GPUs
+and on CPUs with native bf16: fp32 weights and optimizer state, bf16 autocast), optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
 --ablate also times ours with each of our choices undone, to show what each is worth:
+  ours-fp32: dtype float32 (ours before bf16 autocast);  ours-fp32-base: the frozen base kept in fp32 under bf16 autocast;
+  ours-bf16-attention: short examples attend in bf16 too (CPU, see packing.CPU_FP32_ATTENTION);
   ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
   ours-unfused: PEFT's own LoRA sum (scale and add after the thin products).
+--methods picks the methods to time (e.g. tutorial,ours,ours-fp32).
 
   python bench/finetune.py [--ablate] [--repeat 3]                    # CPU, packaged SmolLM2-135M-Instruct, shipped data
   python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
@@ -20,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["tutorial", "ours", "ours-dropout", "ours-dense-mask", "ours-unfused"]
+METHODS = ["tutorial", "ours", "ours-fp32", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused"]
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -35,7 +39,8 @@ def load_model(a, dtype):
     from llmops_nb.models import resolve_model
     if a.shape:
         torch.manual_seed(0)
-        m = LlamaForCausalLM(LlamaConfig(**SHAPES[a.shape], attn_implementation="sdpa")).to(dtype)
+        with torch.device(a.device):  # initialised where it trains: a 1B model takes a minute on the CPU
+            m = LlamaForCausalLM(LlamaConfig(**SHAPES[a.shape], attn_implementation="sdpa")).to(dtype)
     else:
         m = AutoModelForCausalLM.from_pretrained(resolve_model(a.model), dtype=dtype, attn_implementation="sdpa")
     m.config.use_cache = False
@@ -96,15 +101,17 @@ def run_ours(a):
     import torch
     from peft import get_peft_model
     from llmops_nb import labels, lora, packing, trainer
-    from llmops_nb.models import load_tokenizer
+    from llmops_nb.models import load_tokenizer, train_dtypes
     from llmops_nb.settings import FinetuneConfig
     cfg = FinetuneConfig(model=a.model, max_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
                          per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
-                         torch_compile=a.compile, device=a.device, warmup_steps=0)
+                         torch_compile=a.compile, device=a.device, warmup_steps=0, dtype="float32" if a.only == "ours-fp32" else a.dtype)
     if a.only == "ours-dropout": cfg.lora_dropout = 0.05
-    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    weights, mixed = train_dtypes(cfg.dtype, cfg.device)
+    if a.only == "ours-fp32-base": weights = torch.float32
+    if a.only == "ours-bf16-attention": packing.CPU_FP32_ATTENTION = 0
     tok = load_tokenizer(a.model)
-    base = load_model(a, dtype)
+    base = load_model(a, weights)
     if a.only != "ours-dense-mask": packing.use_packed_attention(base)
     model = get_peft_model(base, lora.peft_config(cfg, base))
     if a.only != "ours-unfused": lora.fuse_lora(model)
@@ -140,6 +147,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--compile", action="store_true", help="torch.compile our model")
+    ap.add_argument("--dtype", default="auto", help="our dtype setting (auto, float32, bfloat16); the tutorial stays fp32 on CPU, bf16 on GPU")
+    ap.add_argument("--methods", default="", help="comma-separated methods to time (default: tutorial,ours; all with --ablate)")
     ap.add_argument("--data", default="data/instructions.jsonl")
     ap.add_argument("--min-examples", type=int, default=0, help="repeat the data to at least this many examples")
     ap.add_argument("--ablate", action="store_true", help="also time ours without each of its choices")
@@ -149,9 +158,12 @@ def main():
     a = ap.parse_args()
     if a.only: return child(a)
     if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps) * max(1, a.rows * a.seq_len // 1300)
-    methods, runs = METHODS[:None if a.ablate else 2], {}
+    methods, runs = a.methods.split(",") if a.methods else METHODS[:None if a.ablate else 2], {}
+    bad = [m for m in methods if m not in METHODS]
+    if bad or "tutorial" not in methods or "ours" not in methods:
+        sys.exit(f"--methods {a.methods}: expected tutorial, ours and any of {', '.join(METHODS[2:])}")
     argv = [x for x in sys.argv[1:] if x != "--ablate"]
-    for opt in ("--out", "--repeat"):
+    for opt in ("--out", "--repeat", "--methods"):
         if opt in argv: i = argv.index(opt); argv = argv[:i] + argv[i + 2:]
     for k in range(a.repeat):  # rounds interleave the methods, so a slow spell of the machine hits them alike
         for m in methods:
@@ -171,7 +183,8 @@ def main():
     res["cpu_ratio"] = round(per_cpu("ours") / per_cpu("tutorial"), 2)
     if a.repeat > 1: print(f"medians of {a.repeat} rounds: " + ", ".join(f"{m} {tps(m):.1f}" for m in methods) + f"; ratio per round {res['round_ratios']}")
     print(f"ratio ours / tutorial: {res['ratio']}x (per CPU second, robust to a busy machine: {res['cpu_ratio']}x)")
-    for m in methods[2:]: print(f"  {m} / tutorial: {tps(m) / tps('tutorial'):.2f}x")
+    for m in methods[2:]: print(f"  {m} / tutorial: {tps(m) / tps('tutorial'):.2f}x (per CPU second {per_cpu(m) / per_cpu('tutorial'):.2f}x); "
+                                f"ours / {m}: {tps('ours') / tps(m):.2f}x (per CPU second {per_cpu('ours') / per_cpu(m):.2f}x)")
     if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
 
 

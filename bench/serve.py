@@ -10,7 +10,9 @@ model (SmolLM2-135M-Instruct, no adapter):
   what a tutorial's endpoint amounts to), greedy, no streaming;
 - `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching, packed
   weights), streamed;
-- `hf-plain` (an ablation): our server without MKL-packed weights (`engine.Model(prepack=False)`);
+- `hf-plain` (an ablation): our server without packed weights (`engine.Model(prepack=False)`);
+- `hf-fp32` (an ablation): our server with fp32 weights (MKL-packed), as it was before `dtype: auto` picked bf16
+  on CPUs with native bf16 (`hf` loads the model in the auto dtype: bf16 there, oneDNN-packed);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
 
 Clients are threads using the official `openai` SDK, each sending the shipped test prompts (the test split of
@@ -18,7 +20,8 @@ data/instructions.jsonl as `prepare` splits it, system message included: the eva
 the other, `--clients` of them at once. Reported per server and client count: aggregate completion tokens/s,
 latency p50/p95 and time to first token p50/p95 (the first streamed content; the whole answer for the tutorial
 server, which does not stream). Greedy answers of every run are compared with the tutorial server's answers at one
-client: they must be identical. `--repeat` alternates the order of the servers and keeps medians (a shared machine
+client: in fp32 they must be identical; in bf16 a batch rounds differently from one prompt and a near tie can tip,
+so the differing answers are counted. `--repeat` alternates the order of the servers and keeps medians (a shared machine
 moves single runs a lot); on a busy 2-core machine torch's two OpenMP threads per process can make every product
 many times slower than one thread (a 576x1536 product: 8.7 ms vs 0.25 ms), so `--threads 1` gives steadier figures.
 
@@ -52,7 +55,7 @@ def tutorial_app(model: str, device: str):
     import torch
     from fastapi import FastAPI, Request
     from llmops_nb.models import load_causal_lm
-    lm, tok = load_causal_lm(model, device=device)
+    lm, tok = load_causal_lm(model, device=device, dtype="float32" if device == "cpu" else "auto")  # as tutorials do: fp32 on CPU
     lock, app = threading.Lock(), FastAPI()
 
     @app.post("/v1/chat/completions")
@@ -71,7 +74,7 @@ def tutorial_app(model: str, device: str):
 
 
 def ours_app(model: str, device: str, kind: str, max_batch: int):
-    "Our server over the model alone (no run needed): the batching engine (hf) or vLLM behind our layer (vllm)."
+    "Our server over the model alone (no run needed): the batching engine (hf, hf-plain, hf-fp32) or vLLM behind our layer (vllm)."
     from types import SimpleNamespace
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.models import load_causal_lm, load_tokenizer
@@ -80,9 +83,9 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
     import tempfile
     name = deploy.base_name(model)
     lineage = {"base": model, "adapter": None, "run_id": "bench"}
-    if kind in ("hf", "hf-plain"):
-        lm, tok = load_causal_lm(model, device=device)
-        m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind == "hf")
+    if kind in ("hf", "hf-plain", "hf-fp32"):
+        lm, tok = load_causal_lm(model, device=device, dtype="float32" if kind == "hf-fp32" else "auto")
+        m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind != "hf-plain")
         dep = deploy.Deployment("bench", "bench", {name: deploy.Served(name, "base", m, tok, m.context, lineage)})
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=4096))
     else:
@@ -160,7 +163,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="test prompts (the test split has 40)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-plain, vllm (the first is the reference)")
+    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-plain, hf-fp32, vllm (the first is the reference)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)
@@ -204,14 +207,14 @@ def main(argv=None):
             rs = runs[e, c]
             row = {"clients": c, "server": e, **{k: med([x[k] for x in rs]) for k in ("tokens_per_s", "latency_p50", "latency_p95", "ttft_p50", "ttft_p95")},
                    "identical": sum(x == y for r in rs for x, y in zip(r["texts"], ref)), "answers": sum(len(r["texts"]) for r in rs)}
-            row["speedup"] = row["tokens_per_s"] / med([x["tokens_per_s"] for x in runs["tutorial", c]]) if "tutorial" in engines else None
+            row["speedup"] = row["tokens_per_s"] / med([x["tokens_per_s"] for x in runs[engines[0], c]])  # vs the reference (the first server)
             table.append(row)
     out = {"model": a.model, "device": a.device, "n_prompts": len(prompts), "max_tokens": a.max_tokens, "max_batch": a.max_batch, "repeat": a.repeat,
            "threads": a.threads or torch.get_num_threads(), "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
            "load_average": os.getloadavg(), "table": table}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
-    print(f"\n| clients | server | completion tok/s | latency p50 (s) | latency p95 (s) | TTFT p50 (s) | TTFT p95 (s) | vs tutorial | identical greedy |")
+    print(f"\n| clients | server | completion tok/s | latency p50 (s) | latency p95 (s) | TTFT p50 (s) | TTFT p95 (s) | vs {engines[0]} | identical greedy |")
     print("|---|---|---|---|---|---|---|---|---|")
     for t in table:
         print(f"| {t['clients']} | {t['server']} | {t['tokens_per_s']:.1f} | {t['latency_p50']:.2f} | {t['latency_p95']:.2f} | {t['ttft_p50']:.2f} | "

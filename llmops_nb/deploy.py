@@ -31,7 +31,8 @@ def run_parts(rec: dict) -> dict:
     rag = params.get("rag_eval", {})
     return {"model": model, "adapter": adapter, "index": R.output(rec, "rag_index", "index"), "run_id": rec["id"],
             "system": params.get("prepare", {}).get("system_prompt", ""), "k": rag.get("k", 4), "mode": rag.get("retrieval", "hybrid"),
-            "gen": gen("evaluate"), "rag_gen": gen("rag_eval")}
+            "gen": gen("evaluate"), "rag_gen": gen("rag_eval"),
+            "dtype": next((params[s]["dtype"] for s in ("rag_eval", "evaluate") if "dtype" in params.get(s, {})), rec.get("raw", {}).get("dtype", "auto"))}
 
 def model_names(rec: dict, target: str, name: str | None = None, run_root="runs") -> dict:
     "{base, tuned, rag}: the served names (see the table above)."
@@ -71,14 +72,16 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
          engine: str = "hf", # hf (this process) or vllm (names only; vLLM holds the weights)
          device: str = "auto", # where the hf models run
          max_batch: int = 16, # rows per decoding step: the packed weights are laid out for it
-         prepack: bool = True, # MKL-packed weights (fp32 CPU)
+         prepack: bool = True, # weights packed for `max_batch` rows (CPU: fp32 by MKL, bf16 by oneDNN)
+         dtype: str | None = None, # the hf models' number format (see models.pick_dtype); None: the run's own `dtype` setting
          previous: Deployment | None = None, # a deployment whose base model and index may be reused
         ) -> Deployment:
     "The models the run `target` names, ready to serve."
-    from llmops_nb.models import load_causal_lm, load_tokenizer
+    from llmops_nb.models import load_causal_lm, load_tokenizer, pick_dtype
     rec = R.load_record(target, run_root)
     if rec.get("status") != "done": raise ConfigError(f"run {rec['id']} is {rec.get('status')}; only a finished run can be served")
     p, names = run_parts(rec), model_names(rec, target, name, run_root)
+    dt = dtype or p["dtype"]  # as the run evaluated it: a run made with --set dtype=float32 is served in fp32
     lineage = lambda adapter: {"base": p["model"], "adapter": str(adapter) if adapter else None, "run_id": rec["id"]}
     old = {(s.kind, s.lineage.get("base"), s.lineage.get("adapter")): s for s in (previous.models.values() if previous else ())}
     def served(kind, adapter):
@@ -89,9 +92,10 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
             return (names["base"] if adapter is None else f"{rec['id']}-{Path(adapter).parent.name}"), load_tokenizer(p["model"]), ctx
         from llmops_nb.engine import Model
         reuse = old.get(("base", p["model"], None)) if adapter is None else None
+        if reuse and next(reuse.model.lm.parameters()).dtype != pick_dtype(dt, device): reuse = None  # another number format
         if reuse: return reuse.model, reuse.tok, reuse.context
-        lm, tok = load_causal_lm(p["model"], device=device, adapter=str(adapter) if adapter else None)
-        if adapter: lm = lm.merge_and_unload()
+        lm, tok = load_causal_lm(p["model"], device=device, dtype="float32" if adapter else dt, adapter=str(adapter) if adapter else None)
+        if adapter: lm = lm.merge_and_unload().to(pick_dtype(dt, device))  # merged in fp32, rounded once
         m = Model(lm, tok, names["tuned" if adapter else "base"], max_batch=max_batch, prepack=prepack)
         return m, tok, m.context
     models = {}

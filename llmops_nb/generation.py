@@ -31,22 +31,33 @@ def chat_prompts(tokenizer, conversations) -> tuple:
     return prompts, refs, qs
 
 # %% ../nbs/11_generation.ipynb #949228d2
+def _packed(m, rows: int):
+    "(forward, bytes): CPU `nn.Linear` `m` with its weight packed for `rows`-row inputs (fp32: MKL, bf16: oneDNN); None where neither applies."
+    w, b = m.weight.detach(), m.bias
+    if w.device.type != "cpu": return None
+    if w.dtype == torch.float32 and rows > 1 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
+        p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+        return (lambda x: torch.ops.mkl._mkl_linear(x, p, w, b, rows)), p.numel() * p.element_size()
+    if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        p = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        return (lambda x: torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")), p.numel() * p.element_size()
+    return None
+
 @contextlib.contextmanager
 def prepacked(model, rows: int, budget_bytes: int | None = None):
-    "Within: fp32 CPU `nn.Linear` layers of `model` multiply `rows`-row inputs with MKL-packed weights; yields how many were packed."
-    ok = rows > 1 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32] if ok else []
+    "Within: CPU `nn.Linear` layers of `model` (fp32: MKL, bf16: oneDNN) multiply `rows`-row inputs with weights packed for that row count; yields how many were packed."
+    mods = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"]
     if mods and budget_bytes is None:
         import psutil  # an accelerate dependency
         budget_bytes = psutil.virtual_memory().available // 4
     done, used = [], 0
     for m in sorted(mods, key=lambda m: -m.weight.numel()):
-        w = m.weight.detach()
-        try: p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+        try: got = _packed(m, rows)
         except RuntimeError: break  # this build cannot pack: plain products
-        used += p.numel() * p.element_size()
+        if got is None: continue
+        used += got[1]
         if used > budget_bytes: break
-        m.forward = lambda x, p=p, w=w, b=m.bias: torch.ops.mkl._mkl_linear(x, p, w, b, rows)
+        m.forward = got[0]
         done.append(m)
     try: yield len(done)
     finally:
@@ -60,10 +71,15 @@ def merged(model):
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     ok = bool(layers) and hasattr(model, "merge_adapter") and not any(m.disable_adapters or m.merged for m in layers) \
          and all(type(m.get_base_layer()) is torch.nn.Linear for m in layers)
+    ws = [m.get_base_layer().weight for m in layers] if ok else []
+    keep = [(w, w.detach().clone()) for w in ws if w.dtype != torch.float32]  # half precision: unmerging would not give W back
     if ok: model.merge_adapter()
     try: yield ok
     finally:
-        if ok: model.unmerge_adapter()
+        if ok:
+            model.unmerge_adapter()
+            with torch.no_grad():
+                for w, k in keep: w.copy_(k)
 
 # %% ../nbs/11_generation.ipynb #dba8c214
 class AnswerOnly:
@@ -99,7 +115,7 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
              seed: int = 42, # seed of the sampling
              progress: bool = True, # show a progress bar
              desc: str = "generate", # the progress bar's label
-             prepack: bool = True, # MKL-packed weights for the batch's row count (fp32 on CPU)
+             prepack: bool = True, # weights packed for the batch's row count (CPU: fp32 by MKL, bf16 by oneDNN)
              merge: bool = True, # merge the active adapter into the weights for the call
             ) -> list: # per prompt its answer, or a list of num_return_sequences answers
     "Answers to the already templated `prompts`."
@@ -134,10 +150,10 @@ def base_model(model):
     return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
 
 # %% ../nbs/11_generation.ipynb #72e4be6d
-def with_adapters(model: str, adapters: dict, device="auto") -> tuple:
+def with_adapters(model: str, adapters: dict, device="auto", dtype="auto") -> tuple:
     "(model, tokenizer): causal LM `model` with each adapter folder of `adapters` (name -> folder; empty ones skipped) loaded under its name."
     from llmops_nb.models import load_adapter, load_causal_lm
-    lm, tok = load_causal_lm(model, device=device)
+    lm, tok = load_causal_lm(model, device=device, dtype=dtype)
     for n, a in adapters.items():
         if a: lm = load_adapter(lm, a, n)  # a damaged adapter: one line naming the file
     return lm.to(next(lm.parameters()).device).eval(), tok

@@ -121,7 +121,7 @@ def stable_config(folder, base: str | None = None) -> Path:
 def merge_adapter(model_name: str, adapter, out) -> Path:
     "Base + adapter merged into plain weights, saved (safetensors + tokenizer) in `out`."
     from llmops_nb.models import load_causal_lm
-    model, tok = load_causal_lm(model_name, device="cpu", adapter=str(adapter))
+    model, tok = load_causal_lm(model_name, device="cpu", dtype="float32", adapter=str(adapter))  # merged in fp32, saved as written
     merged = model.merge_and_unload()
     merged.save_pretrained(str(out)); tok.save_pretrained(str(out))
     return Path(out)

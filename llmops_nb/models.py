@@ -9,8 +9,9 @@ from pathlib import Path
 from .core import ConfigError, resolve_path
 
 # %% auto #0
-__all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'PUBLIC', 'cache_dir', 'resolve_model', 'embedding_path', 'public_id', 'pick_device',
-           'pick_dtype', 'load_tokenizer', 'load_causal_lm', 'load_adapter']
+__all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'PUBLIC', 'BF16_CPU_FEATURES', 'cache_dir', 'resolve_model', 'embedding_path',
+           'public_id', 'pick_device', 'cpu_bf16', 'pick_dtype', 'train_dtypes', 'load_tokenizer', 'load_causal_lm',
+           'load_adapter']
 
 # %% ../nbs/04_models.ipynb #e26b482d
 def cache_dir() -> Path:
@@ -92,14 +93,27 @@ def public_id(name: str) -> str:
     return n if n.count("/") == 1 and not resolve_path(n).exists() else str(p)
 
 # %% ../nbs/04_models.ipynb #25d3353f
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # native bf16 dot products: x86 and Arm
+
 def pick_device(device="auto"):
     "torch.device for `device` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps')."
     import torch
     if device != "auto": return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-def pick_dtype(dtype="auto", device=None):
-    "torch dtype for `dtype` ('auto', 'float32', 'bfloat16', 'float16')."
+def cpu_bf16(caps=None) -> bool:
+    "True when the CPU multiplies bf16 natively (`caps`: `torch.cpu.get_capabilities()` when None)."
+    import torch
+    if caps is None:
+        if not torch.backends.mkldnn.is_available(): return False
+        caps = torch.cpu.get_capabilities()
+    return any(caps.get(k) for k in BF16_CPU_FEATURES)
+
+def pick_dtype(dtype="auto", # auto, float32, bfloat16 or float16
+               device=None, # the device it is for (None: auto)
+               caps=None, # CPU capabilities (None: this CPU's)
+              ):
+    "torch dtype for `dtype`: auto is bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else fp32."
     import torch
     if dtype != "auto":
         if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
@@ -107,7 +121,16 @@ def pick_dtype(dtype="auto", device=None):
         return getattr(torch, dtype)
     dev = pick_device(device or "auto")
     if dev.type == "cuda": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "cpu" and cpu_bf16(caps): return torch.bfloat16
     return torch.float32
+
+def train_dtypes(dtype="auto", # the training dtype setting
+                 device=None, # the device it trains on (None: auto)
+                ) -> tuple: # (frozen base weights dtype, mixed precision dtype or None for none)
+    "How to train in `dtype`: the frozen base stored in it, the forward pass under its autocast (adapters and optimizer state stay fp32)."
+    import torch
+    dt = pick_dtype(dtype, pick_device(device or "auto"))
+    return (torch.float32, None) if dt == torch.float32 else (dt, dt)
 
 # %% ../nbs/04_models.ipynb #c9bf95cc
 def load_tokenizer(name: str):
@@ -119,7 +142,7 @@ def load_tokenizer(name: str):
 
 def load_causal_lm(name: str = "tiny-random", # packaged alias, local folder or hub id
                    device="auto", # auto, cpu, cuda, cuda:1 or mps
-                   dtype="auto", # auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16
+                   dtype="auto", # auto (bf16 where the device computes it natively, see pick_dtype), float32, bfloat16 or float16
                    adapter=None, # a PEFT adapter folder to load on top
                    attn_implementation="sdpa", # a transformers attention implementation
                   ): # (model in eval mode, tokenizer with a pad token)

@@ -11,8 +11,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
-__all__ = ['pack', 'PackedCollator', 'padded_collator', 'packed_logits_match', 'packed_mask', 'example_lens', 'packed_attention',
-           'use_packed_attention']
+__all__ = ['CPU_FP32_ATTENTION', 'pack', 'PackedCollator', 'padded_collator', 'packed_logits_match', 'packed_mask',
+           'example_lens', 'packed_attention', 'use_packed_attention']
 
 # %% ../nbs/07_packing.ipynb #55bc6a8c
 def pack(examples, pack_length: int) -> list:
@@ -98,6 +98,16 @@ def _varlen(query, key, value, cu, max_len, scaling=None, **kw):
     o = _varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), enable_gqa=k.shape[1] != q.shape[1])
     return o.unsqueeze(0), None
 
+CPU_FP32_ATTENTION = 192  # on CPU, bf16 examples up to this many tokens attend in fp32 (see above)
+
+def _attend(module, q, k, v, **kw):
+    "Causal SDPA of one example (or rows of one example each); short bf16 ones on CPU in fp32, where the bf16 kernel is slower."
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= CPU_FP32_ATTENTION:
+        with torch.autocast("cpu", enabled=False):
+            o, w = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None, **kw)
+        return o.to(q.dtype), w
+    return sdpa_attention_forward(module, q, k, v, None, **kw)
+
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, **kw):
     "SDPA on each example of a packed row (bounded by position ids restarting at 0) when there is no mask; plain SDPA otherwise."
     B, L = query.shape[0], query.shape[2]
@@ -110,11 +120,11 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
         return _varlen(query, key, value, cu.to(torch.int32), kw["max_length_q"], **kw)  # no device sync at all
     lens = example_lens(position_ids, cu)
     if len(lens) != B: lens = lens * B  # one row of position ids for the whole batch
-    if all(len(n) == 1 for n in lens): return sdpa_attention_forward(module, query, key, value, None, **kw)
+    if all(len(n) == 1 for n in lens): return _attend(module, query, key, value, **kw)
     rows = []
     for b, n in enumerate(lens):  # split, not slices: its backward is one cat, not a zero-fill per piece
         parts = zip(*(t[b:b+1].split(n, 2) for t in (query, key, value)))
-        rows.append(torch.cat([sdpa_attention_forward(module, q, k, v, None, **kw)[0] for q, k, v in parts], 1))
+        rows.append(torch.cat([_attend(module, q, k, v, **kw)[0] for q, k, v in parts], 1))
     return torch.cat(rows), None
 
 def use_packed_attention(model):

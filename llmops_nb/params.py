@@ -11,15 +11,16 @@ from . import checks, stages as ST
 from .core import ConfigError, resolve_path
 
 # %% auto #0
-__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT', 'find_secret',
-           'near', 'check_model', 'check_path', 'check_value', 'validate', 'apply_overrides', 'read_params',
-           'load_params']
+__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT',
+           'find_secret', 'near', 'check_model', 'check_path', 'check_value', 'validate', 'apply_overrides',
+           'read_params', 'load_params']
 
 # %% ../nbs/03_params.ipynb #921f092b
-GLOBALS = dict(seed=int, model=str, embedding_model=str, run_root=str, stages=list, wandb=dict, name=str)
-SHARED = ("seed", "model", "embedding_model")  # globals a stage receives when it declares them
+GLOBALS = dict(seed=int, model=str, embedding_model=str, dtype=str, run_root=str, stages=list, wandb=dict, name=str)
+SHARED = ("seed", "model", "embedding_model", "dtype")  # globals a stage receives when it declares them
 WANDB_KEYS = dict(project=str, entity=str | None, mode=str, tags=list, group=str)
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # %% ../nbs/03_params.ipynb #be850d57
 SECRET = re.compile(r"(api_?key|secret|passw(or)?d|^(hf|wandb|access|auth|api)?_?token$)", re.I)  # not max_new_tokens
@@ -76,6 +77,7 @@ def check_value(where: str, key: str, v, decl: dict):
     if decl["kind"] == "embedding":
         from llmops_nb.models import EMBEDDINGS
         check_model(v, f"{where}: {key}", EMBEDDINGS)
+    if decl["kind"] == "dtype" and v not in DTYPES: raise ConfigError(f"{where}: {key} = {v!r} is not a number format{near(v, DTYPES)}")
 
 # %% ../nbs/03_params.ipynb #d0ad80ed
 def _check_top(p: dict, src: str):

@@ -52,11 +52,14 @@ def _dataset(pairs, system):
                                         "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs])
 
 def dpo_args(cfg: PreferenceConfig, out: Path):
-    "TRL's `DPOConfig` for `cfg`: every setting named like a `DPOConfig` field goes in under its own name."
+    "TRL's `DPOConfig` for `cfg`: every setting named like a `DPOConfig` field goes in under its own name; mixed precision as `models.train_dtypes` says."
     import torch
     from trl import DPOConfig
+    from llmops_nb.models import train_dtypes
     names = {f.name for f in dataclasses.fields(DPOConfig)}
+    mixed = train_dtypes(cfg.dtype)[1]
     return DPOConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, output_dir=str(Path(out)/"checkpoints"),
+                     bf16=mixed == torch.bfloat16, fp16=mixed == torch.float16,
                      save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=False, dataloader_num_workers=0)
 
 def train_dpo(cfg: PreferenceConfig, # the stage's settings
@@ -67,11 +70,11 @@ def train_dpo(cfg: PreferenceConfig, # the stage's settings
     "Train a DPO adapter on `pairs` into `out_dir/adapter`."
     from trl import DPOTrainer
     from llmops_nb.lora import peft_config, stable_config
-    from llmops_nb.models import load_adapter, load_causal_lm, public_id
+    from llmops_nb.models import load_adapter, load_causal_lm, public_id, train_dtypes
     from llmops_nb.trainer import ProgressCallback
     out = Path(out_dir)
     if adapter: check_adapter_base(adapter, cfg.model)
-    lm, tok = load_causal_lm(cfg.model, adapter=None)
+    lm, tok = load_causal_lm(cfg.model, dtype=str(train_dtypes(cfg.dtype)[0]).replace("torch.", ""), adapter=None)
     if adapter: lm, new = load_adapter(lm, adapter, is_trainable=True), None  # TRL adds a frozen "ref" copy as the reference
     else: new = peft_config(cfg, lm)
     trainer = DPOTrainer(model=lm, args=dpo_args(cfg, out), train_dataset=_dataset(pairs, cfg.system_prompt), processing_class=tok, peft_config=new,

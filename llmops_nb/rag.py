@@ -61,11 +61,13 @@ class LocalLLM(BaseLLM):
                        no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False, desc="rag")
         return LLMResult(generations=[[Generation(text=t)] for t in out])
 
-def hf_llm(model: str = "tiny-random", adapter=None, device="auto", **gen) -> LocalLLM:
+def hf_llm(model: str = "tiny-random", adapter=None, device="auto", dtype="auto", **gen) -> LocalLLM:
     "A LangChain LLM (generated text only, the evaluate stage's `generate`) for a causal LM alias/path/hub id (+ adapter, merged); `gen`: LocalLLM's generation settings."
     from llmops_nb.models import load_causal_lm
-    lm, tok = load_causal_lm(model, device=device, adapter=adapter or None)
-    if adapter: lm = lm.merge_and_unload()  # it only answers: the adapter folded into the weights once, no extra products per layer
+    from llmops_nb.models import pick_dtype
+    dt = pick_dtype(dtype, device)
+    lm, tok = load_causal_lm(model, device=device, dtype="float32" if adapter else dtype, adapter=adapter or None)
+    if adapter: lm = lm.merge_and_unload().to(dt)  # it only answers: the adapter folded into the weights once (in fp32, rounded once), no extra products per layer
     return LocalLLM(lm=lm, tok=tok, **gen)
 
 # %% ../nbs/16_rag.ipynb #927e3ce2
@@ -101,10 +103,11 @@ def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangCh
              mode: str = "dense", # retrieval mode: dense, hybrid or mmr
              llm=None, # a LocalLLM to answer with, instead of loading `model`
              gen: dict | None = None, # LocalLLM generation settings (max_new_tokens, batch_size, ...)
+             dtype: str = "auto", # the model's number format (see models.pick_dtype)
              **retriever_kw): # fetch_k, lambda_mult
     "LCEL chain question -> {answer, sources, cited, documents, note}; note says when passages were left out to fit the model's context."
     store = index if isinstance(index, VectorStore) else open_index(index)
-    llm = llm or hf_llm(model, adapter, **(gen or {}))
+    llm = llm or hf_llm(model, adapter, dtype=dtype, **(gen or {}))
     return (RunnableParallel(question=RunnablePassthrough(), documents=make_retriever(store, mode, k, **retriever_kw))
             | AnswerStep(llm, llm.tok)
             | RunnableLambda(_package))

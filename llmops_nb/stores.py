@@ -44,10 +44,11 @@ def update_store(docs, # folder of documents
                  collection: str = "llmops-kb", # collection name (store: chroma)
                  previous: str = "auto", # FAISS only: the index to update (see vectorstore.pick_previous)
                  index_type: str = "flat", # FAISS only: flat or hnsw
+                 dtype: str = "auto", # FAISS only: the embedding model's number format (Chroma collections embed with the default, auto)
                  **kw, # embedding_model, chunk_size, chunk_overlap
                 ) -> tuple: # (store, stats)
     "(store, stats): index `docs` into the chosen store, incrementally; the index folder names the result."
-    if check_store(store) == "faiss": return V.update_index(docs, index_dir, previous=previous, index_type=index_type, **kw)
+    if check_store(store) == "faiss": return V.update_index(docs, index_dir, previous=previous, index_type=index_type, dtype=dtype, **kw)
     ch = _chroma()
     s, stats = ch.build_index(docs, store_url, collection, **kw)
     write_pointer(s, index_dir)

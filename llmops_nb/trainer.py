@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_trainer.ipynb #ec7aaee7
 from __future__ import annotations
-import dataclasses, importlib.util, inspect, json, os, resource, shutil, time
+import contextlib, dataclasses, importlib.util, inspect, json, os, resource, shutil, time
 from pathlib import Path
 import torch, torch.nn.functional as F
 from peft import get_peft_model
@@ -14,15 +14,16 @@ from . import stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
 from .labels import tokenize_split
 from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
-from .models import load_causal_lm, load_tokenizer, pick_device, pick_dtype, public_id, resolve_model
+from .models import load_causal_lm, load_tokenizer, pick_device, public_id, resolve_model, train_dtypes
 from .card import adapter_readme
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
 from .progress import report
 from .settings import FinetuneConfig
 
 # %% auto #0
-__all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'CompletionTrainer',
-           'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback', 'training_args', 'train', 'plot_history']
+__all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'no_input_casts',
+           'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback', 'training_args', 'train',
+           'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -39,7 +40,7 @@ def _check_qlora():
 
 # %% ../nbs/09_trainer.ipynb #5cc06fb4
 def load_base(cfg: FinetuneConfig):
-    "(model, tokenizer) ready for PEFT: fp32 on CPU, bf16 on CUDA, 4-bit with `load_in_4bit`."
+    "(model, tokenizer) ready for PEFT: weights as `train_dtypes` says, 4-bit with `load_in_4bit`."
     if cfg.load_in_4bit:
         _check_qlora()
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -52,7 +53,7 @@ def load_base(cfg: FinetuneConfig):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         tok = load_tokenizer(cfg.model)
     else:
-        dt = str(pick_dtype(cfg.dtype, pick_device(cfg.device))).replace("torch.", "")
+        dt = str(train_dtypes(cfg.dtype, cfg.device)[0]).replace("torch.", "")
         model, tok = load_causal_lm(cfg.model, device="cpu", dtype=dt)  # the Trainer moves it to its device
     model.config.use_cache = False  # no KV cache in training (and packed masks need cache=None)
     if cfg.packing: use_packed_attention(model)
@@ -87,6 +88,15 @@ def last_checkpoint(ckpt_dir) -> Path | None:
     return checkpoints(ckpt_dir)[0]
 
 # %% ../nbs/09_trainer.ipynb #20e8643c
+@contextlib.contextmanager
+def no_input_casts(model, active: bool = True):
+    "Within: PEFT's layers leave their inputs' dtype alone (under autocast, which casts for each product)."
+    mods = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False)] if active else []
+    for m in mods: m.cast_input_dtype_enabled = False
+    try: yield
+    finally:
+        for m in mods: m.cast_input_dtype_enabled = True
+
 class CompletionTrainer(Trainer):
     "Trainer with supervised-positions-only logits and useful-token counting."
     def _keeps_logits(self, model):
@@ -115,13 +125,14 @@ class CompletionTrainer(Trainer):
             self.loss_is_scaled_for_ga = bool(kw)
             loss = out.loss * (self._across() if kw else 1)
             return (loss, out) if return_outputs else loss
-        if self._keeps_logits(model):
-            pos = (tgt != -100).any(0).nonzero().squeeze(-1)
-            out = model(**inputs, logits_to_keep=pos, use_cache=False)
-            logits, tgt = out.logits, tgt[:, pos]
-        else:
-            out = model(**inputs, use_cache=False)
-            logits = out.logits[:, :-1]
+        with no_input_casts(model, active=self.args.bf16 or self.args.fp16):
+            if self._keeps_logits(model):
+                pos = (tgt != -100).any(0).nonzero().squeeze(-1)
+                out = model(**inputs, logits_to_keep=pos, use_cache=False)
+                logits, tgt = out.logits, tgt[:, pos]
+            else:
+                out = model(**inputs, use_cache=False)
+                logits = out.logits[:, :-1]
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
         if num_items_in_batch is not None and model.training:  # the mean over the whole accumulated batch's supervised tokens
             loss, self.loss_is_scaled_for_ga = loss / num_items_in_batch * self._across(), True
@@ -195,7 +206,7 @@ _CK = "activation_checkpointing" if "activation_checkpointing" in TRAINING_FIELD
 
 def training_args(cfg: FinetuneConfig, out: Path, report_to="none", has_eval=True) -> TrainingArguments:
     "TrainingArguments for `cfg`, writing checkpoints into `out/checkpoints`."
-    dev = pick_device(cfg.device); dt = pick_dtype(cfg.dtype, dev)
+    dev = pick_device(cfg.device); dt = train_dtypes(cfg.dtype, dev)[1]
     ev = bool(has_eval and cfg.eval_steps)
     es = bool(ev and cfg.early_stopping_patience)
     same = {k: v for k, v in dataclasses.asdict(cfg).items() if k in TRAINING_FIELDS and k != "gradient_checkpointing"}
@@ -244,7 +255,8 @@ def _summary(cfg, trainer, model, thr, args, st, last, wall, cpu, n_train, n_val
         dropped=st["train"]["dropped"] + st["val"].get("dropped", 0), train_examples=n_train, val_examples=n_val,
         packed_rows=n_rows if cfg.packing else None, resumed_from=last.name if last else None,
         num_processes=trainer.accelerator.num_processes, distributed=str(trainer.accelerator.distributed_type).split(".")[-1].lower(),
-        device=str(args.device)), hist
+        device=str(args.device), mixed_precision=str(trainer.accelerator.mixed_precision),
+        weights_dtype=str(next(model.parameters()).dtype).replace("torch.", "")), hist
 
 # %% ../nbs/09_trainer.ipynb #6b4aef48
 def train(cfg: FinetuneConfig, # the stage's settings

@@ -13,23 +13,33 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from .core import ConfigError, resolve_path, sha256_path, write_atomic
 from .documents import Skip, chunk_file, embed_text, scan, chunk_id
-from .models import embedding_path
+from .models import embedding_path, pick_dtype
 
 # %% auto #0
-__all__ = ['INDEX_TYPES', 'INDEX_FILES', 'EMBED_TEXT', 'get_embeddings', 'embed_texts', 'make_index', 'search', 'unit',
-           'check_index', 'FaissStore', 'build_index', 'load_index', 'find_previous_index', 'sample_index',
+__all__ = ['INDEX_TYPES', 'INDEX_FILES', 'EMBED_TEXT', 'get_embeddings', 'embedding_dtype', 'embed_texts', 'make_index', 'search',
+           'unit', 'check_index', 'FaissStore', 'build_index', 'load_index', 'find_previous_index', 'sample_index',
            'pick_previous', 'update_index']
 
 # %% ../nbs/14_vectorstore.ipynb #c7659c5c
-def get_embeddings(name: str = "minilm-l6-v2", device: str = "cpu", batch_size: int = 32) -> Embeddings:
+def get_embeddings(name: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
+                   device: str = "cpu", # where it runs
+                   batch_size: int = 32, # texts per forward pass
+                   dtype: str = "auto", # number format (see models.pick_dtype)
+                  ) -> Embeddings:
     "A LangChain `Embeddings` for sentence-transformers model `name` (normalised, batched); one per process."
-    return _embeddings(name, device, batch_size)
+    return _embeddings(name, device, batch_size, str(pick_dtype(dtype, device)).replace("torch.", ""))
+
+def embedding_dtype(emb: Embeddings) -> str | None:
+    "The dtype name of a sentence-transformers `Embeddings`' weights ('float32', 'bfloat16'); None for another kind."
+    client = getattr(emb, "_client", None)
+    p = next(client.parameters(), None) if hasattr(client, "parameters") else None
+    return str(p.dtype).replace("torch.", "") if p is not None else None
 
 @lru_cache(maxsize=4)
-def _embeddings(name, device, batch_size):
+def _embeddings(name, device, batch_size, dtype):
     from langchain_huggingface import HuggingFaceEmbeddings
     try:
-        return HuggingFaceEmbeddings(model_name=embedding_path(name), model_kwargs={"device": device},
+        return HuggingFaceEmbeddings(model_name=embedding_path(name), model_kwargs={"device": device, "model_kwargs": {"dtype": dtype}},
                                      encode_kwargs={"normalize_embeddings": True, "batch_size": batch_size})
     except OSError as e:
         raise ConfigError(f"embedding model '{name}': cannot load ({str(e).splitlines()[0]}); expected 'minilm-l6-v2', a local sentence-transformers folder or a reachable hub id") from e
@@ -39,7 +49,10 @@ def embed_texts(emb: Embeddings, texts: list, progress: bool = True) -> np.ndarr
     if not texts: return np.zeros((0, 0), dtype="float32")
     old = getattr(emb, "show_progress", None)
     if old is not None: emb.show_progress = progress and len(texts) > 64
-    try: return np.asarray(emb.embed_documents(list(texts)), dtype="float32")
+    try:
+        v = np.asarray(emb.embed_documents(list(texts)), dtype="float32")
+        n = np.linalg.norm(v, axis=1, keepdims=True)
+        return v / np.where(n > 0, n, 1)  # unit length in fp32, whatever the model's dtype
     finally:
         if old is not None: emb.show_progress = old
 
@@ -241,7 +254,7 @@ class FaissStore(VectorStore):
         if meta.get("index_type") == "hnsw" and index is not None: index.hnsw.efSearch = meta.get("ef_search", 64)
         if len(docs) != (n := index.ntotal if index is not None else 0):
             raise ConfigError(f"index '{folder}': {n} vectors but {len(docs)} documents; the folder is damaged, rebuild it")
-        return cls(embeddings or get_embeddings(built), index, docs, meta)
+        return cls(embeddings or get_embeddings(built, dtype=meta.get("embedding_dtype") or "float32"), index, docs, meta)  # queries as the index was embedded
 
 # %% ../nbs/14_vectorstore.ipynb #6e4e76d0
 EMBED_TEXT = "title+heading"  # version of `embed_text`: indexes embedded another way are rebuilt, not reused
@@ -249,7 +262,8 @@ EMBED_TEXT = "title+heading"  # version of `embed_text`: indexes embedded anothe
 def _reusable(prev: dict, meta: dict) -> str:
     "Why a previous index cannot be updated incrementally ('' when it can)."
     meta = {"embed_text": EMBED_TEXT, **meta}
-    for k in ("embedding_model", "chunk_size", "chunk_overlap", "embed_text"):
+    prev = {"embedding_dtype": "float32", **prev}  # indexes from before bf16 embeddings were fp32
+    for k in ("embedding_model", "embedding_dtype", "chunk_size", "chunk_overlap", "embed_text"):
         if prev.get(k) != meta.get(k): return f"{k} changed ({prev.get(k)!r} -> {meta.get(k)!r})"
     return ""
 
@@ -261,6 +275,7 @@ def build_index(docs, # folder of documents
                 index_type: str = "flat", # flat (exact) or hnsw (approximate)
                 previous=None, # an index folder to reuse unchanged files from
                 embeddings: Embeddings | None = None, # a LangChain Embeddings to use instead of embedding_model
+                dtype: str = "auto", # the embedding model's number format (see models.pick_dtype)
                 hnsw_m: int = 32, # HNSW graph degree
                 ef_search: int = 64, # HNSW search breadth
                ) -> tuple: # (FaissStore, stats: chunks, files, added, kept, removed, embedded, skipped, incremental)
@@ -269,8 +284,8 @@ def build_index(docs, # folder of documents
     if index_type not in INDEX_TYPES: raise ConfigError(f"index_type '{index_type}' is not known; expected one of {', '.join(INDEX_TYPES)}")
     root = resolve_path(docs)
     files, other = scan(root)
-    emb = embeddings or get_embeddings(embedding_model)
-    meta = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+    emb = embeddings or get_embeddings(embedding_model, dtype=dtype)
+    meta = dict(embedding_model=embedding_model, embedding_dtype=embedding_dtype(emb), chunk_size=chunk_size, chunk_overlap=chunk_overlap,
                 index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text=EMBED_TEXT)
     old, why = {}, "no previous index"
     if previous:
@@ -328,7 +343,7 @@ def find_previous_index(runs_root, docs, exclude=None):
     return None
 
 # %% ../nbs/14_vectorstore.ipynb #117a0295
-def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_size: int = 800, chunk_overlap: int = 100) -> Path:
+def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_size: int = 800, chunk_overlap: int = 100, dtype: str = "auto") -> Path:
     "Folder of an up-to-date index of `docs`, kept in the user cache (for standalone stage runs)."
     from llmops_nb.models import cache_dir
     root = resolve_path(docs)
@@ -338,10 +353,11 @@ def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_si
     if prev:
         files, _ = scan(root)
         meta = json.loads((d/"meta.json").read_text())
-        want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                    embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""))
         if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
     tmp = d.with_name(f"{key}.tmp{os.getpid()}")
-    store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev)
+    store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev, dtype=dtype)
     if d.exists(): shutil.rmtree(d, ignore_errors=True)
     try: tmp.rename(d)
     except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process got there first

@@ -150,7 +150,7 @@ def test_semantic_similarity_equals_sentence_transformers(load):
 @pytest.fixture(scope="module")
 def tiny():
     from llmops_nb.models import load_causal_lm
-    return load_causal_lm("tiny-random", device="cpu")
+    return load_causal_lm("tiny-random", device="cpu", dtype="float32")  # fp32: the exact equalities below
 
 
 def test_perplexity_equals_model_loss(load, tiny):
@@ -161,8 +161,10 @@ def test_perplexity_equals_model_loss(load, tiny):
         ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad(): assert p == pytest.approx(math.exp(m(input_ids=ids, labels=ids).loss.item()), rel=1e-4)
     assert r["mean_perplexity"] == pytest.approx(np.mean(r["perplexities"]))
-    by_id = load("perplexity").compute(predictions=REFS[:2], model_id="tiny-random", device="cpu")
+    by_id = load("perplexity").compute(predictions=REFS[:2], model_id="tiny-random", device="cpu", dtype="float32")
     assert by_id["perplexities"] == pytest.approx(r["perplexities"][:2], rel=1e-4)
+    bf16 = load("perplexity").compute(predictions=REFS[:4], model_id="tiny-random", device="cpu", dtype="bfloat16", batch_size=3)
+    assert bf16["perplexities"] == pytest.approx(r["perplexities"], rel=0.01)  # bf16 weights: within 1%
 
 
 def test_gates_pass_and_fail():

@@ -49,6 +49,24 @@ def test_peft_methods_learn(tmp_path, overfit, method, lr):
     assert [h["step"] for h in saved["history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
 
 
+def test_bf16_autocast_learns_like_fp32(tmp_path, overfit):
+    "bf16 mixed precision (a bf16 frozen base, fp32 adapter weights and AdamW state, bf16 autocast) lowers the loss as fp32 does."
+    from safetensors import safe_open
+    runs = {}
+    for dt in ("float32", "bfloat16"):
+        runs[dt] = T.train(FinetuneConfig(dtype=dt, device="cpu", **FAST), out_dir=str(tmp_path/dt), dataset=overfit)["training_summary"]
+        with safe_open(str(tmp_path/dt/"adapter"/"adapter_model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # the trained weights stay fp32
+    f32, b16 = runs["float32"], runs["bfloat16"]
+    assert (f32["mixed_precision"], b16["mixed_precision"]) == ("no", "bf16")
+    assert (f32["weights_dtype"], b16["weights_dtype"]) == ("float32", "bfloat16")
+    assert b16["val_loss_first"] == pytest.approx(f32["val_loss_first"], rel=0.01)  # the same model before training
+    for s in (f32, b16): assert s["val_loss_last"] < s["val_loss_first"] - 0.05, s
+    drop = lambda s: s["val_loss_first"] - s["val_loss_last"]
+    assert drop(b16) == pytest.approx(drop(f32), rel=0.1), (f32, b16)
+    assert b16["val_loss_last"] == pytest.approx(f32["val_loss_last"], rel=0.02), (f32, b16)
+
+
 def test_completion_only_labels_are_exactly_the_assistant_turns(tok):
     text, spans = L.assistant_spans(tok, CONV)
     ex = L.tokenize_example(tok, CONV)
@@ -69,7 +87,7 @@ def test_completion_only_labels_are_exactly_the_assistant_turns(tok):
 
 
 def test_packed_logits_equal_unpacked(tok):
-    model, _ = load_causal_lm("tiny-random", device="cpu")
+    model, _ = load_causal_lm("tiny-random", device="cpu", dtype="float32")
     exs = [L.tokenize_example(tok, c) for c in (CONV, CONV[:3], CONV[1:3])]
     assert PK.packed_logits_match(model, exs)
     # control: the same concatenation without restarting positions does mix the examples

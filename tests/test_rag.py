@@ -102,7 +102,8 @@ def test_incremental_embeds_only_changed_files(kb, tmp_path):
     assert s2["chunks"] == s2["kept"] + s2["added"] and s2["incremental"]
     full, _ = V.build_index(kb, None, **KW)  # same result as a full rebuild
     assert [d.id for d in upd.docs] == [d.id for d in full.docs]
-    np.testing.assert_allclose(upd.vectors(), full.vectors(), atol=1e-4)
+    exact = full.meta["embedding_dtype"] == "float32"  # bf16 rounds a text differently in batches of other lengths
+    np.testing.assert_allclose(upd.vectors(), full.vectors(), atol=1e-4 if exact else 2e-3)
     emb.n = 0  # nothing changed: nothing embedded
     _, s3 = V.build_index(kb, None, embeddings=emb, previous=tmp_path/"v2", **KW)
     assert emb.n == 0 and s3["kept"] == s2["chunks"] and s3["removed"] == 0

@@ -35,7 +35,7 @@ def _run(root: Path, rid: str, seed: int, index: Path) -> dict:
     lm, _ = load_causal_lm("tiny-random", device="cpu")
     cfg = peft.LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft.get_peft_model(lm, cfg).save_pretrained(d/"finetune"/"adapter")
-    rec = {"id": rid, "name": "test", "status": "done", "run_dir": str(d), "params_file": "p.yaml", "created": rid, "raw": {"model": "tiny-random"},
+    rec = {"id": rid, "name": "test", "status": "done", "run_dir": str(d), "params_file": "p.yaml", "created": rid, "raw": {"model": "tiny-random", "dtype": "float32"},  # fp32: batched greedy answers equal lone ones exactly
            "config": {"stages": ["finetune", "rag_index", "rag_eval"], "params": {
                "prepare": {"system_prompt": "Answer briefly."}, "rag_eval": {"model": "tiny-random", "k": 2, "retrieval": "hybrid"}}},
            "stages": {"finetune": {"status": "done", "out_dir": str(d/"finetune")}, "rag_index": {"status": "done", "out_dir": str(index.parent)}}}

@@ -18,17 +18,17 @@ class Perplexity(evaluate.Metric):
             description="Per-text perplexity under a causal language model (lower is better).",
             citation="",
             inputs_description="predictions: list of str (the texts); model_id (alias, hub id or folder) or "
-                               "model + tokenizer; batch_size=16, add_start_token=True, device=None, max_length=None, "
+                               "model + tokenizer; batch_size=16, add_start_token=True, device=None, dtype=None, max_length=None, "
                                "contexts=None (list of str prepended to each text and not scored)",
             features=datasets.Features({"predictions": datasets.Value("string")}))
 
     def _compute(self, predictions, model_id=None, batch_size=16, add_start_token=True, device=None, max_length=None,
-                 model=None, tokenizer=None, contexts=None):
+                 model=None, tokenizer=None, contexts=None, dtype=None):
         import torch
         if model is None:
             if model_id is None: raise ValueError("perplexity needs `model_id` (or `model` and `tokenizer`)")
             from llmops_nb.models import load_causal_lm
-            model, tokenizer = load_causal_lm(model_id, device=device or "auto")
+            model, tokenizer = load_causal_lm(model_id, device=device or "auto", dtype=dtype or "auto")
         dev = next(model.parameters()).device
         if add_start_token and tokenizer.bos_token_id is None:
             raise ValueError("add_start_token=True needs a tokenizer with a bos token")

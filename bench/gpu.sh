@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 18 in one go, for a machine with a CUDA GPU (H100/H200): GPU time is minutes, so everything is
+# prepared here and runs unattended, most important first, each step under its own time limit.
+# UNVERIFIED: written and dry-run on a CPU-only machine (bash -n; the tests skip there); nobody has run it on a GPU yet.
+#
+#   bench/gpu.sh                 # needs .venv with a CUDA torch: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+#   REPEAT=2 bench/gpu.sh        # fewer rounds when the GPU time left is short (REPEAT=3: roughly 10-12 minutes, an estimate)
+#   PY=/path/python bench/gpu.sh # another environment
+#
+# Optional packages for the tests (skipped when absent): bitsandbytes (QLoRA), liger-kernel (Liger); vllm for the
+# serve benchmark (bench/serve.py, vLLM behind our server; skipped without vllm).
+# Results: bench/out/gpu/*.json and *.txt, and a summary at the end. Targets: fine-tuning at 135m, seq 2048, >= 150k useful
+# tokens/s and >= 3x the tutorial; at 1b >= 50k useful tokens/s.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+REPEAT=${REPEAT:-3}
+OUT=${OUT_DIR:-bench/out/gpu}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME SECONDS COMMAND...: run one check under a time limit, keep its output, go on when it fails
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt" | grep -vE "Warning|warnings.warn|it/s\]" | tail -25
+  local rc=${PIPESTATUS[0]}
+  echo "--- $name: exit $rc after $((SECONDS - t0))s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+$PY - <<'EOF' || { echo "no CUDA device or no CUDA build of torch in $PY: nothing to do"; exit 2; }
+import torch, sys
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}, bf16 {torch.cuda.is_bf16_supported()}")
+for m in ("bitsandbytes", "liger_kernel", "vllm"):
+    try: __import__(m); print(f"  {m}: yes")
+    except Exception: print(f"  {m}: no (its checks are skipped)")
+EOF
+nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=csv 2>/dev/null || true
+
+# 1. the CUDA-only tests: varlen attention, bf16 mixed precision, QLoRA, Liger, torch.compile; and the packing notebook's varlen check
+step tests 240 "$PY" -m pytest -q -rs tests/test_gpu.py
+step packing_notebook 120 "$(dirname "$PY")/nbdev_test" --path nbs/07_packing.ipynb
+
+# 2. fine-tuning throughput, ours vs the tutorial (HF Trainer + PEFT, bf16, padded batches of 8), random-init Llama shapes
+step finetune_135m 300 "$PY" bench/finetune.py --device cuda --shape 135m --seq-len 2048 --repeat "$REPEAT" --out "$OUT/finetune_135m.json"
+step finetune_1b 360 "$PY" bench/finetune.py --device cuda --shape 1b --seq-len 2048 --repeat "$REPEAT" --out "$OUT/finetune_1b.json"
+step finetune_135m_compile 180 "$PY" bench/finetune.py --device cuda --shape 135m --seq-len 2048 --compile --repeat 1 --out "$OUT/finetune_135m_compile.json"
+
+# 3. generation: batched in bf16 vs fp32 on the packaged model
+step generate 150 "$PY" bench/generate.py --device cuda --n 64 --batch-size 16 --no-single --repeat "$REPEAT" --out "$OUT/generate.json"
+
+# 4. serving with vLLM, when the serve issue's benchmark is there
+if [ -f bench/serve.py ] && $PY -c "import vllm" 2>/dev/null; then
+  step serve_vllm 300 "$PY" bench/serve.py --device cuda --engines tutorial,hf,vllm --clients 1,16,64 --n 40 --max-tokens 128 --out "$OUT/serve_vllm.json"
+else echo "=== serve_vllm: skipped (no bench/serve.py or no vllm)"; fi
+
+# summary against the targets
+$PY - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def show(name, target=None):
+    p = out/f"{name}.json"
+    if not p.exists(): print(f"{name}: no result"); return
+    r = json.loads(p.read_text())
+    tps = r["ours"]["tokens_per_second"]
+    ok = "" if target is None else (" (target met)" if tps >= target and r["ratio"] >= (3 if "135m" in name else 0) else " (TARGET NOT MET)")
+    print(f"{name}: ours {tps:,.0f} useful tokens/s, tutorial {r['tutorial']['tokens_per_second']:,.0f}, {r['ratio']}x{ok}")
+show("finetune_135m", 150_000); show("finetune_1b", 50_000); show("finetune_135m_compile")
+g = out/"generate.json"
+if g.exists():
+    r = json.loads(g.read_text()); print(f"generate: {r['answers_per_s']}; bf16 / fp32 {r.get('speedup_vs_fp32', 0):.2f}x")
+EOF
+exit $status
