@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['KINDS', 'setting', 'Seeded', 'CausalLM', 'Lora', 'Training', 'Generation', 'Endpoints', 'PrepareConfig',
-           'FinetuneConfig', 'PreferenceConfig', 'EvaluateConfig', 'RagIndexConfig', 'RagEvalConfig', 'ReportConfig']
+           'FinetuneConfig', 'PreferenceConfig', 'OpenAIFinetuneConfig', 'EvaluateConfig', 'RagIndexConfig',
+           'RagEvalConfig', 'ReportConfig']
 
 # %% ../nbs/01_settings.ipynb #5588b01c
 import copy
@@ -124,6 +125,23 @@ class PreferenceConfig(Training, Lora, CausalLM, Seeded):
     lr_scheduler_type: str = setting("linear")
     max_length: int = setting(256)
     logging_steps: int = setting(1)
+
+# %% ../nbs/01_settings.ipynb #c2a59dc8
+@dataclass
+class OpenAIFinetuneConfig(Seeded):
+    "The `openai_finetune` stage: the prepared splits (and feedback pairs) in OpenAI's format, checked, priced, and submitted with a key."
+    base_model: str = setting("gpt-4.1-mini-2025-04-14", "the OpenAI model to fine-tune")
+    suffix: str = setting("kestrel", "suffix of the fine-tuned model's name")
+    n_epochs: int = setting(0, "epochs (0: OpenAI's default rule, about 3 clamped so that examples x epochs stays within 100..25,000)")
+    batch_size: int = setting(0, "examples per batch (0: OpenAI's auto)")
+    learning_rate_multiplier: float = setting(0.0, "learning-rate multiplier (0: OpenAI's auto)")
+    pairs: str = setting("", "preference pairs JSONL (prompt, chosen, rejected; from llmops feedback export): also exported as DPO lines; with dpo: true the job uses them", "path")
+    dpo: bool = setting(False, "submit a DPO job on pairs instead of a supervised one")
+    beta: float = setting(0.0, "DPO beta (0: OpenAI's auto)")
+    max_tokens_per_example: int = setting(65536, "the model's limit per training example: longer ones are named and truncated by OpenAI")
+    price_per_1m_training_tokens: float = setting(5.0, "USD per million billed training tokens, for the cost estimate (check OpenAI's pricing page)")
+    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key; unset: the stage exports, validates and estimates, and submits nothing")
+    wait_minutes: float = setting(0.0, "how long to poll the job for its fine-tuned model (0: submit and record the job id)")
 
 # %% ../nbs/01_settings.ipynb #c834befb
 @dataclass
