@@ -126,7 +126,7 @@ class PreferenceConfig(Training, Lora, CausalLM, Seeded):
     max_length: int = setting(256)
     logging_steps: int = setting(1)
 
-# %% ../nbs/01_settings.ipynb #c2a59dc8
+# %% ../nbs/01_settings.ipynb #26d79f0e
 @dataclass
 class OpenAIFinetuneConfig(Seeded):
     "The `openai_finetune` stage: the prepared splits (and feedback pairs) in OpenAI's format, checked, priced, and submitted with a key."

@@ -111,3 +111,21 @@ def test_no_key_for_openai_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"^openai:gpt-4\.1-mini: no API key; set \$OPENAI_API_KEY in the environment"):
         EP.chat(EP.endpoint("openai:gpt-4.1-mini"), [[{"role": "user", "content": "Hi"}]], cache=str(tmp_path))
+
+
+def test_rag_eval_with_the_server_as_endpoint_equals_the_adapter_in_process(served, tmp_path):
+    "rag_eval answered by the served adapter (endpoint) and by the same adapter in the kernel: the same answers and scores."
+    import papermill as pm
+    from llmops_nb.pipeline import ensure_kernel
+    common = dict(max_questions=2, max_new_tokens=8, k=2, request_cache=str(tmp_path/"cache"))
+    runs = {"endpoint": dict(endpoint={"base_url": served["url"], "model": "test-aaaa"}),
+            "local": dict(finetune_dir=str(Path(served["rec"]["run_dir"])/"finetune"))}
+    m = {}
+    for name, extra in runs.items():
+        pm.execute_notebook(str(ST.notebook("rag_eval")), str(tmp_path/f"{name}.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
+                            parameters=dict(out_dir=str(tmp_path/name), **common, **extra))
+        m[name] = read_metrics(tmp_path/name)
+    ans = {n: [r["answer"] for _, r in read_jsonl(ST.output("rag_eval", tmp_path/n, "answers"))] for n in runs}
+    assert ans["endpoint"] == ans["local"] and any(ans["local"])
+    assert m["endpoint"]["model"] == f"test-aaaa at {served['url']}" and m["endpoint"]["usage"]["sent"] == 2 and "usage" not in m["local"]
+    assert all(m["endpoint"][k] == m["local"][k] for k in ("rougeL", "token_f1", "groundedness", "hit_at_k"))
