@@ -140,7 +140,8 @@ class OpenAIFinetuneConfig(Seeded):
     beta: float = setting(0.0, "DPO beta (0: OpenAI's auto)")
     max_tokens_per_example: int = setting(65536, "the model's limit per training example: longer ones are named and truncated by OpenAI")
     price_per_1m_training_tokens: float = setting(5.0, "USD per million billed training tokens, for the cost estimate (check OpenAI's pricing page)")
-    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key; unset: the stage exports, validates and estimates, and submits nothing")
+    submit: bool = setting(False, "upload the files and create the job (costs money; needs the key); false: export, check and estimate only")
+    api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key; unset: the stage exports, checks and estimates, and submits nothing")
     wait_minutes: float = setting(0.0, "how long to poll the job for its fine-tuned model (0: submit and record the job id)")
 
 # %% ../nbs/01_settings.ipynb #c834befb

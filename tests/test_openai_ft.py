@@ -39,7 +39,7 @@ def test_stage_offline_exports_valid_files_prices_them_and_submits_nothing(tmp_p
     pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad answer {i}."}) + "\n" for i in range(3)))
     out = tmp_path/"oft"
     pm.execute_notebook(str(ST.notebook("openai_finetune")), str(tmp_path/"oft.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
-                        parameters=dict(out_dir=str(out), pairs=str(pairs), price_per_1m_training_tokens=25.0))
+                        parameters=dict(out_dir=str(out), pairs=str(pairs), price_per_1m_training_tokens=25.0, submit=True))
     m = read_metrics(out)
     assert (m["submitted"], m["reason"].split(":")[0]) == (False, "no API key")
     train = [r for _, r in read_jsonl(ST.output("openai_finetune", out, "train"))]
