@@ -53,7 +53,10 @@ DATA_EXT = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md", ".yaml", ".yml
 _HUB_OK = set()  # hub ids already found (a run names its model in several sections)
 
 def check_model(name, where: str, aliases=None):
-    "Raise unless `name` is a known alias (of `aliases`, default the causal LMs), an existing folder or a hub id that is cached or on the hub."
+    "Raise unless `name` is a known alias (of `aliases`, default the causal LMs), an existing folder, a hub id that is cached or on the hub, or an endpoint model (`openai:NAME`)."
+    if aliases is None and isinstance(name, str) and name.startswith("openai:"):
+        if name == "openai:": raise ConfigError(f"{where}: 'openai:' names no model; expected openai:NAME, e.g. openai:gpt-4.1-mini")
+        return  # an endpoint model: the stages that accept one check it (llmops_nb.endpoints)
     from llmops_nb.models import ALIASES  # only to list names; importing models is cheap
     aliases = ALIASES if aliases is None else aliases
     if name in aliases or resolve_path(name).exists(): return

@@ -21,8 +21,8 @@ from .stores import open_index
 from .vectorstore import embed_texts
 
 # %% auto #0
-__all__ = ['SYSTEM', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain', 'sentences',
-           'groundedness', 'score_answers', 'summarize']
+__all__ = ['SYSTEM', 'format_passages', 'render_prompt', 'LocalLLM', 'hf_llm', 'AnswerStep', 'qa_chain', 'endpoint_answers',
+           'sentences', 'quantities', 'groundedness', 'score_answers', 'summarize']
 
 # %% ../nbs/16_rag.ipynb #41bdb8c7
 SYSTEM = ("Answer the question using only the numbered passages below. Cite the passages you use like [1]. "
@@ -112,17 +112,40 @@ def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangCh
             | AnswerStep(llm, llm.tok)
             | RunnableLambda(_package))
 
+# %% ../nbs/16_rag.ipynb #b0b5f940
+def endpoint_answers(store, # a LangChain VectorStore (an open index)
+                     questions: list, # question strings
+                     ep, # an endpoints.Endpoint
+                     k: int = 4, # passages retrieved
+                     mode: str = "dense", # retrieval mode
+                     **ask, # endpoints.chat settings (max_tokens, temperature, cache, concurrency, max_retries)
+                    ) -> tuple: # (results shaped like qa_chain's, the endpoint's request records)
+    "Answers of endpoint model `ep` from the passages `store` retrieves, in `qa_chain`'s shape."
+    from llmops_nb.endpoints import chat
+    docs = make_retriever(store, mode, k).batch(list(questions))
+    convs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Passages:\n{format_passages(d)}\n\nQuestion: {q}"}]
+             for q, d in zip(questions, docs)]
+    recs = chat(ep, convs, **ask)
+    return [_package({"answer": r["answer"], "documents": d}) for r, d in zip(recs, docs)], recs
+
 # %% ../nbs/16_rag.ipynb #7f1619e2
 def sentences(text: str) -> list:
     "The sentences (and lines) of `text` longer than two characters."
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) > 2]
 
+def quantities(text: str) -> set:
+    "The numbers of `text` ('6,000' is 6000): the claims a similar but wrong sentence most often changes."
+    return set(re.findall(r"\d+(?:\.\d+)?", text.replace(",", "")))
+
 def groundedness(answer: str, passages: list, emb: Embeddings, threshold: float = 0.5) -> float:
-    "Share of answer sentences with max cosine similarity >= `threshold` to one of `passages` (0 for no sentences)."
+    "Supported distinct sentences / all sentences: a sentence is supported by a passage with cosine >= `threshold` that has all its quantities."
     sents = sentences(answer)
     if not sents or not passages: return 0.0
-    s = embed_texts(emb, sents, progress=False); p = embed_texts(emb, list(passages), progress=False)
-    return float(((s @ p.T).max(axis=1) >= threshold).mean())
+    distinct = list(dict.fromkeys(" ".join(s.lower().split()) for s in sents))  # a repeat supports nothing new
+    sim = embed_texts(emb, distinct, progress=False) @ embed_texts(emb, list(passages), progress=False).T
+    have = [quantities(p) for p in passages]
+    ok = sum(any(sim[i, j] >= threshold and quantities(s) <= have[j] for j in range(len(passages))) for i, s in enumerate(distinct))
+    return float(ok / len(sents))
 
 # %% ../nbs/16_rag.ipynb #f3aa4bba
 from .evaluation import ANSWER_METRICS  # declared with the other metric names

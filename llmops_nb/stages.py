@@ -44,6 +44,8 @@ STAGES = {s.name: s for s in [
     Stage("dpo", S.PreferenceConfig, "preference training (DPO) on feedback pairs",
           (Input("finetune", ("adapter",), False, "finetune stage folder; DPO continues from its adapter (empty: a new LoRA adapter)"),),
           {"adapter": "adapter"}),
+    Stage("openai_finetune", S.OpenAIFinetuneConfig, "OpenAI's hosted fine-tuning: export, the guide's checks, cost, submission with a key", (_PREP,),
+          {"train": "train.jsonl", "validation": "validation.jsonl", "dpo": "dpo.jsonl", "job": "job.json"}),
     Stage("evaluate", S.EvaluateConfig, "base vs tuned on the test split: metrics, intervals, gates",
           (_PREP, Input("finetune", ("adapter",), False, "finetune stage folder with the adapter (empty: the base model only)"),
            Input("dpo", ("adapter",), False, "dpo stage folder; its adapter is scored too and compared with the SFT adapter")),

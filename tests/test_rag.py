@@ -176,3 +176,18 @@ def test_all_formats(kb, tmp_path):
     assert {d.metadata["heading"] for d in by["guide/charger.md"]} >= {"Charger", "Charger > Modes"}
     assert all(d.metadata["position"] == i for ds in by.values() for i, d in enumerate(ds))
     assert store.similarity_search("how fast does the gateway switch to backup?", k=1)[0].metadata["source"] == "manual.pdf"
+
+
+def test_groundedness_is_not_fooled_by_repetition():
+    "Issue 15: one wrong sentence repeated four times used to score high (each copy close to the warranty passage in embedding space)."
+    emb = V.get_embeddings()
+    ps = ["## Warranty terms\n\n| Product | Term |\n|---|---|\n| KB-5 battery module | 10 years or 6,000 full cycles, whichever comes first |",
+          "Battery state of health (SoH) is shown under Battery > Health. Below 70% of nominal capacity within the warranty period, Kestrel repairs it."]
+    wrong = "The KB-5 battery module warranty is 2 years. " * 4
+    old = lambda a: float(((V.embed_texts(emb, rag.sentences(a), progress=False) @ V.embed_texts(emb, ps, progress=False).T).max(1) >= 0.5).mean())
+    assert old(wrong) == 1.0  # the embedding-only score: every copy counted, each similar enough
+    assert rag.groundedness(wrong, ps, emb) == 0.0  # the number is in no passage
+    right = "The KB-5 battery module warranty is 10 years or 6,000 full cycles."
+    assert rag.groundedness(right, ps, emb) == 1.0
+    assert rag.groundedness((right + " ") * 4, ps, emb) == 0.25  # a repeat supports nothing new
+    assert rag.groundedness(right + " Paris is the capital of France.", ps, emb) == 0.5
