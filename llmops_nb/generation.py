@@ -54,7 +54,7 @@ def prepacked(model, rows: int, budget_bytes: int | None = None):
     for m in sorted(mods, key=lambda m: -m.weight.numel()):
         try: got = _packed(m, rows)
         except RuntimeError: break  # this build cannot pack: plain products
-        if got is None: continue
+        if got is None or "forward" in vars(m): continue  # packed already (an engine holds the model): the outer packing stays
         used += got[1]
         if used > budget_bytes: break
         m.forward = got[0]
