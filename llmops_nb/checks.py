@@ -134,6 +134,7 @@ def contents(params: dict, src: str) -> list:
     warns = []
     if "prepare" in params and params["prepare"].get("data"): check_data(params["prepare"]["data"], f"{src}: prepare.data")
     if "dpo" in params and params["dpo"].get("pairs"): read_jsonl(params["dpo"]["pairs"], "preference pairs file")
+    if "kto" in params and params["kto"].get("examples"): read_jsonl(params["kto"]["examples"], "KTO examples file")
     if "rag_index" in params: check_docs(params["rag_index"]["docs"], f"{src}: rag_index.docs")
     if "rag_eval" in params:
         q = params["rag_eval"]["questions"]
