@@ -10,8 +10,9 @@ from .core import ConfigError, project_root, resolve_path, sha256_path, write_js
 from .feedback import DECISIONS, db_path, load, review
 
 # %% auto #0
-__all__ = ['STATES', 'PROMPT', 'EXPORTS', 'SNAPSHOT', 'queue', 'counts', 'plain', 'describe', 'review_session', 'provenance',
-           'eval_questions', 'sft_examples', 'preference_pairs', 'kto_examples', 'snapshot_rows', 'export']
+__all__ = ['STATES', 'PROMPT', 'MAX_TEXT', 'EXPORTS', 'SNAPSHOT', 'queue', 'counts', 'plain', 'describe', 'review_session',
+           'review_rows', 'parse_decision', 'provenance', 'eval_questions', 'sft_examples', 'preference_pairs',
+           'kto_examples', 'snapshot_rows', 'export']
 
 # %% ../nbs/45_review.ipynb #eb6ae49d
 STATES = ("pending", "approved", "rejected")
@@ -79,6 +80,35 @@ def review_session(reviewer: str, # who decides (recorded with every decision)
         review(int(r["id"]), "reject" if c == "r" else "approve", reviewer, answer=answer, note=note, db=db)
         done["rejected" if c == "r" else "approved"] += 1
     return done | {"left": 0}
+
+# %% ../nbs/45_review.ipynb #d4d6815b
+def _plain_json(v):
+    if v is None or isinstance(v, (str, int, bool, list, dict)): return v
+    if isinstance(v, float): return None if v != v else v
+    if hasattr(v, "isoformat"): return v.isoformat()
+    try: return int(v)  # numpy / pandas integers
+    except (TypeError, ValueError): return None  # pandas NA
+
+def review_rows(status: str = "pending", db=None, limit: int = 200) -> dict:
+    "The rows in review state `status` (oldest first, at most `limit`) as JSON-ready dicts, with the counts per state."
+    rows = queue(status, db).head(limit).to_dict("records")
+    return {"object": "list", "status": status, "counts": counts(db), "data": [{k: _plain_json(v) for k, v in r.items()} for r in rows]}
+
+MAX_TEXT = 20_000  # characters in an edited answer or a note
+
+def parse_decision(body) -> dict:
+    "A review decision sent by the page: `id`, `decision` (approve, reject, pending), `reviewer`, optional `answer` and `note`."
+    if not isinstance(body, dict): raise ConfigError("a review is a JSON object with id, decision and reviewer")
+    if not isinstance(body.get("id"), int) or isinstance(body.get("id"), bool): raise ConfigError("'id' must be the feedback row's integer id")
+    if body.get("decision") not in DECISIONS: raise ConfigError("'decision' must be approve, reject or pending")
+    who = body.get("reviewer")
+    if not isinstance(who, str) or not who.strip() or len(who) > 200: raise ConfigError("'reviewer' must be a name of 1 to 200 characters")
+    out = {"row_id": body["id"], "decision": body["decision"], "reviewer": who.strip()}
+    for k in ("answer", "note"):
+        v = body.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_TEXT): raise ConfigError(f"'{k}' must be text of at most {MAX_TEXT} characters")
+        out[k] = v
+    return out
 
 # %% ../nbs/45_review.ipynb #ba5b7830
 def _txt(v) -> str: return v.strip() if isinstance(v, str) else ""
