@@ -76,3 +76,44 @@ def test_guards_refuse_too_little_or_one_sided_feedback(tmp_path):
     with pytest.raises(ConfigError, match="kto: 3 examples, fewer than min_examples=5"):
         PR.train_kto(KtoConfig(min_examples=5), PR.sample_kto(3), tmp_path)
     assert not (tmp_path/"adapter").exists()
+
+
+from test_serve import FLAGS, browser, runs, server  # noqa: E402,F401  (the real server and chromium fixtures)
+
+XSS = '<img src=x onerror="document.title=\'pwned\'">'
+
+
+def test_review_tab_in_browser(browser, server, tmp_path):
+    "The chat page's review tab: pending rows listed (an XSS payload shown as text), one approved with an edit, one rejected, by name."
+    from playwright.sync_api import sync_playwright
+    db = server["db"]
+    a = F.record("warranty?", "12 months " + XSS, ["warranty.md"], run_id="r1", model_id="tiny-random", rating=1, db=db)
+    b = F.record("island? " + XSS, "two years", ["island.md"], run_id="r1", model_id="tiny-random", rating=-1, correction=XSS + " 20 ms", db=db)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path/"profile"), executable_path=browser, headless=True, args=FLAGS)
+        try:
+            page = ctx.new_page()
+            dialogs = []; page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{server['url']}/")
+            page.locator("#tab").click()
+            page.locator(f'.card[data-id="{a}"]').wait_for(timeout=60_000)
+            cards = {i: page.locator(f'.card[data-id="{i}"]') for i in (a, b)}
+            assert XSS in cards[a].inner_text() and XSS in cards[b].inner_text()  # shown as text
+            assert page.locator("#rlist img").count() == 0 and page.title() != "pwned"
+            cards[b].locator("button.approve").click()
+            cards[b].get_by_text("Type your name as reviewer first.").wait_for(timeout=10_000)  # nothing recorded without a name
+            page.locator("#reviewer").fill("ana")
+            cards[b].locator("textarea.edit").fill("Under 20 ms.")
+            cards[b].locator("button.approve").click()
+            cards[b].get_by_text("Recorded: approved by ana.").wait_for(timeout=30_000)
+            cards[a].locator("input.why").fill("the KB says 10 years")
+            cards[a].locator("button.reject").click()
+            cards[a].get_by_text("Recorded: rejected by ana.").wait_for(timeout=30_000)
+            page.locator("#rstatus").select_option("rejected")
+            page.locator(f'.card[data-id="{a}"]').get_by_text("rejected by ana at").wait_for(timeout=30_000)
+            assert page.title() != "pwned" and not dialogs
+        finally: ctx.close()
+    df = F.load(db).set_index("id")
+    assert tuple(df.loc[b, ["review", "reviewer", "review_answer"]]) == ("approved", "ana", "Under 20 ms.")
+    assert tuple(df.loc[a, ["review", "reviewer", "review_note"]]) == ("rejected", "ana", "the KB says 10 years")
+    assert df.loc[a, "reviewed_at"] and df.loc[b, "reviewed_at"]
