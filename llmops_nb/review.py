@@ -268,4 +268,5 @@ def _log(out: Path, df, manifest: dict, run_root):
     for fname, (name, _) in EXPORTS.items():
         tracking.log_artifact(run, out/fname, name, "dataset", metadata={"derived_from": derived, "rows": manifest["counts"][fname.split(".")[0]],
                                                                          "left_out": manifest["left_out"], "refused": manifest["refused"].get(fname.split(".")[0], {})})
-    tracking.finish(run, {**manifest["counts"], "left_out": manifest["left_out"], "refused": manifest["refused"]}, out)
+    lineage = {"snapshot": snap.digest, "inputs": [f"{a['name']}:{a['digest']}" for a in run.config.get("inputs", [])]}
+    tracking.finish(run, {**manifest["counts"], "left_out": manifest["left_out"], "refused": manifest["refused"], "lineage": lineage}, out)

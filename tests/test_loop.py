@@ -22,3 +22,5 @@ def test_loop_scenario_on_smoke_params(tmp_path):
     assert set(ho["delta"]) == {"rougeL", "token_f1", "semantic_similarity"}
     assert all(lo <= ho["delta"][k] <= hi for k, (lo, hi) in ho["delta_ci"].items())
     assert res["evaluate_kto_vs_sft"]["against"] == "sft" and len(res["verdict"]) >= 3
+    lineage = json.loads((tmp_path/"loop"/"export"/"metrics.json").read_text())["lineage"]  # the export's W&B run: derived from the SFT run
+    assert {i.split(":")[0] for i in lineage["inputs"]} >= {"adapter", "rag-index"} and lineage["snapshot"]
