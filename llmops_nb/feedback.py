@@ -172,8 +172,8 @@ def review(row_id: int, # the feedback row
     if decision not in DECISIONS: raise ConfigError(f"review decision {decision!r}: expected approve, reject or pending")
     if not (isinstance(reviewer, str) and reviewer.strip()): raise ConfigError("review: a reviewer's name is required (who decided)")
     state, at = DECISIONS[decision], _now()
-    answer = answer.strip() or None if isinstance(answer, str) else None
-    note = note.strip() or None if isinstance(note, str) else None
+    answer = (answer.strip() or None) if isinstance(answer, str) else None
+    note = (note.strip() or None) if isinstance(note, str) else None
     with connect(db) as con:
         con.execute("BEGIN IMMEDIATE")
         try:

@@ -40,7 +40,8 @@ def plain(x) -> str:
 
 def describe(r) -> str:
     "One feedback row (a dict or DataFrame row) as the terminal shows it."
-    rating = {1: "thumbs up", -1: "thumbs down"}.get(None if r["rating"] != r["rating"] or r["rating"] is None else int(r["rating"]), "none")
+    try: rating = {1: "thumbs up", -1: "thumbs down"}[int(r["rating"])]
+    except (TypeError, ValueError, KeyError): rating = "none"  # pandas NA: a correction without a thumb
     srcs = ", ".join(plain(s.get("source")) for s in r["sources"]) or "none"
     lines = [f"#{r['id']}  {plain(r['timestamp'])}  run {plain(r['run_id']) or '-'}  adapter {plain(r['adapter_id']) or '-'}",
              f"question:   {plain(r['question'])}", f"answer:     {plain(r['answer'])}", f"sources:    {srcs}",
@@ -59,7 +60,9 @@ def review_session(reviewer: str, # who decides (recorded with every decision)
                   ) -> dict: # decisions made: approved, rejected, skipped
     "Go through the rows in `status` one by one, recording each decision with `reviewer` and the time."
     inp, out = stdin or sys.stdin, stdout or sys.stdout
-    ask = lambda q: (out.write(q), out.flush(), inp.readline())[-1]
+    def ask(q):
+        out.write(q); out.flush()
+        return inp.readline()
     done = {"approved": 0, "rejected": 0, "skipped": 0}
     rows = queue(status, db)
     out.write(f"{len(rows)} {status} row(s) in {db_path(db)}; reviewer {reviewer}\n")
