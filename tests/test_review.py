@@ -117,3 +117,44 @@ def test_review_tab_in_browser(browser, server, tmp_path):
     assert tuple(df.loc[b, ["review", "reviewer", "review_answer"]]) == ("approved", "ana", "Under 20 ms.")
     assert tuple(df.loc[a, ["review", "reviewer", "review_note"]]) == ("rejected", "ana", "the KB says 10 years")
     assert df.loc[a, "reviewed_at"] and df.loc[b, "reviewed_at"]
+
+
+def test_review_endpoints_refuse_bad_decisions(server):
+    "POST /v1/feedback/review: a bad body is a 400 with one line, an unknown row a 404; GET lists one state with the counts."
+    import json, urllib.error, urllib.request
+    def post(body):
+        req = urllib.request.Request(f"{server['url']}/v1/feedback/review", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r: return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e: return e.code, json.loads(e.read())
+    i = F.record("q?", "a", model_id="tiny-random", rating=1, db=server["db"])
+    code, body = post({"id": i, "decision": "approve"})
+    assert code == 400 and "'reviewer' must be a name" in body["error"]["message"]
+    code, body = post({"id": 10**9, "decision": "reject", "reviewer": "ana"})
+    assert code == 404 and "does not exist" in body["error"]["message"]
+    assert post({"id": i, "decision": "approve", "reviewer": "ana"})[0] == 200
+    got = json.loads(urllib.request.urlopen(f"{server['url']}/v1/feedback/review?status=approved", timeout=60).read())
+    assert i in [r["id"] for r in got["data"]] and got["counts"]["approved"] >= 1
+    with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(f"{server['url']}/v1/feedback/review?status=maybe", timeout=60)
+    assert e.value.code == 400
+
+
+def test_review_endpoints_need_the_key(runs):
+    "With an API key, the review list and decisions are refused without it (401), like every /v1 endpoint."
+    import urllib.error, urllib.request
+    from llmops_nb import deploy, engine as EN, serving, servelog as SL
+    from llmops_nb.serving import Caps
+    from llmops_nb.server import Running, create_app
+    root, r1, _ = runs
+    dep = deploy.load(r1["id"], root/"runs", device="cpu", max_batch=1)
+    backend, reqlog = serving.HFBackend(EN.Engine(max_batch=1)), SL.RequestLog(root/"rkey.db")
+    srv = Running(create_app(dep, backend, reqlog, Caps(), key="k" * 24, db=root/"rkey.db"))
+    try:
+        for req in (urllib.request.Request(f"{srv.url}/v1/feedback/review"),
+                    urllib.request.Request(f"{srv.url}/v1/feedback/review", b'{"id": 1, "decision": "approve", "reviewer": "x"}',
+                                           {"Content-Type": "application/json"})):
+            with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(req, timeout=60)
+            assert e.value.code == 401
+        ok = urllib.request.Request(f"{srv.url}/v1/feedback/review", headers={"Authorization": "Bearer " + "k" * 24})
+        assert urllib.request.urlopen(ok, timeout=60).status == 200
+    finally: srv.stop(); backend.close(); reqlog.close()
