@@ -139,6 +139,7 @@ def contents(params: dict, src: str) -> list:
             try: held_out(min(n, pp.get("max_examples") or n), pp.get("val_size", 0.1), pp.get("test_size", 0.1))
             except ConfigError as e: raise ConfigError(f"{src}: prepare.data: {pp['data']}: {e}") from None
     if "dpo" in params and params["dpo"].get("pairs"): read_jsonl(params["dpo"]["pairs"], "preference pairs file")
+    if "kto" in params and params["kto"].get("examples"): read_jsonl(params["kto"]["examples"], "KTO examples file")
     if "rag_index" in params: check_docs(params["rag_index"]["docs"], f"{src}: rag_index.docs")
     if "rag_eval" in params:
         q = params["rag_eval"]["questions"]

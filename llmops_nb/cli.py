@@ -10,7 +10,7 @@ import argparse, sys
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'arg', 'command', 'parser', 'show_status', 'cmd_run',
            'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
            'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push', 'cmd_sync', 'cmd_chat',
-           'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
+           'cmd_feedback_review', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -229,13 +229,27 @@ def cmd_chat(a):
     print(f"chat on http://{a.host}:{a.port}  (model {bot.meta['model_id']}, adapter {bot.meta['adapter_id']}); feedback -> {db_path(a.db)}")
     serve(bot, a.host, a.port, db=a.db)
 
-@command("feedback export", "eval questions, SFT examples and preference pairs from the store (+ W&B artifacts)",
-         arg("--out", default=None, help="output folder (default feedback/export)"), arg("--db", default=None, help=DB))
+@command("feedback review", "approve, edit or reject rated answers in the terminal (who and when are recorded); only approved ones are exported",
+         arg("--reviewer", default=None, help="who decides (default: $LLMOPS_REVIEWER, else the login name)"),
+         arg("--status", default="pending", choices=["pending", "approved", "rejected"], help="which rows to go through"),
+         arg("--db", default=None, help=DB))
+def cmd_feedback_review(a):
+    import getpass, os
+    from llmops_nb.review import counts, review_session
+    got = review_session(a.reviewer or os.environ.get("LLMOPS_REVIEWER") or getpass.getuser(), db=a.db, status=a.status)
+    print(f"\n{got['approved']} approved, {got['rejected']} rejected, {got['skipped']} skipped, {got['left']} left; "
+          f"store: " + ", ".join(f"{n} {s}" for s, n in counts(a.db).items()))
+
+@command("feedback export", "approved feedback to eval questions, SFT examples, DPO pairs and KTO examples, with provenance (+ W&B artifacts)",
+         arg("--out", default=None, help="output folder (default feedback/export)"), arg("--db", default=None, help=DB),
+         arg("--no-wandb", action="store_true", help="write the files only"))
 def cmd_feedback_export(a):
-    from llmops_nb.feedback import export
-    r = export(a.out, db=a.db)
-    print(f"{r['feedback_rows']} feedback rows -> {r['out_dir']}: {r['eval_questions']} eval questions, "
-          f"{r['sft']} SFT examples, {r['pairs']} preference pairs")
+    from llmops_nb.review import export
+    r = export(a.out, db=a.db, log=not a.no_wandb, run_root=a.run_root)
+    print(f"{r['approved']} approved of {r['feedback_rows']} feedback rows -> {r['out_dir']}: {r['eval_questions']} eval questions, "
+          f"{r['sft']} SFT examples, {r['pairs']} preference pairs, {r['kto']} KTO examples" + (" (unchanged: nothing written)" if r["unchanged"] else ""))
+    print("left out: " + ", ".join(f"{n} {s}" for s, n in r["left_out"].items()) + " (review them: `llmops feedback review`)")
+    for out, why in r["refused"].items(): print(f"refused from {out}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in why.items()))
 
 @command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps; served requests per model (+ plots, W&B)",
          arg("--out", default=None, help="output folder (default feedback/monitor)"), arg("--db", default=None, help=DB),

@@ -176,6 +176,25 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
         except ConfigError as e: raise ApiError(404 if "no answer with id" in str(e) else 409, str(e), "response_id", "response_not_found")
         return {"object": "feedback", **fb}
 
+    @app.get("/v1/feedback/review")
+    async def review_list(request: Request, status: str = "pending"):
+        from llmops_nb.review import review_rows
+        auth(request)
+        try: return await asyncio.to_thread(review_rows, status, db)
+        except ConfigError as e: raise bad(str(e), "status") from None
+
+    @app.post("/v1/feedback/review")
+    async def review_decide(request: Request):
+        from llmops_nb.feedback import review
+        from llmops_nb.review import parse_decision
+        auth(request)
+        try: dec = parse_decision(await _json(request, 1 << 20))
+        except ConfigError as e: raise bad(str(e)) from None
+        try: await asyncio.to_thread(review, db=db, **dec)
+        except ConfigError as e: raise ApiError(404, str(e), "id", "feedback_not_found") from None
+        return {"object": "review", "id": dec["row_id"], "review": {"approve": "approved", "reject": "rejected"}.get(dec["decision"], dec["decision"]),
+                "reviewer": dec["reviewer"]}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         t0, rec = time.perf_counter(), {"timestamp": _now()}

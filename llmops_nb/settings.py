@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['KINDS', 'setting', 'Seeded', 'CausalLM', 'Precision', 'Lora', 'Training', 'Generation', 'Endpoints', 'PrepareConfig',
-           'FinetuneConfig', 'PreferenceConfig', 'OpenAIFinetuneConfig', 'EvaluateConfig', 'RagIndexConfig',
-           'RagEvalConfig', 'ReportConfig']
+           'FinetuneConfig', 'Preference', 'PreferenceConfig', 'KtoConfig', 'OpenAIFinetuneConfig', 'EvaluateConfig',
+           'RagIndexConfig', 'RagEvalConfig', 'ReportConfig']
 
 # %% ../nbs/01_settings.ipynb #5588b01c
 import copy
@@ -118,12 +118,11 @@ class FinetuneConfig(Training, Lora, Precision, CausalLM, Seeded):
 
 # %% ../nbs/01_settings.ipynb #cbd12bea
 @dataclass
-class PreferenceConfig(Training, Lora, Precision, CausalLM, Seeded):
-    "The `dpo` stage: TRL's DPO on preference pairs, from the SFT adapter or a new one."
-    pairs: str = setting("", "preference pairs JSONL: prompt, chosen, rejected (empty: stand-ins from the sample data)", "path")
+class Preference(Training, Lora, Precision, CausalLM, Seeded):
+    "Settings shared by the stages that learn from feedback (`dpo`, `kto`): TRL's names where TRL has them."
     system_prompt: str = setting("", "system message put before every prompt (use the one prepare used)")
-    max_pairs: int = setting(4, "use only the first N pairs (0: all)")
-    beta: float = setting(0.1, "DPO temperature: how far the policy may move from the reference")
+    beta: float = setting(0.1, "DPO/KTO temperature: how far the policy may move from the reference")
+    min_examples: int = setting(2, "refuse to train on fewer pairs (dpo) or examples (kto) than this")
     learning_rate: float = setting(5e-5)
     max_steps: int = setting(-1)
     per_device_train_batch_size: int = setting(2)
@@ -131,6 +130,20 @@ class PreferenceConfig(Training, Lora, Precision, CausalLM, Seeded):
     lr_scheduler_type: str = setting("linear")
     max_length: int = setting(256)
     logging_steps: int = setting(1)
+
+@dataclass
+class PreferenceConfig(Preference):
+    "The `dpo` stage: TRL's DPO on preference pairs, from the SFT adapter or a new one."
+    pairs: str = setting("", "preference pairs JSONL: prompt, chosen, rejected (empty: stand-ins from the sample data)", "path")
+    max_pairs: int = setting(4, "use only the first N pairs (0: all)")
+
+@dataclass
+class KtoConfig(Preference):
+    "The `kto` stage: TRL's KTO on unpaired thumbs (prompt, completion, desirable or not), from the SFT adapter or a new one."
+    examples: str = setting("", "KTO examples JSONL: prompt, completion, label (empty: stand-ins from the sample data)", "path")
+    max_examples: int = setting(8, "use only the first N examples (0: all)")
+    desirable_weight: float = setting(1.0, "weight of the thumbs-up examples' loss (raise it when they are the fewer)")
+    undesirable_weight: float = setting(1.0, "weight of the thumbs-down examples' loss")
 
 # %% ../nbs/01_settings.ipynb #26d79f0e
 @dataclass

@@ -128,9 +128,12 @@ def test_concurrent_sessions_lose_nothing(tmp_path):
     assert df["rating"].notna().all() and (df["correction"] == df["question"].str.replace("q ", "c ")).all()
 
 
-def _history(db):
-    "4 eval questions, 3 SFT examples, 5 preference pairs."
-    r = lambda q, a, rating=None, corr=None: F.record(q, a, [{"source": "battery.md", "cited": True}], rating=rating, correction=corr, db=db)
+def _history(db, approve=True):
+    "9 rated rows answered by a model, all approved: 4 eval questions, 3 SFT examples, 4 preference pairs (a blank answer refused)."
+    def r(q, a, rating=None, corr=None):
+        i = F.record(q, a, [{"source": "battery.md", "cited": True}], rating=rating, correction=corr, run_id="r1", model_id="tiny-random", db=db)
+        if approve: F.review(i, "approve", "ana", db=db)
+        return i
     r("warranty?", "two years", -1, "10 years or 6,000 cycles")  # eval (correction), sft, pair
     r("warranty?", "five years", -1)                             # pair with the correction
     r("usable energy?", "4.8 kWh [1]", 1)                        # eval (upvoted)
@@ -139,14 +142,18 @@ def _history(db):
     r("charger power?", "11 kW", 1)                              # same text as the correction: no extra pair
     r("island switch time?", "slow", -1)                         # downvote, nothing better: nothing
     r("modes?", "solar-only")                                    # unrated: nothing
-    r("app reset?", "\n\n", -1, "Hold the button for 10 s")    # a blank answer corrected: eval, sft, pair
+    r("app reset?", "\n\n", -1, "Hold the button for 10 s")    # a blank answer corrected: eval, sft; the pair is refused
 
 
 def test_export_counts_and_formats(tmp_path):
     db = tmp_path/"fb.db"; _history(db)
+    pend = F.record("pending?", "not reviewed", rating=1, model_id="tiny-random", db=db)
+    F.review(F.record("wrong?", "12 months", rating=1, model_id="tiny-random", db=db), "reject", "ana", note="KB says 10 years", db=db)
     res = llmops("feedback", "export", "--db", db, "--out", tmp_path/"export")
     assert res.returncode == 0, res.stderr
-    assert "4 eval questions, 3 SFT examples, 5 preference pairs" in res.stdout, res.stdout
+    assert "4 eval questions, 3 SFT examples, 4 preference pairs, 7 KTO examples" in res.stdout, res.stdout
+    assert "left out: 1 pending, 1 rejected" in res.stdout and "refused from pairs: 1 empty rejected\n" in res.stdout, res.stdout
+    assert "refused from kto: 1 empty answer" in res.stdout, res.stdout
     out = tmp_path/"export"
     qs = R.load_questions(out/"eval_questions.jsonl")
     assert {q["question"]: q["answer"] for q in qs} == {"warranty?": "10 years or 6,000 cycles", "usable energy?": "4.8 kWh [1]",
@@ -157,12 +164,19 @@ def test_export_counts_and_formats(tmp_path):
     pairs = PR.load_pairs(out/"pairs.jsonl")
     assert sorted((p["prompt"], p["chosen"], p["rejected"]) for p in pairs) == sorted([
         ("warranty?", "10 years or 6,000 cycles", "two years"), ("warranty?", "10 years or 6,000 cycles", "five years"),
-        ("usable energy?", "4.8 kWh [1]", "5.1 kWh"), ("charger power?", "11 kW", "22 kW"),
-        ("app reset?", "Hold the button for 10 s", "")])
+        ("usable energy?", "4.8 kWh [1]", "5.1 kWh"), ("charger power?", "11 kW", "22 kW")])
+    raw = [json.loads(l) for l in (out/"pairs.jsonl").read_text().splitlines()]
+    assert all(p["provenance"]["rejected"][0]["run_id"] == "r1" and p["provenance"]["chosen"][0]["review"] == "approved" for p in raw)
+    assert pend not in {i for p in raw for i in p["feedback_ids"]}
     arts = json.loads((out/"artifacts.json").read_text())
-    assert [a["name"] for a in arts] == ["feedback-eval-questions", "feedback-sft", "feedback-pairs"]
-    assert json.loads((out/"metrics.json").read_text())["feedback_rows"] == 9
+    assert [a["name"] for a in arts] == ["feedback-snapshot", "feedback-eval-questions", "feedback-sft", "feedback-pairs", "feedback-kto"]
+    assert json.loads((out/"metrics.json").read_text())["feedback_rows"] == 11
+    man = json.loads((out/"export.json").read_text())
+    assert man["runs"] == ["r1"] and man["left_out"] == {"pending": 1, "rejected": 1} and len(man["snapshot_sha256"]) == 64
     assert list(out.glob("wandb/offline-run-*"))
+    again = llmops("feedback", "export", "--db", db, "--out", out)
+    assert again.returncode == 0 and "(unchanged: nothing written)" in again.stdout, again.stdout
+    assert len(list(out.glob("wandb/offline-run-*"))) == 1 and json.loads((out/"export.json").read_text()) == man
 
 
 def test_monitor(tmp_path):
@@ -200,15 +214,16 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
     from llmops_nb.core import read_metrics
     from llmops_nb.stages import notebook
     from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.review import export
     db = tmp_path/"fb.db"; _history(db)
-    F.export(tmp_path/"export", db=db, log=False)
+    export(tmp_path/"export", db=db, log=False)
     out = tmp_path/"dpo"
     pm.execute_notebook(str(notebook("dpo")), str(tmp_path/"dpo.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
                         parameters=dict(pairs=str(tmp_path/"export"/"pairs.jsonl"), finetune_dir=str(sft_adapter), out_dir=str(out),
                                         learning_rate=1e-2, max_pairs=0))
     m = read_metrics(out)
-    assert (m["n_pairs"], m["steps"], m["started_from"]) == (5, 3, str(sft_adapter/"adapter"))
-    assert len(m["history"]) == 3 and all("rewards/margins" in h for h in m["history"])
+    assert (m["n_pairs"], m["steps"], m["started_from"]) == (4, 2, str(sft_adapter/"adapter"))
+    assert len(m["history"]) == 2 and all("rewards/margins" in h for h in m["history"])
     assert not (out/"adapter"/"ref").exists()
     new, old = load_file(out/"adapter"/"adapter_model.safetensors"), load_file(sft_adapter/"adapter"/"adapter_model.safetensors")
     assert new.keys() == old.keys() and any(not (new[k] == old[k]).all() for k in new)

@@ -56,17 +56,22 @@ def test_smoke_pipeline(tmp_path):
     assert f"llmops sync {rec['id']}" in r.stdout
 
 
-def test_dpo_adapter_compared_with_sft(params, tmp_path):
-    "With a dpo stage in the run, evaluate scores its adapter too and compares it with the SFT adapter."
-    f = params({"model": "tiny-random", "stages": ["prepare", "finetune", "dpo", "evaluate"],
+def test_dpo_and_kto_adapters_compared_with_sft(params, tmp_path):
+    "With dpo and kto stages in the run (KTO on the tiny model from the SFT adapter), evaluate scores both adapters against the SFT one."
+    f = params({"model": "tiny-random", "stages": ["prepare", "finetune", "dpo", "kto", "evaluate"],
                 "prepare": {"max_examples": 40}, "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2},
-                "dpo": {"max_pairs": 2}, "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}})
+                "dpo": {"max_pairs": 2}, "kto": {"max_examples": 4},
+                "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}})
     rec = P.run(f, progress=False)
+    kto = rec["stages"]["kto"]["metrics"]
+    assert (kto["n_examples"], kto["n_desirable"], kto["steps"]) == (4, 2, 2) and kto["started_from"].endswith("adapter")
+    assert all("kl" in h for h in kto["history"])
     m = rec["stages"]["evaluate"]["metrics"]
-    assert m["dpo_adapter"].startswith(rec["stages"]["dpo"]["out_dir"])
-    assert m["dpo_vs_sft"]["against"] == "sft" and set(m["dpo_vs_sft"]["delta"]) == set(m["delta"])
+    for pref in ("dpo", "kto"):
+        assert m[f"{pref}_adapter"].startswith(rec["stages"][pref]["out_dir"])
+        assert m[f"{pref}_vs_sft"]["against"] == "sft" and set(m[f"{pref}_vs_sft"]["delta"]) == set(m["delta"])
     preds = [json.loads(l) for l in (Path(rec["stages"]["evaluate"]["out_dir"])/"predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 3 and all("dpo" in p and "tuned" in p for p in preds)
+    assert len(preds) == 3 and all("dpo" in p and "kto" in p and "tuned" in p for p in preds)
 
 
 def test_stage_subset(params):
