@@ -1,5 +1,5 @@
 "The newcomer's path (issue 19): progress and a verdict in the terminal, runs named and listed, removed safely."
-import json
+import json, re
 from pathlib import Path
 from conftest import llmops, ROOT
 
@@ -24,8 +24,8 @@ def test_progress_verdict_list_rm(tmp_path):
     r = llmops("run", _params(tmp_path), "--set", "finetune.r=4")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    assert "finetune: cell 6/6, train 4/4 steps, loss " in out, out  # from the stage kernel, through its progress file
-    assert "evaluate: cell 10/10, tuned 3/3 answers" in out, out
+    assert re.search(r"finetune: cell (\d+)/\1, train 4/4 steps, loss ", out), out  # from the stage kernel, through its progress file (all cells run)
+    assert re.search(r"evaluate: cell (\d+)/\1, tuned 3/3 answers", out), out
     assert "val loss " in out and "ROUGE-L " in out and " on 3 examples" in out, out
     assert "gates: all 1 passed (evaluate.delta_rougeL " in out, out
     assert "n_gates" not in out and "cells/s" not in r.stderr
