@@ -29,3 +29,17 @@ def llmops(*args, cwd=ROOT, timeout=900):
 def pytest_configure(config):
     # LangChain's standard store suite (tests/test_stores.py) has async tests without markers: let pytest-asyncio run them
     if hasattr(config.option, "asyncio_mode"): config.option.asyncio_mode = "auto"
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's chromium, driven by Playwright
+
+@pytest.fixture
+def browser():
+    "Debian's chromium and Playwright for Python, or a skip that says what is missing."
+    reason = None
+    if not Path(CHROMIUM).exists(): reason = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
+    try: import playwright.sync_api  # noqa: F401
+    except ImportError: reason = reason or "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if reason:
+        print(f"browser test skipped: {reason}"); pytest.skip(reason)
+    return CHROMIUM

@@ -7,7 +7,7 @@ from conftest import llmops
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from llmops_nb import chat as C, feedback as F, preference as PR, retrieval as R, vectorstore as V
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+from conftest import CHROMIUM  # noqa: E402
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 DOCS = {"battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh, of which 4.8 kWh is usable.\n\n## Warranty\n\n"
@@ -41,17 +41,6 @@ def sft_adapter(tmp_path_factory):
     m.save_pretrained(str(ft/"adapter")); tok.save_pretrained(str(ft/"adapter"))
     return ft
 
-
-@pytest.fixture
-def browser():
-    "Debian's chromium and Playwright for Python, or a skip that says what is missing."
-    reason = None
-    if not Path(CHROMIUM).exists(): reason = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
-    try: import playwright.sync_api  # noqa: F401
-    except ImportError: reason = reason or "playwright is not installed (pip install playwright; no `playwright install` needed)"
-    if reason:
-        print(f"browser test skipped: {reason}"); pytest.skip(reason)
-    return CHROMIUM
 
 
 def test_chat_in_browser(browser, index, sft_adapter, tmp_path):

@@ -417,7 +417,7 @@ def test_secret_inside_a_value_is_refused(params, tmp_path, capsys, sets):
 X1 = '<img src=x onerror="window.__xss=1">'
 X2 = "<script>window.__xss=2</script>"
 X3 = "[click me](javascript:window.__xss=3)"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+from conftest import CHROMIUM  # noqa: E402
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 

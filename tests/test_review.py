@@ -78,7 +78,7 @@ def test_guards_refuse_too_little_or_one_sided_feedback(tmp_path):
     assert not (tmp_path/"adapter").exists()
 
 
-from test_serve import FLAGS, browser, runs, server  # noqa: E402,F401  (the real server and chromium fixtures)
+from test_serve import FLAGS, runs, server  # noqa: E402,F401  (the real server; `browser` comes from conftest)
 
 XSS = '<img src=x onerror="document.title=\'pwned\'">'
 

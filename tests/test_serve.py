@@ -17,7 +17,6 @@ DOCS = {"battery.md": "# Battery\n\nThe KB-5 module stores 5.1 kWh, of which 4.8
         "island.md": "# Island mode\n\nDuring a power cut the system switches to battery power in under 20 ms.\n"}
 QUESTIONS = ["How long is the battery warranty?", "How fast does the charger charge?", "What happens in a power cut?",
              "What is solar-only mode?", "How much of the battery is usable?", "Can I reset the gateway?", "What is the KB-5?", "Hi"]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
@@ -329,17 +328,6 @@ def test_promotion_during_traffic(runs, tmp_path):
     req = SL.load_requests(db)
     assert set(req["run_id"]) == {r1["id"], r2["id"]} and (req["status"] == 200).all()
 
-
-@pytest.fixture
-def browser():
-    "Debian's chromium and Playwright for Python, or a skip that says what is missing."
-    reason = None
-    if not Path(CHROMIUM).exists(): reason = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
-    try: import playwright.sync_api  # noqa: F401
-    except ImportError: reason = reason or "playwright is not installed (pip install playwright; no `playwright install` needed)"
-    if reason:
-        print(f"browser test skipped: {reason}"); pytest.skip(reason)
-    return CHROMIUM
 
 
 def test_chat_page_in_browser(browser, server, tmp_path):
