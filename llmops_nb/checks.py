@@ -9,8 +9,8 @@ from pathlib import Path
 from .core import ConfigError, read_jsonl, resolve_path
 
 # %% auto #0
-__all__ = ['DATA_FILES', 'check_data', 'read_questions', 'check_docs', 'check_sources', 'check_hub_model', 'check_metrics',
-           'contents']
+__all__ = ['DATA_FILES', 'ENDPOINT_SETTINGS', 'check_data', 'read_questions', 'check_docs', 'check_sources', 'check_hub_model',
+           'check_metrics', 'check_endpoints', 'contents']
 
 # %% ../nbs/03a_checks.ipynb #637d3467
 DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")
@@ -128,6 +128,21 @@ def check_metrics(params: dict, where: str):
         try: E.validate_gates(params["rag_eval"]["gates"], E.RAG_GATES)
         except ConfigError as e: raise ConfigError(f"{where}: rag_eval: {e}") from None
 
+# %% ../nbs/03a_checks.ipynb #776a768a
+ENDPOINT_SETTINGS = {"evaluate": ("endpoint", "judge"), "rag_eval": ("endpoint", "judge")}
+
+def check_endpoints(params: dict, where: str):
+    "Raise a one-line ConfigError for a malformed endpoint model spec in the resolved stage `params` (stage -> settings)."
+    from llmops_nb.endpoints import endpoint
+    from llmops_nb.openai_ft import FROM_STAGE
+    for stage, keys in ENDPOINT_SETTINGS.items():
+        for k in keys:
+            spec = (params.get(stage) or {}).get(k)
+            if stage == "evaluate" and k == "endpoint" and spec == FROM_STAGE:
+                if FROM_STAGE not in params: raise ConfigError(f"{where}: evaluate.endpoint: {FROM_STAGE} scores the {FROM_STAGE} stage's fine-tuned model; add {FROM_STAGE} to stages (before evaluate), or name a model: openai:NAME or {{base_url, model}}")
+                continue
+            endpoint(spec, f"{where}: {stage}.{k}")
+
 # %% ../nbs/03a_checks.ipynb #b295645a
 def contents(params: dict, src: str) -> list:
     "Check what the stages in `params` (stage -> resolved settings) will read; raise on the first error, return warnings."
@@ -146,4 +161,5 @@ def contents(params: dict, src: str) -> list:
         read_questions(q)
         if "rag_index" in params: warns += check_sources(q, params["rag_index"]["docs"], f"{src}: rag_eval.questions")
     check_metrics(params, src)
+    check_endpoints(params, src)
     return warns

@@ -9,8 +9,8 @@ from collections import Counter
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['ROLES', 'KEYS', 'chat_line', 'dpo_line', 'format_errors', 'counter', 'validate', 'default_epochs', 'estimate',
-           'submit']
+__all__ = ['ROLES', 'KEYS', 'FROM_STAGE', 'chat_line', 'dpo_line', 'format_errors', 'counter', 'validate', 'default_epochs',
+           'estimate', 'submit', 'evaluated']
 
 # %% ../nbs/41_openai_ft.ipynb #5f1cf896
 def chat_line(messages) -> dict:
@@ -130,3 +130,24 @@ def submit(train, # train.jsonl
     return dict(submitted=True, reason="", job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model,
                 training_file=tf.id, validation_file=vf.id if vf else None, n_events=len(seen),
                 error=job.error.message if getattr(job, "error", None) and job.error.message else None)
+
+# %% ../nbs/41_openai_ft.ipynb #6a62991e
+FROM_STAGE = "openai_finetune"  # the `endpoint` value that names this stage's fine-tuned model
+
+def _no_model(job: dict) -> str:
+    if not job.get("submitted"): return f"submitted: false ({job.get('reason') or 'no reason recorded'})"
+    return f"job {job.get('job_id', '?')} is {job.get('status', '?')} and has no fine-tuned model yet (raise wait_minutes, or rerun later)"
+
+def evaluated(spec, # the evaluate stage's `endpoint` setting
+              job: dict | None, # the openai_finetune stage's job.json; None when the run has no such stage
+             ) -> tuple: # (the endpoint spec evaluate scores, a one-line note, '' for none)
+    "What evaluate scores as its endpoint model, given the run's `openai_finetune` job."
+    ft = (job or {}).get("fine_tuned_model") if (job or {}).get("submitted") else None
+    if spec == FROM_STAGE:
+        if job is None: raise ConfigError(f"evaluate: endpoint: {FROM_STAGE} names the {FROM_STAGE} stage's model, but this run has no {FROM_STAGE} stage; add it to stages before evaluate, or name a model (openai:NAME)")
+        if not ft: raise ConfigError(f"evaluate: endpoint: {FROM_STAGE}, but the {FROM_STAGE} stage has no fine-tuned model: {_no_model(job)}; expected a finished job (submit: true and an API key)")
+        return f"openai:{ft}", f"endpoint: the {FROM_STAGE} stage's fine-tuned model openai:{ft}"
+    if job is None: return spec, ""
+    if not ft: return spec, f"{FROM_STAGE}: no fine-tuned model to evaluate, {_no_model(job)}; going on without it"
+    if spec: return spec, f"{FROM_STAGE}: its model openai:{ft} is not scored, because endpoint names another model"
+    return f"openai:{ft}", f"endpoint: the {FROM_STAGE} stage's fine-tuned model openai:{ft}"

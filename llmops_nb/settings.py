@@ -78,6 +78,7 @@ class Endpoints:
     concurrency: int = setting(4, "endpoint requests in flight at once")
     max_retries: int = setting(4, "retries of an endpoint request answered 429/5xx or cut off (exponential backoff, Retry-After honoured)")
     request_cache: str = setting("auto", "endpoint answers cached by request hash so a rerun sends nothing again: auto (the project cache), a folder, or empty for none")
+    judge: str | dict = setting("", "an LLM judge (llmops_nb.judge), an endpoint model like endpoint: openai:NAME or {base_url, model}; it scores answers 1-5 for correctness (and faithfulness to the passages in rag_eval), reports unreadable verdicts and its agreement with the metrics (empty: off)")
 
 # %% ../nbs/01_settings.ipynb #25768d28
 @dataclass
