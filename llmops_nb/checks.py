@@ -140,6 +140,10 @@ def check_endpoints(params: dict, where: str):
             spec = (params.get(stage) or {}).get(k)
             if stage == "evaluate" and k == "endpoint" and spec == FROM_STAGE:
                 if FROM_STAGE not in params: raise ConfigError(f"{where}: evaluate.endpoint: {FROM_STAGE} scores the {FROM_STAGE} stage's fine-tuned model; add {FROM_STAGE} to stages (before evaluate), or name a model: openai:NAME or {{base_url, model}}")
+                of = params[FROM_STAGE]  # what the job will not have, known now rather than after the stage ran
+                why = ("submit is false" if not of.get("submit") else f"${of.get('api_key_env')} is not set" if not os.environ.get(of.get("api_key_env") or "")
+                       else "wait_minutes is 0, so the stage records the job before it has a model" if not of.get("wait_minutes") else "")
+                if why: raise ConfigError(f"{where}: evaluate.endpoint: {FROM_STAGE} asks for the {FROM_STAGE} stage's fine-tuned model, but it will have none: {why}; expected submit: true, the key in the environment and wait_minutes > 0 (or leave endpoint empty)")
                 continue
             endpoint(spec, f"{where}: {stage}.{k}")
 

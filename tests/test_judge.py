@@ -90,9 +90,11 @@ def _wandb_run(out: Path) -> bytes:
     ({"evaluate": {"judge": {"base_url": "http://127.0.0.1:8000/v1"}}}, "evaluate.judge: 'model' is required"),
     ({"evaluate": {"endpoint": {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "timeout": 5}}}, "evaluate.endpoint: unknown key(s) timeout"),
     ({"evaluate": {"endpoint": "openai_finetune"}}, "evaluate.endpoint: openai_finetune scores the openai_finetune stage's fine-tuned model; add openai_finetune to stages"),
+    ({"stages": ["prepare", "openai_finetune", "evaluate"], "evaluate": {"endpoint": "openai_finetune"}},
+     "evaluate.endpoint: openai_finetune asks for the openai_finetune stage's fine-tuned model, but it will have none: submit is false"),
 ])
 def test_malformed_endpoint_specs_fail_in_one_line_before_a_kernel(params, tmp_path, section, msg):
-    stage = next(iter(section))
+    stage = next(k for k in section if k != "stages")
     p = params({"stages": ["rag_index", "rag_eval"] if stage == "rag_eval" else ["prepare", "evaluate"], **section})
     r = llmops("run", p, timeout=120)
     err = r.stderr.strip().splitlines()
