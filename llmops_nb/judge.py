@@ -8,8 +8,8 @@ import ast, json, re
 from . import endpoints as EP
 
 # %% auto #0
-__all__ = ['SCALE', 'SYSTEM', 'PROMPTS', 'MAX_TOKENS', 'JUDGE_GOOD', 'GOOD', 'messages', 'parse', 'verdicts', 'summarize',
-           'agreement', 'judge_evaluate', 'judge_rag']
+__all__ = ['SCALE', 'SYSTEM', 'PROMPTS', 'PLACEHOLDER', 'MAX_TOKENS', 'JUDGE_GOOD', 'GOOD', 'messages', 'parse', 'verdicts',
+           'summarize', 'agreement', 'judge_evaluate', 'judge_rag']
 
 # %% ../nbs/42_judge.ipynb #f30ec2c1
 SCALE = (1, 5)
@@ -38,8 +38,10 @@ def messages(criterion: str, # correctness or faithfulness
             {"role": "user", "content": PROMPTS[criterion].format(question=question, answer=answer or "(empty)", reference=reference, passages=ps)}]
 
 # %% ../nbs/42_judge.ipynb #5ee192c0
-_LABEL = re.compile(r"\b(?:score|rating|grade)\b[\s\"'*]*(?:[:=]|is|of)?[\s\"'*]*(\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+))?", re.I)
+_LABEL = re.compile(r"\b(?:score|rating|grade)\b[\s\"'*]*(?:[:=]|is|of)?[\s\"'*]*(\d+(?:\.\d+)?)(?!\d|\.\d)(?!\s*(?:-|–|to)\s*\d)(?:\s*(?:/|out of)\s*(\d+))?", re.I)  # not a range: the scale echoed
 _BARE = re.compile(r"^[\s\"'*(\[]*(\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+))?[\s\"'*)\].!]*$", re.I)
+
+PLACEHOLDER = "one sentence"  # the reason in the prompts' reply template
 
 def _scored(m) -> float | None:
     "The number a regex match found, on our scale only: `x/5` or a bare `x`, never `x/10` rescaled."
@@ -75,7 +77,10 @@ def parse(text) -> float | None:
     for obj in _objects(text):
         if isinstance(obj, dict):
             key = next((k for k in obj if str(k).lower() in ("score", "rating", "grade")), None)
-            if key is not None: return _in_scale(_value(obj[key]))  # the judge's own field decides, even out of range
+            if key is None: continue
+            reason = next((v for k, v in obj.items() if str(k).lower() == "reason"), "")
+            if str(reason).strip(" <>.").lower() == PLACEHOLDER: return None  # the reply template echoed, not a verdict
+            return _in_scale(_value(obj[key]))  # the judge's own field decides, even out of range
     for m in (_LABEL.search(text), _BARE.match(text), _BARE.match(text.splitlines()[0])):
         if (x := _scored(m)) is not None: return _in_scale(x)
     return None
