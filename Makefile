@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install dev run test smoke clean-runs
+.PHONY: install dev run test smoke clean-runs outputs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,3 +44,7 @@ smoke: install                ## the whole pipeline on a tiny random model, in a
 
 clean-runs:
 	rm -rf runs
+
+outputs: dev                  ## run the library notebooks and keep their example outputs (NB=nbs/x.ipynb for one)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python tools/outputs.py $(NB)
+	$(BIN)/nbdev_clean $(if $(NB),--fname $(NB),)
