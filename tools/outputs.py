@@ -50,8 +50,9 @@ def keep(outputs: list) -> tuple:
     kept, dropped = [], []
     for o in outputs:
         if o.get("output_type") == "stream":
-            o["text"] = NOISE.sub("", "".join(o.get("text", "")))
-            if not o["text"]: continue
+            text = NOISE.sub("", "".join(o.get("text", "")))
+            if not text: continue
+            o["text"] = text.splitlines(keepends=True)  # as Jupyter writes it: one string per line
         data = o.get("data", {})
         if len(data) > 1 and REPR.fullmatch("".join(data.get("text/plain", ""))): del data["text/plain"]  # a richer form is there
         (dropped.append(r) if (r := why_dropped(o)) else kept.append(o))
