@@ -16,15 +16,12 @@ __all__ = ['run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve']
 # %% ../nbs/25_chat.ipynb #193463cb
 def run_inputs(ref, run_root="runs") -> dict:
     "index, adapter and model of the pipeline run `ref` names (from its run record and the stage contracts)."
-    from llmops_nb.runs import load_record, output
+    from llmops_nb.runs import load_record, output, tuned
     rec = load_record(ref, run_root)
     index = output(rec, "rag_index", "index")
     if index is None: raise ConfigError(f"run '{ref}' has no finished rag_index stage; run a params file with rag_index, or pass --index")
-    adapter = next((a for s in ("dpo", "finetune") if (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists()), None)
-    params = rec.get("config", {}).get("params", {})
-    model = next((params[s]["model"] for s in ("rag_eval", "dpo", "finetune", "evaluate") if "model" in params.get(s, {})),
-                 rec.get("raw", {}).get("model", "tiny-random"))
-    return {"index": index, "adapter": adapter, "model": model, "run_id": rec["id"]}
+    t = tuned(rec)  # the same adapter and base model `llmops serve` serves
+    return {"index": index, "adapter": t["adapter"], "model": t["model"], "run_id": rec["id"]}
 
 # %% ../nbs/25_chat.ipynb #754c8676
 class Answerer:
@@ -34,7 +31,7 @@ class Answerer:
         from llmops_nb import rag, stores
         self.store = stores.open_index(index)
         llm = rag.hf_llm(model, adapter, max_new_tokens=max_new_tokens)
-        self.chain, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm.tok
+        self.chain, self.llm, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm, llm.tok  # llm: the weights it answers with
         self.k, self.lock, self.max_chars, self.max_tokens = k, threading.Lock(), max_chars, max_tokens
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}
 
