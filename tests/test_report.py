@@ -50,7 +50,7 @@ def test_report_preference_section(kto_run, smoke_run, browser, tmp_path):
         assert row[3] == f"{vs['delta'][k]:+.4f} [{lo:+.4f}, {hi:+.4f}]" and row[4] == SU.verdict(k, lo, hi), (row, k)
         assert row[4] in ("better", "worse", "no clear difference")
     lis = [li.get_text(" ", strip=True) for li in soup.find("h2", id="Summary").find_all_next("li")]
-X
+    assert any(li.startswith("preference") and "KTO vs SFT: ROUGE-L " in li for li in lis), lis  # the summary's headline
     with sync_playwright() as p:  # what a reader sees: the section rendered in a real browser
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         pg = b.new_page(); pg.goto(page.as_uri())
