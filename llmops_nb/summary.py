@@ -61,7 +61,7 @@ def verdict(key: str, # the metric
            ) -> str:
     "better / worse / no clear difference (the interval holds 0, or there is none) for the preference adapter on metric `key`."
     from llmops_nb.evaluation import LOWER_IS_BETTER
-    if low is None or high is None or low <= 0 <= high: return "no clear difference"
+    if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in (low, high)) or low <= 0 <= high: return "no clear difference"  # None, NaN: no interval
     return "better" if (low > 0) != (key in LOWER_IS_BETTER) else "worse"
 
 def preference(m: dict) -> list:
