@@ -74,8 +74,42 @@ def format_sources(sources: list) -> str:
         out.append(f"{i}. {'**' + name + '** (cited)' if s.get('cited') else name}{score}")
     return "\n".join(out)
 
-def chat_app(answerer, db=None, title: str = "Ask the knowledge base"):
-    "The Gradio Blocks app over `answerer` (an `Answerer` or any callable with its output), storing feedback in `db`."
+def _review_tab(gr, app, db):
+    "The Review tab, built inside the open Blocks `app`: pending rows, one in full, the decisions (see `decide`)."
+    with gr.Tab("Review", elem_id="review-tab") as rtab:
+        rcounts = gr.Markdown(elem_id="review-counts")
+        table = gr.Dataframe(headers=REVIEW_HEADERS, datatype="str", interactive=False, wrap=True, elem_id="review-list", label="Pending feedback")
+        with gr.Row():
+            pick = gr.Dropdown(label="Row to review", choices=[], elem_id="review-row", scale=3)
+            refresh = gr.Button("Refresh", elem_id="review-refresh", scale=1)
+        item = gr.Markdown(elem_id="review-item")
+        who = gr.Textbox(label="Reviewer (your name, recorded with the decision)", elem_id="reviewer")
+        edit = gr.Textbox(label="Answer that should have been given (for Edit and approve)", lines=3, elem_id="review-answer")
+        why = gr.Textbox(label="Why (for Reject, optional)", elem_id="review-note")
+        with gr.Row():
+            ok_b = gr.Button("Approve", variant="primary", elem_id="review-approve")
+            ed_b = gr.Button("Edit and approve", elem_id="review-edit")
+            no_b = gr.Button("Reject", variant="stop", elem_id="review-reject")
+        rstatus = gr.Markdown(elem_id="review-status")
+    def listing(msg=""):  # the pending rows, the first one chosen
+        import pandas as pd
+        p = pending(db); first = p["ids"][0] if p["ids"] else None
+        return (p["counts"], pd.DataFrame(p["rows"], columns=REVIEW_HEADERS),
+                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg)
+    def _prefill(i):
+        r = next((r for r in pending(db)["rows"] if r[0] == i), None)
+        return (r[5] or r[2]) if r else ""  # the user's correction, else the answer, to edit
+    def act(i, action, w, a, n):  # recorded: the list moves on; refused: what the reviewer typed stays
+        ok, msg = decide(i, action, w, a, n, db)
+        return listing(msg) if ok else (*[gr.skip()] * 5, msg)
+    lists = [rcounts, table, pick, item, edit, rstatus]
+    for ev in (rtab.select, refresh.click, app.load): ev(listing, None, lists)
+    pick.change(lambda i: (show_row(i, db), _prefill(i)), pick, [item, edit])
+    for b, action in ((ok_b, "approve"), (ed_b, "edit"), (no_b, "reject")):
+        b.click(lambda i, w, a, n, action=action: act(i, action, w, a, n), [pick, who, edit, why], lists)
+
+def chat_app(answerer, db=None, title: str = "Ask the knowledge base", review_tab: bool = True):
+    "The Gradio Blocks app over `answerer` (an `Answerer` or any callable with its output), storing feedback in `db`; with `review_tab`, the Review tab."
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     meta = getattr(answerer, "meta", {})
@@ -113,47 +147,19 @@ def chat_app(answerer, db=None, title: str = "Ask the knowledge base"):
             comm = gr.Textbox(label="Comment (optional)", elem_id="comment")
             send_b = gr.Button("Send feedback", elem_id="send")
             status = gr.Markdown(elem_id="status")
-        with gr.Tab("Review", elem_id="review-tab") as rtab:
-            rcounts = gr.Markdown(elem_id="review-counts")
-            table = gr.Dataframe(headers=REVIEW_HEADERS, datatype="str", interactive=False, wrap=True, elem_id="review-list", label="Pending feedback")
-            with gr.Row():
-                pick = gr.Dropdown(label="Row to review", choices=[], elem_id="review-row", scale=3)
-                refresh = gr.Button("Refresh", elem_id="review-refresh", scale=1)
-            item = gr.Markdown(elem_id="review-item")
-            who = gr.Textbox(label="Reviewer (your name, recorded with the decision)", elem_id="reviewer")
-            edit = gr.Textbox(label="Answer that should have been given (for Edit and approve)", lines=3, elem_id="review-answer")
-            why = gr.Textbox(label="Why (for Reject, optional)", elem_id="review-note")
-            with gr.Row():
-                ok_b = gr.Button("Approve", variant="primary", elem_id="review-approve")
-                ed_b = gr.Button("Edit and approve", elem_id="review-edit")
-                no_b = gr.Button("Reject", variant="stop", elem_id="review-reject")
-            rstatus = gr.Markdown(elem_id="review-status")
         for trigger in (go.click, q.submit): trigger(ask, q, [rid, ans, srcs, status])
         up.click(lambda r: vote(r, 1), rid, status); down.click(lambda r: vote(r, -1), rid, status)
         send_b.click(send, [rid, corr, comm], [status, corr, comm])
-        def listing(msg=""):  # the pending rows, the first one chosen
-            import pandas as pd
-            p = pending(db); first = p["ids"][0] if p["ids"] else None
-            return (p["counts"], pd.DataFrame(p["rows"], columns=REVIEW_HEADERS),
-                    gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg)
-        def _prefill(i):
-            r = next((r for r in pending(db)["rows"] if r[0] == i), None)
-            return (r[5] or r[2]) if r else ""  # the user's correction, else the answer, to edit
-        def act(i, action, w, a, n):  # recorded: the list moves on; refused: what the reviewer typed stays
-            ok, msg = decide(i, action, w, a, n, db)
-            return listing(msg) if ok else (*[gr.skip()] * 5, msg)
-        lists = [rcounts, table, pick, item, edit, rstatus]
-        for ev in (rtab.select, refresh.click, app.load): ev(listing, None, lists)
-        pick.change(lambda i: (show_row(i, db), _prefill(i)), pick, [item, edit])
-        for b, action in ((ok_b, "approve"), (ed_b, "edit"), (no_b, "reject")):
-            b.click(lambda i, w, a, n, action=action: act(i, action, w, a, n), [pick, who, edit, why], lists)
+        if review_tab: _review_tab(gr, app, db)
     return app
 
 def serve(answerer, host: str = "127.0.0.1", port: int = 7860, db=None, block: bool = True):
-    "Serve the chat on http://host:port (never through a share link); with `block=False` return the running app."
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the chat")
-    app = chat_app(answerer, db)
+    "Serve the chat on http://host:port (never through a share link); with `block=False` return the running app. The Review tab only on a loopback host."
+    local = host in ("127.0.0.1", "localhost", "::1")
+    if not local:  # whoever reaches the page could approve what the next model learns from: review in the terminal instead
+        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the chat; "
+              "the Review tab is left out (review with `llmops feedback review`)")
+    app = chat_app(answerer, db, review_tab=local)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=True,
                inbrowser=False, quiet=not block)
