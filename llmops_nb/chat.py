@@ -8,23 +8,21 @@ import os, threading, time
 from pathlib import Path
 from .core import ConfigError, md_code, md_text
 from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
-from .feedback import rate, record
+from .feedback import rate, record, review
+from .review import counts, parse_decision, queue
 
 # %% auto #0
-__all__ = ['run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve']
+__all__ = ['REVIEW_HEADERS', 'run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve', 'pending', 'show_row', 'decide']
 
 # %% ../nbs/25_chat.ipynb #193463cb
 def run_inputs(ref, run_root="runs") -> dict:
     "index, adapter and model of the pipeline run `ref` names (from its run record and the stage contracts)."
-    from llmops_nb.runs import load_record, output
+    from llmops_nb.runs import load_record, output, tuned
     rec = load_record(ref, run_root)
     index = output(rec, "rag_index", "index")
     if index is None: raise ConfigError(f"run '{ref}' has no finished rag_index stage; run a params file with rag_index, or pass --index")
-    adapter = next((a for s in ("dpo", "finetune") if (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists()), None)
-    params = rec.get("config", {}).get("params", {})
-    model = next((params[s]["model"] for s in ("rag_eval", "dpo", "finetune", "evaluate") if "model" in params.get(s, {})),
-                 rec.get("raw", {}).get("model", "tiny-random"))
-    return {"index": index, "adapter": adapter, "model": model, "run_id": rec["id"]}
+    t = tuned(rec)  # the same adapter and base model `llmops serve` serves
+    return {"index": index, "adapter": t["adapter"], "model": t["model"], "run_id": rec["id"]}
 
 # %% ../nbs/25_chat.ipynb #754c8676
 class Answerer:
@@ -34,7 +32,7 @@ class Answerer:
         from llmops_nb import rag, stores
         self.store = stores.open_index(index)
         llm = rag.hf_llm(model, adapter, max_new_tokens=max_new_tokens)
-        self.chain, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm.tok
+        self.chain, self.llm, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm, llm.tok  # llm: the weights it answers with
         self.k, self.lock, self.max_chars, self.max_tokens = k, threading.Lock(), max_chars, max_tokens
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}
 
@@ -76,8 +74,42 @@ def format_sources(sources: list) -> str:
         out.append(f"{i}. {'**' + name + '** (cited)' if s.get('cited') else name}{score}")
     return "\n".join(out)
 
-def chat_app(answerer, db=None, title: str = "Ask the knowledge base"):
-    "The Gradio Blocks app over `answerer` (an `Answerer` or any callable with its output), storing feedback in `db`."
+def _review_tab(gr, app, db):
+    "The Review tab, built inside the open Blocks `app`: pending rows, one in full, the decisions (see `decide`)."
+    with gr.Tab("Review", elem_id="review-tab") as rtab:
+        rcounts = gr.Markdown(elem_id="review-counts")
+        table = gr.Dataframe(headers=REVIEW_HEADERS, datatype="str", interactive=False, wrap=True, elem_id="review-list", label="Pending feedback")
+        with gr.Row():
+            pick = gr.Dropdown(label="Row to review", choices=[], elem_id="review-row", scale=3)
+            refresh = gr.Button("Refresh", elem_id="review-refresh", scale=1)
+        item = gr.Markdown(elem_id="review-item")
+        who = gr.Textbox(label="Reviewer (your name, recorded with the decision)", elem_id="reviewer")
+        edit = gr.Textbox(label="Answer that should have been given (for Edit and approve)", lines=3, elem_id="review-answer")
+        why = gr.Textbox(label="Why (for Reject, optional)", elem_id="review-note")
+        with gr.Row():
+            ok_b = gr.Button("Approve", variant="primary", elem_id="review-approve")
+            ed_b = gr.Button("Edit and approve", elem_id="review-edit")
+            no_b = gr.Button("Reject", variant="stop", elem_id="review-reject")
+        rstatus = gr.Markdown(elem_id="review-status")
+    def listing(msg=""):  # the pending rows, the first one chosen
+        import pandas as pd
+        p = pending(db); first = p["ids"][0] if p["ids"] else None
+        return (p["counts"], pd.DataFrame(p["rows"], columns=REVIEW_HEADERS),
+                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg)
+    def _prefill(i):
+        r = next((r for r in pending(db)["rows"] if r[0] == i), None)
+        return (r[5] or r[2]) if r else ""  # the user's correction, else the answer, to edit
+    def act(i, action, w, a, n):  # recorded: the list moves on; refused: what the reviewer typed stays
+        ok, msg = decide(i, action, w, a, n, db)
+        return listing(msg) if ok else (*[gr.skip()] * 5, msg)
+    lists = [rcounts, table, pick, item, edit, rstatus]
+    for ev in (rtab.select, refresh.click, app.load): ev(listing, None, lists)
+    pick.change(lambda i: (show_row(i, db), _prefill(i)), pick, [item, edit])
+    for b, action in ((ok_b, "approve"), (ed_b, "edit"), (no_b, "reject")):
+        b.click(lambda i, w, a, n, action=action: act(i, action, w, a, n), [pick, who, edit, why], lists)
+
+def chat_app(answerer, db=None, title: str = "Ask the knowledge base", review_tab: bool = True):
+    "The Gradio Blocks app over `answerer` (an `Answerer` or any callable with its output), storing feedback in `db`; with `review_tab`, the Review tab."
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     meta = getattr(answerer, "meta", {})
@@ -102,29 +134,74 @@ def chat_app(answerer, db=None, title: str = "Ask the knowledge base"):
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {md_text(title)}" + (f"\nrun {md_code(meta['run_id'])}, model {md_code(meta.get('model_id'))}" if meta.get("run_id") else ""))
         rid = gr.State(None)
-        with gr.Row():
-            q = gr.Textbox(label="Question", placeholder="Ask about the documents...", scale=4, elem_id="question",
-                           max_length=getattr(answerer, "max_chars", MAX_CHARS) or None)  # the browser's cap; the server checks again
-            go = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-        gr.Markdown("**Answer**"); ans = gr.Markdown(elem_id="answer")
-        gr.Markdown("**Sources**"); srcs = gr.Markdown(elem_id="sources")
-        with gr.Row():
-            up = gr.Button("👍 Helpful", elem_id="thumbs-up"); down = gr.Button("👎 Not helpful", elem_id="thumbs-down")
-        corr = gr.Textbox(label="Corrected answer (optional)", lines=3, elem_id="correction")
-        comm = gr.Textbox(label="Comment (optional)", elem_id="comment")
-        send_b = gr.Button("Send feedback", elem_id="send")
-        status = gr.Markdown(elem_id="status")
+        with gr.Tab("Chat", elem_id="chat-tab"):
+            with gr.Row():
+                q = gr.Textbox(label="Question", placeholder="Ask about the documents...", scale=4, elem_id="question",
+                               max_length=getattr(answerer, "max_chars", MAX_CHARS) or None)  # the browser's cap; the server checks again
+                go = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+            gr.Markdown("**Answer**"); ans = gr.Markdown(elem_id="answer")
+            gr.Markdown("**Sources**"); srcs = gr.Markdown(elem_id="sources")
+            with gr.Row():
+                up = gr.Button("👍 Helpful", elem_id="thumbs-up"); down = gr.Button("👎 Not helpful", elem_id="thumbs-down")
+            corr = gr.Textbox(label="Corrected answer (optional)", lines=3, elem_id="correction")
+            comm = gr.Textbox(label="Comment (optional)", elem_id="comment")
+            send_b = gr.Button("Send feedback", elem_id="send")
+            status = gr.Markdown(elem_id="status")
         for trigger in (go.click, q.submit): trigger(ask, q, [rid, ans, srcs, status])
         up.click(lambda r: vote(r, 1), rid, status); down.click(lambda r: vote(r, -1), rid, status)
         send_b.click(send, [rid, corr, comm], [status, corr, comm])
+        if review_tab: _review_tab(gr, app, db)
     return app
 
 def serve(answerer, host: str = "127.0.0.1", port: int = 7860, db=None, block: bool = True):
-    "Serve the chat on http://host:port (never through a share link); with `block=False` return the running app."
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the chat")
-    app = chat_app(answerer, db)
+    "Serve the chat on http://host:port (never through a share link); with `block=False` return the running app. The Review tab only on a loopback host."
+    local = host in ("127.0.0.1", "localhost", "::1")
+    if not local:  # whoever reaches the page could approve what the next model learns from: review in the terminal instead
+        print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the chat; "
+              "the Review tab is left out (review with `llmops feedback review`)")
+    app = chat_app(answerer, db, review_tab=local)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=True,
                inbrowser=False, quiet=not block)
     return app
+
+# %% ../nbs/25_chat.ipynb #b10fd41d
+REVIEW_HEADERS = ["id", "question", "answer", "sources", "rating", "correction", "comment"]
+
+def _text(v) -> str: return v if isinstance(v, str) else ""
+
+def _thumb(v) -> str:
+    try: return {1: "thumbs up", -1: "thumbs down"}[int(v)]  # words, as the terminal shows them
+    except (TypeError, ValueError, KeyError): return ""  # pandas NA: a correction without a thumb
+
+def pending(db=None) -> dict:
+    "{counts, rows, ids}: what the review tab lists, the pending rows oldest first (`review.queue`) and the counts per state."
+    df, n = queue("pending", db), counts(db)
+    rows = [[int(r["id"]), _text(r["question"]), _text(r["answer"]), ", ".join(str(s.get("source")) for s in r["sources"] or []),
+             _thumb(r["rating"]), _text(r["correction"]), _text(r["comment"])] for r in df.to_dict("records")]
+    return {"counts": f"{n['pending']} pending, {n['approved']} approved, {n['rejected']} rejected", "rows": rows, "ids": [r[0] for r in rows]}
+
+def show_row(row_id, db=None) -> str:
+    "Markdown of pending row `row_id` in full, data as text ('' when it is not pending)."
+    r = next((r for r in queue("pending", db).to_dict("records") if int(r["id"]) == int(row_id)), None) if row_id is not None else None
+    if r is None: return ""
+    out = [f"**#{int(r['id'])}** asked {md_text(r['timestamp'])}, run {md_code(_text(r['run_id']) or '-')}",
+           f"**Question:** {md_text(r['question'])}", f"**Answer:** {md_text(_text(r['answer'])) or '_(empty)_'}",
+           f"**Rating:** {_thumb(r['rating']) or 'none'}"] + [f"**{k.capitalize()}:** {md_text(r[k])}" for k in ("correction", "comment") if _text(r[k])]
+    return "\n\n".join(out + ["**Sources:**\n" + format_sources(r["sources"] or [])])
+
+def decide(row_id, # the feedback row
+           action: str, # approve, edit (approve with `answer`) or reject
+           reviewer: str, # who decides
+           answer: str = "", # the edited answer (edit)
+           note: str = "", # why (reject)
+           db=None) -> tuple:
+    "(recorded, message): the tab's decision recorded with `feedback.review` (who and when), checked like the serve page's."
+    if row_id is None: return False, "Choose a pending row first."
+    if action == "edit" and not _text(answer).strip(): return False, "Type the answer that should have been given first (or Approve it as it is)."
+    body = {"id": int(row_id), "decision": "reject" if action == "reject" else "approve", "reviewer": reviewer or "",
+            "answer": answer if action == "edit" else None, "note": (note or None) if action == "reject" else None}
+    try: review(db=db, **parse_decision(body))
+    except ConfigError as e: return False, f"Not recorded: {md_text(e)}."
+    return True, f"#{int(row_id)} {'rejected' if action == 'reject' else 'approved' + (' with your edit' if action == 'edit' else '')} by {md_text(reviewer.strip())}."
+

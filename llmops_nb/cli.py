@@ -208,7 +208,7 @@ def cmd_sync(a):
     tracking.sync(rec, aliases(rec))
 
 # %% ../nbs/27_cli.ipynb #b53dd7c2
-@command("chat", "web chat over a run's RAG chain; stores answers and ratings", arg("run", nargs="?", help=RUN + " (its rag_index and adapter are served)"),
+@command("chat", "web chat over a run's RAG chain; stores answers and ratings, reviewed in its Review tab", arg("run", nargs="?", help=RUN + " (its rag_index and newest adapter are served)"),
          arg("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)"), arg("--port", type=int, default=7860, help="port"),
          arg("--model", default=None, help="causal LM alias/folder/hub id (default: the run's)"),
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),

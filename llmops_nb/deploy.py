@@ -22,11 +22,10 @@ def base_name(model: str) -> str:
     return Path(str(model).rstrip("/")).name or str(model)
 
 def run_parts(rec: dict) -> dict:
-    "What a run serves: base `model`, `adapter` (dpo's, else finetune's, or None), `index` (or None), and the settings it ran with."
+    "What a run serves: base `model` and `adapter` (`runs.tuned`: the last adapter stage's, or None), `index` (or None), and the settings it ran with."
     params = rec.get("config", {}).get("params", {})
-    adapter = next((a for s in ("dpo", "finetune") if (a := R.output(rec, s, "adapter")) and (a/"adapter_config.json").exists()), None)
-    model = next((params[s]["model"] for s in ("rag_eval", "dpo", "finetune", "evaluate") if "model" in params.get(s, {})),
-                 rec.get("raw", {}).get("model", "tiny-random"))
+    t = R.tuned(rec)
+    model, adapter = t["model"], t["adapter"]
     gen = lambda stage: {k: params.get(stage, {}).get(k, getattr(Generation, k)) for k in ("repetition_penalty", "no_repeat_ngram_size")}
     rag = params.get("rag_eval", {})
     return {"model": model, "adapter": adapter, "index": R.output(rec, "rag_index", "index"), "run_id": rec["id"],

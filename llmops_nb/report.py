@@ -12,12 +12,12 @@ from .runs import _num, flat_metrics, flat_params, gate_rows, gates_passed, load
 
 # %% auto #0
 __all__ = ['SECTIONS', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'show_summary', 'show_metadata', 'show_parameters', 'show_training',
-           'show_evaluation', 'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving',
-           'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize', 'to_html', 'execute',
-           'render', 'wandb_report']
+           'show_evaluation', 'show_preference', 'examples', 'show_examples', 'show_retrieval', 'show_gates',
+           'show_serving', 'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize',
+           'to_html', 'execute', 'render', 'wandb_report']
 
 # %% ../nbs/20_report.ipynb #1243899e
-SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
+SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Preference", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
 
 def _md(s):
     from IPython.display import Markdown, display
@@ -35,7 +35,7 @@ def _absent(rec, stage, what):
 
 def _cell(v): return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
-def _verdict_style(v): return "color:#1a7f37" if v == "pass" else ("color:#c62828;font-weight:bold" if v == "FAIL" else "")
+def _verdict_style(v): return "color:#1a7f37" if v in ("pass", "better") else ("color:#c62828;font-weight:bold" if v in ("FAIL", "worse") else "")
 
 def _table(data):
     "Display rows (a list of dicts, index hidden) or a DataFrame (index shown); floats to 4 significant digits."
@@ -75,6 +75,7 @@ def show_summary(rec: dict):
     detail = md_text(SU.gates_line(rec).split(" (", 1)[1].rstrip(")")) if gate_rows(rec) else ""
     _md(f"**Verdict:** {_verdict(rec)}" + (f" ({detail})" if detail else "") + ".")
     heads = [f"- **{md_text(s)}**: {md_text(t)}" for s in rec["stages"] if s != "report" and (t := SU.stage_line(s, stage_metrics(rec, s)))]
+    if t := SU.preference_line(stage_metrics(rec, "evaluate")): heads.append(f"- **preference**: {md_text(t)}")  # kto/dpo vs the SFT adapter
     if heads: _md("\n".join(heads))
     prod, root = registry(Path(rec["run_dir"]).parent).get("production"), Path(rec["run_dir"]).parent
     if prod is None: _md("*No production run yet to compare with (`llmops promote RUN` sets one).*")
@@ -157,6 +158,21 @@ def show_evaluation(rec: dict):
                             if ("mean", g) in wide.columns and _num(wide.loc[k, ("mean", g)]) else "" for k in wide.index]
                         for g in ("base", "tuned", "delta") if ("mean", g) in wide.columns}, index=wide.index)
     _table(tab.rename_axis("metric (mean [95% interval])"))
+
+# %% ../nbs/20_report.ipynb #7443feaa
+def show_preference(rec: dict):
+    "Each preference adapter (dpo, kto) against the SFT adapter: per metric both means, the paired difference with its 95% interval, a verdict."
+    from llmops_nb import summary as SU
+    m, ran = stage_metrics(rec, "evaluate"), [s for s in SU.PREFERENCE if s in rec["stages"]]
+    if not (rows := SU.preference(m)):
+        if ran and not m: return _absent(rec, "evaluate", "preference comparison")
+        return _md("*No preference comparison: " + (f"the evaluate stage compared no {md_text(' or '.join(ran))} adapter (see the stages' status)" if ran else "the run has no `dpo` or `kto` stage") + ".*")
+    for s in dict.fromkeys(r["adapter"] for r in rows):
+        rs = [r for r in rows if r["adapter"] == s]; a, p = rs[0]["against"].upper(), s.upper()
+        _md(f"**{md_text(p)} vs {md_text(a)}**: both adapters on the same test examples, the difference paired per example with its 95% bootstrap interval (lower perplexity is better).")
+        _table([{"metric": SU.name(r["metric"]), a: r["sft"], p: r["value"],
+                 f"{p} - {a} [95% interval]": f"{r['delta']:+.4f}" + (f" [{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] is not None else ""),
+                 "verdict": r["verdict"]} for r in rs])
 
 # %% ../nbs/20_report.ipynb #cefed473
 def _score_col(cols):
@@ -280,7 +296,7 @@ def report_notebook(run_dir, html_dir=None):
     cells = [c.new_markdown_cell(f"# Run report: {md_text(rec.get('name') or 'llmops-nb')} {md_text(rec['id'])}"),
              c.new_code_cell(f"from llmops_nb import report as R\nfrom llmops_nb.runs import load_record\nrec = load_record({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
-    calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)",
+    calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)", "show_preference(rec)",
                                 "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"]))
     for s, call in calls.items():
         cells += [c.new_markdown_cell(f"## {s}"), c.new_code_cell(f"R.{call}")]

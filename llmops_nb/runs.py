@@ -13,7 +13,7 @@ from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, w
 # %% auto #0
 __all__ = ['PKGS', 'RUN_LOCK', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry', 'resolve',
            'load_record', 'run_lock', 'mark_interrupted', 'take_run', 'refresh', 'stage_out', 'stage_metrics', 'output',
-           'gate_rows', 'gates_passed', 'aliases', 'promote', 'flat_params', 'flat_metrics']
+           'tuned', 'gate_rows', 'gates_passed', 'aliases', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -145,6 +145,17 @@ def output(rec: dict, stage: str, what: str, check: bool = True) -> Path | None:
     p = ST.output(stage, out, what, must_exist=False) if out else None
     if p is None or not p.exists(): return None
     return ST.output(stage, out, what) if check else p  # checked against the stage's manifest
+
+# %% ../nbs/18_runs.ipynb #8d5cf0bd
+def tuned(rec: dict) -> dict:
+    "{stage, adapter, model} run `rec` serves: the adapter of the last stage in pipeline order that left one and that stage's base model; stage and adapter None when no stage left an adapter."
+    params = rec.get("config", {}).get("params", {})
+    named = lambda s: params.get(s, {}).get("model")
+    for s in reversed(ST.names()):
+        if "adapter" in ST.stage(s).outputs and (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists():
+            return {"stage": s, "adapter": a, "model": named(s) or rec.get("raw", {}).get("model", "tiny-random")}
+    model = next((named(s) for s in reversed(ST.names()) if named(s)), None)
+    return {"stage": None, "adapter": None, "model": model or rec.get("raw", {}).get("model", "tiny-random")}
 
 # %% ../nbs/18_runs.ipynb #233f6d17
 def gate_rows(rec: dict) -> list:

@@ -6,7 +6,7 @@ import os, shutil, socket
 from pathlib import Path
 from urllib.parse import urlparse
 from .core import ConfigError, write_atomic
-from .runs import load_record, output
+from .runs import load_record, output, tuned
 from .stages import MANIFEST
 
 # %% auto #0
@@ -17,10 +17,10 @@ SKIP = ("base_model.json", "training_args.bin", MANIFEST)  # ours, or a pickle: 
 HUB_MERGED = "merged"  # the merged model's folder in the Hub repository (a name there, not a stage output)
 
 def adapter_of(rec: dict) -> tuple:
-    "(stage, folder) of the adapter run `rec` would share: the DPO adapter when there is one, else the SFT one."
-    for s in ("dpo", "finetune"):
-        if a := output(rec, s, "adapter"): return s, a  # checked against the stage's manifest: a damaged adapter is not shared
-    raise ConfigError(f"run {rec['id']} has no finished adapter (finetune or dpo stage); nothing to push")
+    "(stage, folder) of the adapter run `rec` would share: the one it serves (`runs.tuned`: kto's or dpo's before the SFT one)."
+    t = tuned(rec)  # checked against the stage's manifest: a damaged adapter is not shared
+    if t["adapter"] is None: raise ConfigError(f"run {rec['id']} has no finished adapter (finetune, dpo or kto stage); nothing to push")
+    return t["stage"], t["adapter"]
 
 def bundle(rec: dict, # the run record
            dest, # the folder to write (created; must be empty or absent)

@@ -6,7 +6,8 @@ import math
 from . import runs
 
 # %% auto #0
-__all__ = ['NAMES', 'name', 'num', 'change', 'stage_line', 'gates_line', 'headlines', 'short', 'against']
+__all__ = ['NAMES', 'PREFERENCE', 'name', 'num', 'change', 'stage_line', 'verdict', 'preference', 'preference_line', 'gates_line',
+           'headlines', 'short', 'against']
 
 # %% ../nbs/51_summary.ipynb #ffcc9a91
 NAMES = dict(rougeL="ROUGE-L", rouge1="ROUGE-1", rouge2="ROUGE-2", rougeLsum="ROUGE-Lsum", bleu="BLEU", sacrebleu="SacreBLEU",
@@ -52,6 +53,38 @@ def stage_line(stage: str, m: dict, n: int = 3) -> str:
     if stage == "report": return "gates passed" if m.get("gates_passed") else "gates FAILED" if m.get("gates_passed") is False else "no gates"
     return ""
 
+# %% ../nbs/51_summary.ipynb #8764d8af
+PREFERENCE = ("dpo", "kto")  # the preference stages `evaluate` compares with the SFT adapter, in pipeline order
+
+def verdict(key: str, # the metric
+            low, high, # the 95% interval of preference - SFT (None: no interval)
+           ) -> str:
+    "better / worse / no clear difference (the interval holds 0, or there is none) for the preference adapter on metric `key`."
+    from llmops_nb.evaluation import LOWER_IS_BETTER
+    if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in (low, high)) or low <= 0 <= high: return "no clear difference"  # None, NaN: no interval
+    return "better" if (low > 0) != (key in LOWER_IS_BETTER) else "worse"
+
+def preference(m: dict) -> list:
+    "Rows {adapter, against, metric, sft, value, delta, low, high, verdict} of evaluate's metrics `m`: each preference adapter against the SFT one."
+    rows = []
+    for s in PREFERENCE:
+        c = m.get(f"{s}_vs_sft") or {}
+        ref = m.get("tuned" if c.get("against", "sft") == "sft" else "base") or {}
+        for k, d in (c.get("delta") or {}).items():
+            lo, hi = (c.get("delta_ci") or {}).get(k) or (None, None)
+            rows.append(dict(adapter=s, against=c.get("against", "sft"), metric=k, sft=ref.get(k), value=(c.get(s) or {}).get(k),
+                             delta=d, low=lo, high=hi, verdict=verdict(k, lo, hi)))
+    return rows
+
+def preference_line(m: dict, n: int = 3) -> str:
+    "`KTO vs SFT: ROUGE-L 0.154 -> 0.191 (+0.037 [0.012, 0.053]) better, ...` for each preference adapter (empty when none)."
+    out = []
+    for s in PREFERENCE:
+        rows = [r for r in preference(m) if r["adapter"] == s][:n]
+        if rows: out.append(f"{s.upper()} vs {rows[0]['against'].upper()}: " + ", ".join(
+            change(r["metric"], r["sft"], r["value"], r["delta"], None if r["low"] is None else (r["low"], r["high"])) + f" {r['verdict']}" for r in rows))
+    return "; ".join(out)
+
 # %% ../nbs/51_summary.ipynb #7eca7475
 def gates_line(rec: dict) -> str:
     "Whether the run's quality gates passed, naming the ones that failed with their values and thresholds."
@@ -67,6 +100,7 @@ def headlines(rec: dict) -> list:
     out = [gates_line(rec)]
     for s in rec.get("stages", {}):
         if s != "report" and (t := stage_line(s, runs.stage_metrics(rec, s))): out.append(f"{s}: {t}")
+    if t := preference_line(runs.stage_metrics(rec, "evaluate")): out.append(f"evaluate: {t}")
     return out
 
 # %% ../nbs/51_summary.ipynb #2f9ebf38

@@ -83,6 +83,56 @@ def test_chat_in_browser(browser, index, sft_adapter, tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_review_tab_in_browser(browser, index, tmp_path):
+    "The Review tab of `llmops chat`'s page: pending rows listed as text; edit-and-approve and reject recorded in the store with who and when."
+    from playwright.sync_api import sync_playwright
+    db = tmp_path/"fb.db"
+    a = F.record("How long is the <img src=x onerror=alert(1)> warranty?", "12 months", [{"source": "battery.md"}], rating=-1,
+                 correction="10 years.", db=db)
+    b = F.record("Reset the app?", "Hold it.", [{"source": "charger.md"}], rating=1, db=db)
+    F.record("not rated", "x", db=db)  # nothing to review
+    bot = C.Answerer(index, "tiny-random", max_new_tokens=4)
+    port = _free_port()
+    app = C.serve(bot, "127.0.0.1", port, db=db, block=False)
+    try:
+        with sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(str(tmp_path/"profile"), executable_path=CHROMIUM, headless=True, args=FLAGS)
+            page = ctx.new_page(); alerts = []
+            page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_role("tab", name="Review").click()
+            page.locator("#review-counts").get_by_text("2 pending, 0 approved, 0 rejected").wait_for(timeout=30_000)
+            listed = page.locator("#review-list").inner_text()
+            assert "<img src=x onerror=alert(1)>" in listed and "Reset the app?" in listed and "not rated" not in listed, listed
+            assert "10 years." in listed and "battery.md" in listed
+            page.locator("#review-item").get_by_text("12 months").wait_for(timeout=30_000)  # the first pending row, in full
+            assert "<img src=x onerror=alert(1)>" in page.locator("#review-item").inner_text()
+            page.locator("#review-approve").click()  # no reviewer's name: refused, nothing recorded
+            page.locator("#review-status").get_by_text("Not recorded").wait_for(timeout=30_000)
+            assert F.load(db).set_index("id").loc[a, "review"] == "pending"
+            page.locator("#reviewer textarea, #reviewer input").first.fill("ana@example.com")
+            page.locator("#review-answer textarea").fill("10 years or 6,000 full cycles.")
+            page.locator("#review-edit").click()
+            page.locator("#review-status").get_by_text(f"#{a} approved with your edit by ana@example.com").wait_for(timeout=30_000)
+            page.locator("#review-counts").get_by_text("1 pending, 1 approved, 0 rejected").wait_for(timeout=30_000)
+            page.locator("#review-item").get_by_text("Hold it.").wait_for(timeout=30_000)  # the next pending row
+            page.locator("#review-note textarea, #review-note input").first.fill("a blank-ish answer")
+            page.locator("#review-reject").click()
+            page.locator("#review-status").get_by_text(f"#{b} rejected by ana@example.com").wait_for(timeout=30_000)
+            page.locator("#review-counts").get_by_text("0 pending, 1 approved, 1 rejected").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path/"review-tab.png"), full_page=True)
+            ctx.close()
+        assert not alerts  # nothing from the store ran in the page
+    finally: app.close()
+    con = sqlite3.connect(db); con.row_factory = sqlite3.Row
+    rows = {r["id"]: dict(r) for r in con.execute("SELECT * FROM feedback")}
+    assert (rows[a]["review"], rows[a]["reviewer"], rows[a]["review_answer"]) == ("approved", "ana@example.com", "10 years or 6,000 full cycles.")
+    assert (rows[b]["review"], rows[b]["reviewer"], rows[b]["review_note"]) == ("rejected", "ana@example.com", "a blank-ish answer")
+    assert all(rows[i]["reviewed_at"] >= rows[i]["timestamp"] for i in (a, b))
+    trail = [(r["feedback_id"], r["decision"], r["reviewer"]) for r in con.execute("SELECT * FROM reviews ORDER BY id")]
+    assert trail == [(a, "approved", "ana@example.com"), (b, "rejected", "ana@example.com")]  # the refused click left no trace
+
+
 WRITER = """
 import sys
 from llmops_nb import feedback as F

@@ -22,5 +22,8 @@ def test_loop_scenario_on_smoke_params(tmp_path):
     assert set(ho["delta"]) == {"rougeL", "token_f1", "semantic_similarity"}
     assert all(lo <= ho["delta"][k] <= hi for k, (lo, hi) in ho["delta_ci"].items())
     assert res["evaluate_kto_vs_sft"]["against"] == "sft" and len(res["verdict"]) >= 3
+    from llmops_nb import deploy, runs as R
+    kto_run = R.load_record(res["kto_run"], tmp_path/"loop"/"runs")  # `llmops serve` / `llmops chat` of the loop's run: the KTO adapter
+    assert deploy.run_parts(kto_run)["adapter"] == R.output(kto_run, "kto", "adapter") != R.output(kto_run, "finetune", "adapter")
     lineage = json.loads((tmp_path/"loop"/"export"/"metrics.json").read_text())["lineage"]  # the export's W&B run: derived from the SFT run
     assert {i.split(":")[0] for i in lineage["inputs"]} >= {"adapter", "rag-index"} and lineage["snapshot"]

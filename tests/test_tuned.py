@@ -1,0 +1,91 @@
+"What a run serves: the adapter of its last adapter stage (kto, dpo, finetune in pipeline order), the same in `llmops serve` (deploy) and `llmops chat`."
+import json
+from pathlib import Path
+import pytest
+from llmops_nb import chat as C, deploy as D, runs as R, stages as ST
+
+Q = "model.layers.0.self_attn.q_proj.weight"  # a weight every LoRA below changes
+
+
+def _adapter_stage(run_dir: Path, stage: str, seed: int) -> dict:
+    "A finished `stage` folder as the pipeline leaves it: a LoRA adapter with random weights (`seed`) on tiny-random, and its manifest."
+    import peft, torch
+    from llmops_nb.models import load_causal_lm
+    out = run_dir/stage; out.mkdir(parents=True)
+    torch.manual_seed(seed)
+    lm, tok = load_causal_lm("tiny-random", device="cpu", dtype="float32")
+    cfg = peft.LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(lm, cfg).save_pretrained(out/"adapter"); tok.save_pretrained(out/"adapter")
+    ST.write_manifest(stage, out)
+    return {"status": "done", "out_dir": str(out)}
+
+
+def _record(root: Path, rid: str, stages: dict, index: Path) -> dict:
+    "A finished run record with the adapter stages `stages` (name -> seed) and a rag_index stage holding `index`."
+    d = root/rid; d.mkdir(parents=True)
+    st = {s: _adapter_stage(d, s, seed) for s, seed in stages.items()}
+    st["rag_index"] = {"status": "done", "out_dir": str(index.parent)}
+    params = {s: {"model": "tiny-random"} for s in stages} | {"rag_eval": {"model": "tiny-random", "k": 2, "retrieval": "dense"}}
+    rec = {"id": rid, "name": "t", "status": "done", "run_dir": str(d), "raw": {"model": "tiny-random", "dtype": "float32"},
+           "config": {"stages": ["prepare", *stages, "rag_index", "rag_eval"], "params": params}, "stages": st}
+    R.save_record(rec)
+    return rec
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    "Three runs on tiny-random over one small real FAISS index: finetune only; finetune + kto; finetune + dpo + kto."
+    from llmops_nb.vectorstore import build_index
+    root = tmp_path_factory.mktemp("tuned")
+    kb = root/"kb"; kb.mkdir()
+    (kb/"a.md").write_text("# Warranty\n\nThe warranty lasts ten years from the date of purchase.")
+    (kb/"b.md").write_text("# Returns\n\nReturns are accepted within 30 days with a receipt.")
+    build_index(kb, root/"rag_index"/"index", chunk_size=200, chunk_overlap=20)
+    idx = root/"rag_index"/"index"
+    return root/"runs", {"sft": _record(root/"runs", "20260101-000000-aaaa", {"finetune": 1}, idx),
+                         "kto": _record(root/"runs", "20260101-000001-bbbb", {"finetune": 1, "kto": 2}, idx),
+                         "both": _record(root/"runs", "20260101-000002-cccc", {"finetune": 1, "dpo": 3, "kto": 4}, idx)}
+
+
+def _merged(adapter) -> "torch.Tensor":
+    "The q_proj weight of tiny-random with `adapter` merged in fp32: what a server of that adapter must answer with."
+    from llmops_nb.models import load_causal_lm
+    lm, _ = load_causal_lm("tiny-random", device="cpu", dtype="float32", adapter=str(adapter))
+    return lm.merge_and_unload().state_dict()[Q]
+
+
+def test_tuned_picks_the_last_adapter_stage(runs):
+    _, r = runs
+    for name, stage in (("sft", "finetune"), ("kto", "kto"), ("both", "kto")):  # kto comes after dpo in pipeline order
+        t = R.tuned(r[name])
+        assert (t["stage"], t["adapter"], t["model"]) == (stage, Path(r[name]["run_dir"])/stage/"adapter", "tiny-random"), name
+    assert ST.names().index("kto") > ST.names().index("dpo") > ST.names().index("finetune")
+
+
+def test_deploy_serves_the_kto_adapter(runs):
+    "`llmops serve` of a run with a kto stage: the tuned model's lineage and weights are kto's; a fine-tune-only run serves finetune's."
+    import torch
+    root, r = runs
+    for name, stage in (("kto", "kto"), ("sft", "finetune")):
+        dep = D.load(r[name]["id"], root, device="cpu", max_batch=2, prepack=False, dtype="float32")
+        tuned = next(s for s in dep.models.values() if s.kind == "tuned")
+        want = Path(r[name]["run_dir"])/stage/"adapter"
+        assert tuned.lineage["adapter"] == str(want) and dep.models[f"t-{r[name]['id'][-4:]}-rag"].lineage["adapter"] == str(want)
+        assert torch.equal(tuned.model.lm.state_dict()[Q], _merged(want)), name
+    sft_ad = Path(r["kto"]["run_dir"])/"finetune"/"adapter"
+    assert not torch.equal(_merged(sft_ad), _merged(Path(r["kto"]["run_dir"])/"kto"/"adapter"))  # the check above can tell them apart
+
+
+def test_chat_answers_with_the_kto_adapter(runs):
+    "`llmops chat RUN`: the Answerer of a run with a kto stage holds kto's weights; of a fine-tune-only run, finetune's."
+    import torch
+    root, r = runs
+    for name, stage in (("kto", "kto"), ("sft", "finetune")):
+        want = Path(r[name]["run_dir"])/stage/"adapter"
+        got = C.run_inputs(r[name]["id"], root)
+        assert (got["adapter"], got["model"], got["index"]) == (want, "tiny-random", Path(r[name]["stages"]["rag_index"]["out_dir"])/"index")
+        a = C.Answerer.from_run(r[name]["id"], root, max_new_tokens=4)
+        assert a.meta["adapter_id"] == str(want)
+        w = a.llm.lm.state_dict()[Q]
+        assert torch.equal(w, _merged(want).to(w.dtype)), name  # merged in fp32, then in the dtype the chat answers in
+        assert a("How long is the warranty?")["sources"]  # it answers over the run's index
