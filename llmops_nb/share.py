@@ -31,6 +31,8 @@ def bundle(rec: dict, # the run record
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()): raise ConfigError(f"--out {dest}: the folder is not empty; give a new one")
     stage, ad = adapter_of(rec)
+    if merged and stage != "finetune":  # finetune's merged model is the SFT one, not the adapter shared here
+        raise ConfigError(f"run {rec['id']} shares the {stage} adapter, but its merged model is finetune's (SFT); push without --merged, or merge the {stage} adapter yourself")
     m = output(rec, "finetune", "merged") if merged else None
     if merged and m is None: raise ConfigError(f"run {rec['id']} has no merged model; run it with finetune.merge=true (llmops resume {rec['id']} --set finetune.merge=true)")
     dest.mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,15 @@ def test_chat_answers_with_the_kto_adapter(runs):
         w = a.llm.lm.state_dict()[Q]
         assert torch.equal(w, _merged(want).to(w.dtype)), name  # merged in fp32, then in the dtype the chat answers in
         assert a("How long is the warranty?")["sources"]  # it answers over the run's index
+
+
+def test_push_shares_the_served_adapter_and_never_a_mismatched_merge(runs, tmp_path):
+    "`llmops push` shares the adapter the run serves (kto's); `--merged` is refused there, since finetune's merged model is the SFT one."
+    from llmops_nb import share as S
+    from llmops_nb.core import ConfigError
+    root, r = runs
+    assert S.adapter_of(r["kto"]) == ("kto", Path(r["kto"]["run_dir"])/"kto"/"adapter")
+    assert S.adapter_of(r["sft"]) == ("finetune", Path(r["sft"]["run_dir"])/"finetune"/"adapter")
+    with pytest.raises(ConfigError, match="shares the kto adapter, but its merged model is finetune's"):
+        S.bundle(R.load_record(r["kto"]["id"], root), tmp_path/"kto-merged", merged=True)
+    assert not (tmp_path/"kto-merged").exists()  # refused before anything is written
