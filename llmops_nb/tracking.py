@@ -114,9 +114,11 @@ def artifacts(rec: dict, stage=None) -> list:
     return out
 
 def adapter_artifact(rec: dict):
-    "The adapter (model) artifact of the run's finetune stage, or None."
-    arts = artifacts(rec, "finetune") if "finetune" in rec["stages"] else []
-    return next((a for a in arts if a["type"] in ("model", "adapter")), arts[-1] if arts else None)
+    "The adapter (model) artifact of the run's last adapter stage in pipeline order (kto, dpo, finetune: the adapter it serves), or None."
+    for s in reversed(ST.names()):
+        if s in rec["stages"] and "adapter" in ST.stage(s).outputs and (arts := artifacts(rec, s)):
+            return next((a for a in arts if a["type"] in ("model", "adapter")), arts[-1])
+    return None
 
 def run_info(out_dir) -> dict | None:
     "The W&B run a stage folder's stage opened ({id, job_type, group, project, entity, mode, dir, synced}), or None."
