@@ -9,6 +9,19 @@ ROOT = Path(__file__).resolve().parents[1]
 os.chdir(ROOT)  # params files use project-relative paths
 
 
+@pytest.fixture(scope="session")
+def preference_run(tmp_path_factory):
+    "One run on the tiny model with dpo and kto stages after finetune, then evaluate and report (shared by test_pipeline and test_report)."
+    from llmops_nb import pipeline as P
+    d = tmp_path_factory.mktemp("preference")
+    p = {"run_root": str(d/"runs"), "wandb": {"mode": "offline"}, "model": "tiny-random",
+         "stages": ["prepare", "finetune", "dpo", "kto", "evaluate", "report"],
+         "prepare": {"max_examples": 40}, "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2},
+         "dpo": {"max_pairs": 2}, "kto": {"max_examples": 4}, "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}}
+    (d/"p.yaml").write_text(yaml.safe_dump(p))
+    return P.run(d/"p.yaml", progress=False)
+
+
 @pytest.fixture
 def params(tmp_path):
     "Write a params file under tmp_path (runs go to tmp_path/runs); returns its path."

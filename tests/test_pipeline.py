@@ -56,13 +56,9 @@ def test_smoke_pipeline(tmp_path):
     assert f"llmops sync {rec['id']}" in r.stdout
 
 
-def test_dpo_and_kto_adapters_compared_with_sft(params, tmp_path):
+def test_dpo_and_kto_adapters_compared_with_sft(preference_run):
     "With dpo and kto stages in the run (KTO on the tiny model from the SFT adapter), evaluate scores both adapters against the SFT one."
-    f = params({"model": "tiny-random", "stages": ["prepare", "finetune", "dpo", "kto", "evaluate"],
-                "prepare": {"max_examples": 40}, "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2},
-                "dpo": {"max_pairs": 2}, "kto": {"max_examples": 4},
-                "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}})
-    rec = P.run(f, progress=False)
+    rec = preference_run
     kto = rec["stages"]["kto"]["metrics"]
     assert (kto["n_examples"], kto["n_desirable"], kto["steps"]) == (4, 2, 2) and kto["started_from"].endswith("adapter")
     assert all("kl" in h for h in kto["history"])

@@ -20,43 +20,36 @@ def smoke_run(tmp_path_factory):
     return P.run(SMOKE, sets, progress=False)
 
 
-@pytest.fixture(scope="module")
-def kto_run(smoke_run):
-    "The smoke run's prepare and finetune (from the cache) with a kto stage (the packaged stand-in thumbs), evaluate and report."
-    sets = [f"run_root={Path(smoke_run['run_dir']).parent}", 'stages=["prepare", "finetune", "kto", "evaluate", "report"]', "finetune.max_steps=4",
-            "evaluate.max_examples=3", "evaluate.n_boot=100", "kto.max_steps=2"]
-    return P.run(SMOKE, sets, progress=False)
-
-
-def test_report_preference_section(kto_run, smoke_run, browser, tmp_path):
-    "A run with kto: the report's Preference section and summary line show KTO against SFT per metric, from evaluate's kto_vs_sft; compare lists them."
+def test_report_preference_section(preference_run, smoke_run, browser, tmp_path):
+    "A run with dpo and kto: the report's Preference section and summary line show each against SFT per metric, from evaluate's *_vs_sft; compare lists them."
     from playwright.sync_api import sync_playwright
     from conftest import CHROMIUM
     from llmops_nb import decision, summary as SU
-    assert [kto_run["stages"][s]["status"] for s in ("prepare", "finetune")] == ["cached"] * 2
-    m = runs.stage_metrics(kto_run, "evaluate")
-    vs = m["kto_vs_sft"]
-    page = Path(kto_run["run_dir"])/"report.html"
+    rec = preference_run
+    m = runs.stage_metrics(rec, "evaluate")
+    page = Path(rec["run_dir"])/"report.html"
     soup = BeautifulSoup(page.read_text(), "html.parser")
     sec = soup.find("h2", id="Preference")
-    table = sec.find_next("table")
-    assert table.find_previous("h2") is sec  # the table is in the section
-    head = [th.get_text(strip=True) for th in table.find("thead").find_all("th")]
-    assert head == ["metric", "SFT", "KTO", "KTO - SFT [95% interval]", "verdict"], head
-    body = [[td.get_text(strip=True) for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")]
-    assert [r[0] for r in body] == [SU.name(k) for k in vs["delta"]]
-    for row, k in zip(body, vs["delta"]):
-        lo, hi = vs["delta_ci"][k]
-        assert row[3] == f"{vs['delta'][k]:+.4f} [{lo:+.4f}, {hi:+.4f}]" and row[4] == SU.verdict(k, lo, hi), (row, k)
-        assert row[4] in ("better", "worse", "no clear difference")
+    tables = [t for t in sec.find_all_next("table") if t.find_previous("h2") is sec]  # the section's tables
+    assert len(tables) == 2
+    for table, s in zip(tables, ("dpo", "kto")):  # pipeline order
+        vs, P_ = m[f"{s}_vs_sft"], s.upper()
+        head = [th.get_text(strip=True) for th in table.find("thead").find_all("th")]
+        assert head == ["metric", "SFT", P_, f"{P_} - SFT [95% interval]", "verdict"], head
+        body = [[td.get_text(strip=True) for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")]
+        assert [r[0] for r in body] == [SU.name(k) for k in vs["delta"]]
+        for row, k in zip(body, vs["delta"]):
+            lo, hi = vs["delta_ci"][k]
+            assert row[3] == f"{vs['delta'][k]:+.4f} [{lo:+.4f}, {hi:+.4f}]" and row[4] == SU.verdict(k, lo, hi), (row, k)
+            assert row[4] in ("better", "worse", "no clear difference")
     lis = [li.get_text(" ", strip=True) for li in soup.find("h2", id="Summary").find_all_next("li")]
-    assert any(li.startswith("preference") and "KTO vs SFT: ROUGE-L " in li for li in lis), lis  # the summary's headline
+    assert any(li.startswith("preference") and "DPO vs SFT: ROUGE-L " in li and "KTO vs SFT: ROUGE-L " in li for li in lis), lis  # the summary's headline
     with sync_playwright() as p:  # what a reader sees: the section rendered in a real browser
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         pg = b.new_page(); pg.goto(page.as_uri())
         assert pg.locator("h2#Preference").is_visible() and pg.get_by_text("KTO vs SFT", exact=True).first.is_visible()
         pg.screenshot(path=str(tmp_path/"preference.png"), full_page=True); b.close()
-    html = decision.page([smoke_run, kto_run], tmp_path/"compare.html")
+    html = decision.page([smoke_run, rec], tmp_path/"compare.html")
     assert "evaluate/kto_vs_sft/kto/rougeL" in html and "evaluate/kto_vs_sft/delta/rougeL" in html
 
 
