@@ -151,8 +151,8 @@ def tuned(rec: dict) -> dict:
     "{stage, adapter, model} run `rec` serves: the adapter of the last stage in pipeline order that left one and that stage's base model; stage and adapter None when no stage left an adapter."
     params = rec.get("config", {}).get("params", {})
     named = lambda s: params.get(s, {}).get("model")
-    for s in reversed(ST.names()):
-        if "adapter" in ST.stage(s).outputs and (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists():
+    for s in ST.adapter_stages():
+        if (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists():
             return {"stage": s, "adapter": a, "model": named(s) or rec.get("raw", {}).get("model", "tiny-random")}
     model = next((named(s) for s in reversed(ST.names()) if named(s)), None)
     return {"stage": None, "adapter": None, "model": model or rec.get("raw", {}).get("model", "tiny-random")}

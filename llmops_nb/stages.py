@@ -12,9 +12,9 @@ from . import settings as S
 from .core import ConfigError, sha256_path, write_json
 
 # %% auto #0
-__all__ = ['STAGES', 'RESERVED', 'HEADER', 'MANIFEST', 'Input', 'Stage', 'stage', 'names', 'pipeline_dir', 'notebook', 'declared',
-           'parameters', 'parameters_cell', 'cell_mismatches', 'write_cells', 'type_ok', 'config', 'digest',
-           'write_manifest', 'read_manifest', 'verify', 'output']
+__all__ = ['STAGES', 'RESERVED', 'HEADER', 'MANIFEST', 'Input', 'Stage', 'stage', 'names', 'adapter_stages', 'pipeline_dir',
+           'notebook', 'declared', 'parameters', 'parameters_cell', 'cell_mismatches', 'write_cells', 'type_ok',
+           'config', 'digest', 'write_manifest', 'read_manifest', 'verify', 'output']
 
 # %% ../nbs/02_stages.ipynb #427dffda
 @dataclass(frozen=True)
@@ -74,6 +74,10 @@ def stage(name: str) -> Stage:
 def names() -> list:
     "Every stage, in pipeline order."
     return list(STAGES)
+
+def adapter_stages() -> list:
+    "The stages that leave an adapter, the last in pipeline order first: the one a run serves when several ran."
+    return [s for s in reversed(STAGES) if "adapter" in STAGES[s].outputs]
 
 # %% ../nbs/02_stages.ipynb #3365c104
 def pipeline_dir() -> Path:

@@ -115,8 +115,8 @@ def artifacts(rec: dict, stage=None) -> list:
 
 def adapter_artifact(rec: dict):
     "The adapter (model) artifact of the run's last adapter stage in pipeline order (kto, dpo, finetune: the adapter it serves), or None."
-    for s in reversed(ST.names()):
-        if s in rec["stages"] and "adapter" in ST.stage(s).outputs and (arts := artifacts(rec, s)):
+    for s in ST.adapter_stages():
+        if s in rec["stages"] and (arts := artifacts(rec, s)):
             return next((a for a in arts if a["type"] in ("model", "adapter")), arts[-1])
     return None
 
