@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_runs.ipynb #93841d0c
 from __future__ import annotations
-import json, os, subprocess, sys
+import json, os, signal, subprocess, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 from . import stages as ST
@@ -12,8 +12,9 @@ from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, w
 
 # %% auto #0
 __all__ = ['PKGS', 'RUN_LOCK', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry', 'resolve',
-           'load_record', 'run_lock', 'mark_interrupted', 'take_run', 'refresh', 'stage_out', 'stage_metrics', 'output',
-           'tuned', 'gate_rows', 'gates_passed', 'aliases', 'promote', 'flat_params', 'flat_metrics']
+           'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers', 'take_run', 'refresh',
+           'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed', 'aliases', 'promote',
+           'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -108,14 +109,39 @@ def _settle(rec: dict, last: dict) -> dict:
     cur = load_record(rec["run_dir"]) if (Path(rec["run_dir"])/"run.json").exists() else rec
     return mark_interrupted(cur, last) if cur.get("status") == "running" and Lock.supported else cur  # no locks (Windows): cannot tell
 
+def leftovers(run_id: str) -> list:
+    "Pids of live processes started for run `run_id` (stage kernels and their children carry `LLMOPS_RUN_ID`), this one excepted."
+    tag, out = f"LLMOPS_RUN_ID={run_id}".encode(), []
+    for p in Path("/proc").glob("[0-9]*"):  # Linux; elsewhere there is nothing to find
+        try: env = (p/"environ").read_bytes().split(b"\0")  # a zombie's reads empty
+        except OSError: continue
+        if tag in env and int(p.name) != os.getpid(): out.append(int(p.name))
+    return out
+
+def stop_leftovers(run_id: str, timeout: float = 30) -> list:
+    "Kill what a dead runner left of run `run_id` and wait until it is gone: a kernel outlives a `kill -9`ed runner until it notices, and would write on."
+    pids = leftovers(run_id)
+    for pid in pids:
+        try: os.kill(pid, signal.SIGKILL)
+        except OSError: pass
+    t = time.time()
+    while set(pids) & set(leftovers(run_id)):
+        if time.time() - t > timeout: raise ConfigError(f"run {run_id}: processes {pids} it left behind did not stop; stop them, then resume")
+        time.sleep(0.05)
+    return pids
+
 def take_run(rec: dict, cmd: str = "resume") -> tuple:
-    "(lock, record): run `rec`'s lock, taken, and its record re-read; a one-line error when a live process runs it. A run a dead process left `running` comes back `interrupted`."
+    "(lock, record): run `rec`'s lock, taken, and its record re-read; a one-line error when a live process runs it. A run a dead process left `running` comes back `interrupted`, with what that process left running stopped."
     lock = run_lock(rec); last = lock.info()
     if not lock.acquire(wait=(lock.holder() or {}).get("cmd") == "status", cmd=cmd):  # `status` holds it for milliseconds only
         who = lock.holder() or last
         raise ConfigError(f"run {rec['id']} is being run by process {who.get('pid', '?')} on {who.get('host', '?')} (llmops {who.get('cmd', '?')}, "
                           f"since {who.get('since', '?')}); wait for it to end or stop it, then `llmops resume {rec['id']}`")
-    try: return lock, _settle(rec, last)
+    try:
+        rec = _settle(rec, last)
+        if (stopped := stop_leftovers(rec["id"])) and rec.get("interruptions"):
+            rec["interruptions"][-1]["stopped"] = stopped; save_record(rec)
+        return lock, rec
     except BaseException: lock.release(); raise
 
 def refresh(rec: dict) -> dict:
