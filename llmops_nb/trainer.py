@@ -8,7 +8,8 @@ import contextlib, dataclasses, importlib.util, inspect, json, os, resource, shu
 from pathlib import Path
 import torch, torch.nn.functional as F
 from peft import get_peft_model
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
@@ -306,7 +307,9 @@ def train(cfg: FinetuneConfig, # the stage's settings
     if trainer.is_world_process_zero():
         write_json(ckpts/"base_model.json", {"model": cfg.model, "fingerprint": fp})
 
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if last is not None and 0 < cfg.max_steps <= int(last.name.split("-")[-1]):  # from there the Trainer would take one step past max_steps
+        trainer._load_from_checkpoint(str(last)); trainer.state = TrainerState.load_from_json(str(last/TRAINER_STATE_NAME))
+    else: trainer.train(resume_from_checkpoint=str(last) if last else None)
     ev = [h for h in trainer.state.log_history if "eval_loss" in h]
     if val_rows and (not ev or ev[-1]["step"] != trainer.state.global_step): trainer.evaluate()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
