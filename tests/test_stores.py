@@ -107,9 +107,11 @@ def test_chroma_matches_faiss_on_both_question_sets(server, memo, name):
     f, _ = V.build_index(ROOT/docs, None, embeddings=memo)
     c, _ = chroma.build_index(ROOT/docs, server, f"eq-{name}", embeddings=memo)
     got = {b: R.score_retrieval(s, qs, k=4) for b, s in (("faiss", f), ("chroma", c))}
-    for m in R.MODES:
+    for m in R.MODES:  # Chroma's HNSW is approximate (its graph is built by several threads): one question may rank otherwise
         for key in ("hit_at_1", "hit_at_k", "mrr_at_k"):
-            assert got["chroma"][m][key] == pytest.approx(got["faiss"][m][key], abs=1e-9), (name, m, key, got)
+            assert got["chroma"][m][key] == pytest.approx(got["faiss"][m][key], abs=1 / len(qs) + 1e-9), (name, m, key, got)
+    same = sum([d.id for d in f.similarity_search(q["question"], k=4)] == [d.id for d in c.similarity_search(q["question"], k=4)] for q in qs)
+    assert same >= len(qs) - 1, (name, same, len(qs))  # the same four chunks in the same order, all but one question at most
     assert got["faiss"]["hybrid"]["hit_at_k"] >= 0.85  # far above chance: the set and its documents fit together
 
 
