@@ -31,11 +31,16 @@ QUIET = dict(action="store_true", help="no progress bars")
 DB = "feedback store (default: $LLMOPS_FEEDBACK_DB, else feedback/feedback.db under the project)"
 
 # %% ../nbs/27_cli.ipynb #54e225ac
+class _Given(argparse.Action):
+    "Stores the value and notes that it was given (a default cannot override a params file)."
+    def __call__(self, parser, ns, value, option=None): setattr(ns, self.dest, value); setattr(ns, f"{self.dest}_given", True)
+
 def parser() -> argparse.ArgumentParser:
     "The `llmops` argument parser, built from `COMMANDS`."
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="llmops", description="Run and inspect llmops-nb pipelines (papermill + W&B).", formatter_class=fmt)
-    p.add_argument("--run-root", default="runs", help="folder of runs")
+    p.add_argument("--run-root", default="runs", action=_Given, help="folder of runs (for `run`: where the new run goes, over the params file's run_root)")
+    p.set_defaults(run_root_given=False)
     sub, groups = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"), {}
     for name, (help, args, f) in COMMANDS.items():
         where = sub
@@ -94,7 +99,8 @@ def _next_steps(rec, out=print):
 def cmd_run(a):
     from llmops_nb import pipeline
     stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
-    rec = pipeline.run(a.params, a.sets, stages, a.force, progress=not a.quiet)
+    sets = [*a.sets, f"run_root={a.run_root}"] if a.run_root_given else a.sets
+    rec = pipeline.run(a.params, sets, stages, a.force, progress=not a.quiet)
     show_status(rec); _next_steps(rec)
 
 @command("resume", "continue a failed run from its failed stage (--set changes a parameter first)", arg("run", help=RUN),

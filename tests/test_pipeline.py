@@ -43,7 +43,7 @@ def test_failure_then_resume(params, tmp_path):
 
 def test_smoke_pipeline(tmp_path):
     "params/smoke.yaml through the CLI: every stage executed, run.json, notebooks, offline W&B runs."
-    r = llmops("--run-root", tmp_path/"runs", "run", ROOT/"params"/"smoke.yaml", "--set", f"run_root={tmp_path/'runs'}", "--quiet")
+    r = llmops("--run-root", tmp_path/"runs", "run", ROOT/"params"/"smoke.yaml", "--quiet")  # --run-root over the file's run_root
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = next((tmp_path/"runs").glob("2*"))
     rec = json.loads((run_dir/"run.json").read_text())
