@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_runs.ipynb #93841d0c
 from __future__ import annotations
-import json, os, signal, subprocess, sys, time
+import json, os, subprocess, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 from . import stages as ST
@@ -110,25 +110,20 @@ def _settle(rec: dict, last: dict) -> dict:
     return mark_interrupted(cur, last) if cur.get("status") == "running" and Lock.supported else cur  # no locks (Windows): cannot tell
 
 def leftovers(run_id: str) -> list:
-    "Pids of live processes started for run `run_id` (stage kernels and their children carry `LLMOPS_RUN_ID`), this one excepted."
-    tag, out = f"LLMOPS_RUN_ID={run_id}".encode(), []
-    for p in Path("/proc").glob("[0-9]*"):  # Linux; elsewhere there is nothing to find
-        try: env = (p/"environ").read_bytes().split(b"\0")  # a zombie's reads empty
-        except OSError: continue
-        if tag in env and int(p.name) != os.getpid(): out.append(int(p.name))
-    return out
+    "Live processes started for run `run_id` (stage kernels and their children carry `LLMOPS_RUN_ID`), this one excepted."
+    import psutil
+    return [p for p in psutil.process_iter(["environ", "status"]) if p.pid != os.getpid() and p.info["status"] != psutil.STATUS_ZOMBIE
+            and (p.info["environ"] or {}).get("LLMOPS_RUN_ID") == run_id]  # environ is None where access is denied
 
 def stop_leftovers(run_id: str, timeout: float = 30) -> list:
     "Kill what a dead runner left of run `run_id` and wait until it is gone: a kernel outlives a `kill -9`ed runner until it notices, and would write on."
-    pids = leftovers(run_id)
-    for pid in pids:
-        try: os.kill(pid, signal.SIGKILL)
-        except OSError: pass
+    ps = leftovers(run_id)
+    for p in ps: p.kill()
     t = time.time()
-    while set(pids) & set(leftovers(run_id)):
-        if time.time() - t > timeout: raise ConfigError(f"run {run_id}: processes {pids} it left behind did not stop; stop them, then resume")
+    while {p.pid for p in ps} & {p.pid for p in leftovers(run_id)}:  # a zombie counts as gone: nobody may reap it soon
+        if time.time() - t > timeout: raise ConfigError(f"run {run_id}: processes {[p.pid for p in ps]} it left behind did not stop; stop them, then resume")
         time.sleep(0.05)
-    return pids
+    return [p.pid for p in ps]
 
 def take_run(rec: dict, cmd: str = "resume") -> tuple:
     "(lock, record): run `rec`'s lock, taken, and its record re-read; a one-line error when a live process runs it. A run a dead process left `running` comes back `interrupted`, with what that process left running stopped."
