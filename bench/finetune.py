@@ -3,12 +3,14 @@
 Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf16 on GPU, the chat template
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
 Ours: llmops_nb.trainer's path with its defaults: completion-only labels, padding-free packing
-(DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions,
+(DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions and
+inside a chunked cross-entropy that never holds the whole logits (trainer.linear_cross_entropy),
 no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), `dtype: auto` (bf16 mixed precision on GPUs
 and on CPUs with native bf16: fp32 weights and optimizer state, bf16 autocast), optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
 --ablate also times ours with each of our choices undone, to show what each is worth:
   ours-fp32: dtype float32 (ours before bf16 autocast);  ours-fp32-base: the frozen base kept in fp32 under bf16 autocast;
+  ours-plain-loss: the LM head's whole logits and F.cross_entropy (trainer.LOSS_CHUNK = 0) instead of linear_cross_entropy;
   ours-bf16-attention: short examples attend in bf16 too (CPU, see packing.CPU_FP32_ATTENTION);
   ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
   ours-unfused: PEFT's own LoRA sum (scale and add after the thin products).
@@ -24,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["tutorial", "ours", "ours-fp32", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused"]
+METHODS = ["tutorial", "ours", "ours-fp32", "ours-plain-loss", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused"]
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -110,6 +112,7 @@ def run_ours(a):
     weights, mixed = train_dtypes(cfg.dtype, cfg.device)
     if a.only == "ours-fp32-base": weights = torch.float32
     if a.only == "ours-bf16-attention": packing.CPU_FP32_ATTENTION = 0
+    if a.only == "ours-plain-loss": trainer.LOSS_CHUNK = 0
     tok = load_tokenizer(a.model)
     base = load_model(a, weights)
     if a.only != "ours-dense-mask": packing.use_packed_attention(base)

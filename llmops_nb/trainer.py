@@ -22,9 +22,10 @@ from .progress import report
 from .settings import FinetuneConfig
 
 # %% auto #0
-__all__ = ['STAGING', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'last_checkpoint', 'no_input_casts',
-           'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback', 'training_args', 'train',
-           'plot_history']
+__all__ = ['STAGING', 'LOSS_CHUNK', 'PLAIN_HEADS', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints',
+           'last_checkpoint', 'LinearCrossEntropy', 'linear_cross_entropy', 'plain_head', 'head_skipped',
+           'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback',
+           'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -88,6 +89,55 @@ def last_checkpoint(ckpt_dir) -> Path | None:
     "The newest complete `checkpoint-N` folder in `ckpt_dir`, if any."
     return checkpoints(ckpt_dir)[0]
 
+# %% ../nbs/09_trainer.ipynb #cc74d495
+LOSS_CHUNK = 256  # logit rows at a time in `linear_cross_entropy`; 0: the model's own head and F.cross_entropy
+PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3")  # logits = lm_head(hidden), nothing after (transformers 5)
+
+class LinearCrossEntropy(torch.autograd.Function):
+    "Summed cross-entropy of `h @ w.T` against `t` (-100: ignored), `chunk` rows at a time; the gradient for `h` made on the way."
+    @staticmethod
+    def forward(ctx, h, w, t, chunk):
+        loss, g = 0, torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        for i in range(0, len(h), chunk):
+            z = h[i:i + chunk].to(w.dtype) @ w.t()  # this chunk's logits, then at least fp32
+            z = z.to(torch.promote_types(z.dtype, torch.float32))
+            tc = t[i:i + chunk]; ok = (tc != -100).unsqueeze(1); tc = tc.clamp(min=0).unsqueeze(1)
+            zt, m = z.gather(1, tc), z.amax(1, keepdim=True)
+            s = z.sub_(m).exp_().sum(1, keepdim=True)
+            loss += ((m + s.log() - zt) * ok).sum()
+            if g is not None:  # d loss / d logits = softmax - onehot(t), zero on ignored rows
+                z.div_(s).scatter_add_(1, tc, torch.full_like(s, -1.0)).mul_(ok)
+                g[i:i + chunk] = z.to(w.dtype) @ w
+        ctx.save_for_backward(g)
+        return torch.as_tensor(loss, dtype=torch.promote_types(w.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, dl):
+        g, = ctx.saved_tensors
+        return g * dl.to(g.dtype), None, None, None
+
+def linear_cross_entropy(h, w, t, chunk: int = LOSS_CHUNK):
+    "Summed cross-entropy of the logits `h @ w.T` against targets `t` (-100: ignored), without the whole logits; `w` frozen."
+    if w.requires_grad: raise ValueError("linear_cross_entropy: the head's weight must be frozen (requires_grad=False)")
+    return LinearCrossEntropy.apply(h, w, t, chunk)
+
+def plain_head(model):
+    "The LM head of `model` (PEFT-wrapped or not) when its logits are `hidden @ weight.T` with a frozen weight, else None."
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(m.config, "model_type", None) not in PLAIN_HEADS: return None
+    head = m.get_output_embeddings()
+    return head if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad else None
+
+@contextlib.contextmanager
+def head_skipped(head):
+    "Within: `head` hands back its input, so the model's `logits` are its last hidden states."
+    own = head.__dict__.get("forward")  # a forward someone set on the instance (accelerate's hooks do)
+    head.forward = lambda x: x
+    try: yield
+    finally:
+        if own is None: del head.forward
+        else: head.forward = own
+
 # %% ../nbs/09_trainer.ipynb #20e8643c
 @contextlib.contextmanager
 def no_input_casts(model, active: bool = True):
@@ -99,7 +149,7 @@ def no_input_casts(model, active: bool = True):
         for m in mods: m.cast_input_dtype_enabled = True
 
 class CompletionTrainer(Trainer):
-    "Trainer with supervised-positions-only logits and useful-token counting."
+    "Trainer with the LM head at supervised positions only (inside the loss where it can), and useful-token counting."
     def _keeps_logits(self, model):
         if not hasattr(self, "_logits_ok"):
             m = self.accelerator.unwrap_model(model)
@@ -126,7 +176,8 @@ class CompletionTrainer(Trainer):
             self.loss_is_scaled_for_ga = bool(kw)
             loss = out.loss * (self._across() if kw else 1)
             return (loss, out) if return_outputs else loss
-        with no_input_casts(model, active=self.args.bf16 or self.args.fp16):
+        head = plain_head(self.accelerator.unwrap_model(model)) if LOSS_CHUNK and not return_outputs else None
+        with no_input_casts(model, active=self.args.bf16 or self.args.fp16), head_skipped(head) if head else contextlib.nullcontext():
             if self._keeps_logits(model):
                 pos = (tgt != -100).any(0).nonzero().squeeze(-1)
                 out = model(**inputs, logits_to_keep=pos, use_cache=False)
@@ -134,7 +185,11 @@ class CompletionTrainer(Trainer):
             else:
                 out = model(**inputs, use_cache=False)
                 logits = out.logits[:, :-1]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+        logits, tgt = logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1)
+        if head is None: loss = F.cross_entropy(logits.float(), tgt, ignore_index=-100, reduction="sum")
+        else:  # `logits` are the last hidden states: the head runs inside the loss
+            keep = tgt != -100
+            loss = linear_cross_entropy(logits[keep], head.weight, tgt[keep], LOSS_CHUNK)
         if num_items_in_batch is not None and model.training:  # the mean over the whole accumulated batch's supervised tokens
             loss, self.loss_is_scaled_for_ga = loss / num_items_in_batch * self._across(), True
         else: loss, self.loss_is_scaled_for_ga = loss / (tgt != -100).sum().clamp(min=1), False
