@@ -1,4 +1,4 @@
-import os, sys, subprocess
+import json, os, sys, subprocess
 from pathlib import Path
 import pytest, yaml
 
@@ -20,6 +20,15 @@ def preference_run(tmp_path_factory):
          "dpo": {"max_pairs": 2}, "kto": {"max_examples": 4}, "evaluate": {"max_examples": 3, "max_new_tokens": 4, "n_boot": 50}}
     (d/"p.yaml").write_text(yaml.safe_dump(p))
     return P.run(d/"p.yaml", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_cli(tmp_path_factory):
+    "params/smoke.yaml run once through the CLI into a temp runs folder, with one quality gate (shared by test_pipeline and test_report): (the finished process, run.json)."
+    root = tmp_path_factory.mktemp("smoke")/"runs"
+    r = llmops("--run-root", root, "run", ROOT/"params"/"smoke.yaml", "--set", 'evaluate.gates={"rougeL": 0.0}', "--quiet")  # --run-root over the file's run_root
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r, json.loads(next(root.glob("2*/run.json")).read_text())
 
 
 @pytest.fixture

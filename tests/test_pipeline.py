@@ -1,5 +1,5 @@
 "End to end through real papermill kernels: caching, failure and resume, the smoke pipeline."
-import json, shutil, time
+import json, shutil
 from pathlib import Path
 import pytest
 from conftest import llmops, ROOT
@@ -41,13 +41,12 @@ def test_failure_then_resume(params, tmp_path):
     assert rec["status"] == "done" and rec["stages"]["prepare"]["metrics"]["sizes"]["train"] == 24
 
 
-def test_smoke_pipeline(tmp_path):
+def test_smoke_pipeline(smoke_cli):
     "params/smoke.yaml through the CLI: every stage executed, run.json, notebooks, offline W&B runs."
-    r = llmops("--run-root", tmp_path/"runs", "run", ROOT/"params"/"smoke.yaml", "--quiet")  # --run-root over the file's run_root
-    assert r.returncode == 0, r.stderr[-3000:]
-    run_dir = next((tmp_path/"runs").glob("2*"))
-    rec = json.loads((run_dir/"run.json").read_text())
+    r, rec = smoke_cli
+    run_dir = Path(rec["run_dir"])
     assert rec["status"] == "done" and rec["git"]["commit"] and rec["versions"]["torch"]
+    assert run_dir.parent.name == "runs" and run_dir.parent.parent.name.startswith("smoke")  # where --run-root said, not the file's run_root
     for s, st in rec["stages"].items():
         assert st["status"] == "done", (s, st)
         assert (run_dir/f"{s}.ipynb").exists() and (Path(st["out_dir"])/"metrics.json").exists()

@@ -1,23 +1,16 @@
 "Report stage, compare, sweep, promote and sync, end to end through real papermill kernels (W&B offline)."
-import json, os, re
+import json, re
 from pathlib import Path
 import pytest, yaml
 from bs4 import BeautifulSoup
 from conftest import llmops, ROOT
-from llmops_nb import pipeline as P, report as R, runs, stages
-
-SMOKE = ROOT/"params"/"smoke.yaml"
+from llmops_nb import report as R, runs, stages
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    "The smoke pipeline's stages (plus finetune, evaluate and report when the smoke file lacks them), in a temp runs folder."
-    root = tmp_path_factory.mktemp("report")/"runs"
-    stages = yaml.safe_load(SMOKE.read_text())["stages"]
-    stages += [s for s in ("finetune", "evaluate", "report") if s not in stages]
-    sets = [f"run_root={root}", f"stages={json.dumps(stages)}", "finetune.max_steps=4", "evaluate.max_examples=3", "evaluate.n_boot=100",
-            'evaluate.gates={"rougeL": 0.0}']
-    return P.run(SMOKE, sets, progress=False)
+@pytest.fixture
+def smoke_run(smoke_cli):
+    "The smoke pipeline's run record (conftest.smoke_cli: every stage, one quality gate)."
+    return smoke_cli[1]
 
 
 def test_report_preference_section(preference_run, smoke_run, browser, tmp_path):
