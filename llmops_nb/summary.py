@@ -35,6 +35,8 @@ def _evaluate(m: dict, n: int) -> list:
     if not m.get("tuned"): return [f"{name(k)} {num(m['base'][k])} (base model only)" for k in keys]
     return [change(k, m["base"].get(k), m["tuned"].get(k), (m.get("delta") or {}).get(k), (m.get("delta_ci") or {}).get(k)) for k in keys]
 
+PREFERENCE = ("dpo", "kto")  # the preference stages `evaluate` compares with the SFT adapter, in pipeline order
+
 def stage_line(stage: str, m: dict, n: int = 3) -> str:
     "The headline of stage `stage` with metrics `m`, in words (empty when there is nothing to say)."
     if not m: return ""
@@ -45,6 +47,10 @@ def stage_line(stage: str, m: dict, n: int = 3) -> str:
     ts = m.get("training_summary")
     if stage in ("finetune", "dpo") and ts:
         return f"val loss {num(ts.get('val_loss_first'))} -> {num(ts.get('val_loss_last'))}, train loss {num(ts.get('train_loss_last'))}, {ts.get('steps')} steps"
+    if stage in PREFERENCE and "steps" in m:  # TRL's summary: no validation split
+        on = f"{m['n_pairs']} pairs" if "n_pairs" in m else f"{m.get('n_examples', '?')} examples ({m.get('n_desirable', '?')} desirable)"
+        acc = f", reward accuracy {num(m['rewards_accuracy'])}" if m.get("rewards_accuracy") is not None else ""
+        return f"train loss {num(m.get('train_loss'))}, {m['steps']} steps on {on}{acc}"
     if stage == "rag_index" and "chunks" in m:
         s, sk = f"{m['chunks']} chunks from {m.get('files', '?')} files", m.get("skipped_files") or {}
         names = "; ".join(f"{f}: {why}" for f, why in list(sk.items())[:3]) + ("; ..." if len(sk) > 3 else "")
@@ -54,8 +60,6 @@ def stage_line(stage: str, m: dict, n: int = 3) -> str:
     return ""
 
 # %% ../nbs/51_summary.ipynb #8764d8af
-PREFERENCE = ("dpo", "kto")  # the preference stages `evaluate` compares with the SFT adapter, in pipeline order
-
 def verdict(key: str, # the metric
             low, high, # the 95% interval of preference - SFT (None: no interval)
            ) -> str:
