@@ -35,7 +35,8 @@ def prep_dir(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("method,lr", [("lora", 2e-2), ("ia3", 3e-1)])
+# lora at 5e-3: at 2e-2 the tiny model's loss oscillates (10.56, 11.05, 10.44, ...), so where six steps end depends on rounding
+@pytest.mark.parametrize("method,lr", [("lora", 5e-3), ("ia3", 3e-1)])
 def test_peft_methods_learn(tmp_path, overfit, method, lr):
     m = T.train(FinetuneConfig(peft_method=method, **{**FAST, "learning_rate": lr}), out_dir=str(tmp_path), dataset=overfit)
     s = m["training_summary"]
@@ -54,7 +55,8 @@ def test_bf16_autocast_learns_like_fp32(tmp_path, overfit):
     from safetensors import safe_open
     runs = {}
     for dt in ("float32", "bfloat16"):
-        runs[dt] = T.train(FinetuneConfig(dtype=dt, device="cpu", **FAST), out_dir=str(tmp_path/dt), dataset=overfit)["training_summary"]
+        runs[dt] = T.train(FinetuneConfig(dtype=dt, device="cpu", **{**FAST, "learning_rate": 5e-3}),  # a steady descent (see above)
+                           out_dir=str(tmp_path/dt), dataset=overfit)["training_summary"]
         with safe_open(str(tmp_path/dt/"adapter"/"adapter_model.safetensors"), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # the trained weights stay fp32
     f32, b16 = runs["float32"], runs["bfloat16"]
