@@ -45,7 +45,7 @@ def stage_line(stage: str, m: dict, n: int = 3) -> str:
         keys = ["hit_at_k", "mrr_at_k"] + [x for x in ("rougeL", "groundedness") if m.get(x) is not None]
         return ", ".join(f"{name(x, m.get('k'))} {num(m.get(x))}" for x in keys) + f" ({m.get('mode', '?')} retrieval, {m.get('n_questions', '?')} questions)"
     ts = m.get("training_summary")
-    if stage in ("finetune", "dpo") and ts:
+    if stage == "finetune" and ts:
         return f"val loss {num(ts.get('val_loss_first'))} -> {num(ts.get('val_loss_last'))}, train loss {num(ts.get('train_loss_last'))}, {ts.get('steps')} steps"
     if stage in PREFERENCE and "steps" in m:  # TRL's summary: no validation split
         on = f"{m['n_pairs']} pairs" if "n_pairs" in m else f"{m.get('n_examples', '?')} examples ({m.get('n_desirable', '?')} desirable)"
