@@ -35,12 +35,21 @@ def bm25(store):
     "A BM25 index over the store's chunks (see `corpus`)."
     return corpus(store)[1]
 
+def _one_per_source(ids: list, by_id: dict) -> list:
+    "`ids` reordered: the first id of each source, then the others, each group in its own order."
+    seen, first, rest = set(), [], []
+    for i in ids:
+        src = by_id[i].metadata.get("source")
+        (rest if src in seen else first).append(i); seen.add(src)
+    return first + rest
+
 class HybridRetriever(BaseRetriever):
     "Dense + BM25 candidates merged by reciprocal rank fusion (on document ids)."
     store: Any
     k: int = 4
     fetch_k: int = 20
     rrf_c: int = 60
+    diverse: bool = True  # the best chunk of each source first, then the rest in fused order
 
     def _get_relevant_documents(self, query: str, *, run_manager=None) -> list:
         docs, index = corpus(self.store)
@@ -53,7 +62,9 @@ class HybridRetriever(BaseRetriever):
         for ranking in (dense, sparse):
             for r, d in enumerate(ranking):
                 fused[d.id] = fused.get(d.id, 0.0) + 1.0 / (self.rrf_c + r + 1); by_id.setdefault(d.id, d)
-        top = sorted(fused, key=lambda i: -fused[i])[:self.k]
+        ranked = sorted(fused, key=lambda i: -fused[i])
+        if self.diverse: ranked = _one_per_source(ranked, by_id)
+        top = ranked[:self.k]
         return [Document(page_content=by_id[i].page_content, metadata=dict(by_id[i].metadata), id=i) for i in top]
 
 def make_retriever(store, mode: str = "dense", k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5) -> BaseRetriever:
