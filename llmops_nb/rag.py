@@ -100,7 +100,7 @@ def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangCh
              model: str = "tiny-random", # causal LM alias, folder or hub id (ignored with `llm`)
              adapter=None, # PEFT adapter folder, merged into the model
              k: int = 4, # passages retrieved
-             mode: str = "dense", # retrieval mode: dense, hybrid or mmr
+             mode: str = "dense", # retrieval mode: dense, hybrid, mmr or diverse
              llm=None, # a LocalLLM to answer with, instead of loading `model`
              gen: dict | None = None, # LocalLLM generation settings (max_new_tokens, batch_size, ...)
              dtype: str = "auto", # the model's number format (see models.pick_dtype)

@@ -196,7 +196,7 @@ class RagEvalConfig(Endpoints, Generation, Precision, CausalLM, Seeded):
     "The `rag_eval` stage: retrieval scored in every mode, answers from the RAG chain scored, gates."
     questions: str = setting("data/rag_questions.jsonl", "JSONL questions: question, optional answer, optional sources", "path")
     k: int = setting(4, "passages retrieved per question")
-    retrieval: str = setting("hybrid", "retrieval mode for the answers: dense, hybrid (dense + BM25, rank fusion) or mmr")
+    retrieval: str = setting("hybrid", "retrieval mode for the answers: dense, hybrid (dense + BM25, rank fusion), mmr or diverse (hybrid, one chunk per source first)")
     max_questions: int = setting(4, "answer only the first N questions (0: all); retrieval is scored on all of them")
     groundedness_threshold: float = setting(0.5, "cosine similarity an answer sentence needs to a passage to count as supported")
     gates: dict = setting({}, 'minimum scores, e.g. {"hit_at_k": 0.8, "mrr_at_k": 0.6}; a miss fails the stage')
