@@ -1,7 +1,7 @@
 """Generation benchmark: batched generation in the model's `dtype: auto` precision vs the fp32 batched path and vs one
 prompt at a time, same prompts, greedy.
 
-    python bench/generate.py [--model smollm2-135m-instruct] [--n 32] [--batch-size 8] [--max-new-tokens 64]
+    python bench/generate.py [--model smollm2-135m-instruct] [--n 32] [--batch-size 8] [--fp32-batch-size 0] [--max-new-tokens 64]
                              [--device cpu|cuda] [--dtype auto] [--threads 0] [--repeat 3] [--no-single] [--ablate]
                              [--out bench/out/generate.json]
 
@@ -9,7 +9,8 @@ Modes, each `generation.generate` (greedy, stop at EOS) on the first `--n` conve
 (data/instructions.jsonl) rendered with the chat template, as the evaluate stage does:
   batched       the `--dtype` model (auto: bf16 on CPUs with native bf16 and on GPUs), `--batch-size` prompts at a time
                 (left padding), weights packed for the batch (`generation.prepacked`: MKL for fp32, oneDNN for bf16);
-  fp32-batched  the same in fp32: the batched path before bf16 (left out when --dtype resolves to fp32);
+  fp32-batched  the same in fp32: the batched path before bf16 (left out when --dtype resolves to fp32), at
+                `--fp32-batch-size` prompts a batch (default: `--batch-size`);
   single        the `--dtype` model, one prompt at a time (--no-single leaves it out);
   batched-plain with --ablate: batched without packed weights.
 Reported: answers/s and generated tokens/s per mode, `speedup_vs_fp32` (fp32-batched time / batched time, target >= 2x
@@ -38,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--n", type=int, default=32, help="number of prompts")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--fp32-batch-size", type=int, default=0, help="fp32-batched's batch size (0: --batch-size)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="the dtype setting of the batched and single modes")
@@ -62,7 +64,9 @@ def main(argv=None):
         sync(); t, c = time.perf_counter(), time.process_time()
         kw = dict(max_new_tokens=a.max_new_tokens, progress=False)
         if mode == "single": out = [G.generate(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
-        else: out = G.generate(fp32 if mode == "fp32-batched" else model, tok, prompts, batch_size=a.batch_size, prepack=mode != "batched-plain", **kw)
+        else:
+            bs = (a.fp32_batch_size or a.batch_size) if mode == "fp32-batched" else a.batch_size
+            out = G.generate(fp32 if mode == "fp32-batched" else model, tok, prompts, batch_size=bs, prepack=mode != "batched-plain", **kw)
         sync(); return time.perf_counter() - t, time.process_time() - c, out
 
     modes = ["batched"] + (["fp32-batched"] if fp32 is not None else []) + ([] if a.no_single else ["single"]) + (["batched-plain"] if a.ablate else [])
@@ -75,7 +79,7 @@ def main(argv=None):
     ntok = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs["batched"])
     med = {m: statistics.median(v) for m, v in times.items()}
     res = {"model": a.model, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""), "n_prompts": len(prompts),
-           "batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens, "threads": torch.get_num_threads(),
+           "batch_size": a.batch_size, "fp32_batch_size": a.fp32_batch_size or a.batch_size, "max_new_tokens": a.max_new_tokens, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
            "answer_tokens": ntok, "seconds": med, "cpu_seconds": {m: statistics.median(v) for m, v in cpus.items()}, "best_seconds": {m: min(v) for m, v in times.items()}, "all_seconds": times,
            "answers_per_s": {m: len(prompts)/t for m, t in med.items()},
