@@ -13,11 +13,11 @@ from .runs import _num, flat_metrics, flat_params, gate_rows, gates_passed, load
 # %% auto #0
 __all__ = ['SECTIONS', 'SAFE_TAGS', 'SAFE_ATTRIBUTES', 'show_summary', 'show_metadata', 'show_parameters', 'show_training',
            'show_evaluation', 'show_preference', 'examples', 'show_examples', 'show_retrieval', 'show_gates',
-           'show_serving', 'show_feedback', 'stage_notebooks', 'show_notebooks', 'report_notebook', 'sanitize',
-           'to_html', 'execute', 'render', 'wandb_report']
+           'show_serving', 'show_feedback', 'judge_grades', 'show_judge', 'stage_notebooks', 'show_notebooks',
+           'report_notebook', 'sanitize', 'to_html', 'execute', 'render', 'wandb_report']
 
 # %% ../nbs/20_report.ipynb #1243899e
-SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Preference", "Examples", "Retrieval", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
+SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Preference", "Examples", "Retrieval", "Judge", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
 
 def _md(s):
     from IPython.display import Markdown, display
@@ -225,7 +225,8 @@ def show_retrieval(rec: dict):
         _md("**Retrieval by mode:**"); _table([{"mode": mode, **v} for mode, v in m["retrieval"].items()])
     rows = _rows(output(rec, "rag_eval", "answers"))
     if rows:
-        cols = [c for c in ("question", "answer", "reference", "retrieved_sources", "hit_at_k", "mrr_at_k", "rougeL", "token_f1", "groundedness") if c in rows[0]]
+        cols = [c for c in ("question", "answer", "reference", "retrieved_sources", "hit_at_k", "mrr_at_k", "rougeL", "token_f1", "groundedness",
+                                  "judge_correctness", "judge_faithfulness") if c in rows[0]]
         _md(f"**Per question** ({len(rows)}):")
         _table([{c: _short(r.get(c), 200) if isinstance(r.get(c), (str, list)) else r.get(c) for c in cols} for r in rows])
 
@@ -263,6 +264,38 @@ def show_feedback(rec: dict, db=None):
     _fig(M.plot_monitor(stats, top))
     if len(top): _md("**Most downvoted questions:**"); _table(top.to_dict("records"))
 
+# %% ../nbs/20_report.ipynb #4bfa4b17
+def _graded(e: dict) -> str:
+    "A judge summary as `mean [low, high]` ('' when no verdict was readable)."
+    if not _num(e.get("mean")): return ""
+    lo, hi = e.get("ci") or (None, None)
+    return f"{e['mean']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if _num(lo) and _num(hi) else "")
+
+def judge_grades(j: dict) -> dict:
+    "name -> summary of each grade in a stage's judge entry: evaluate's correctness per model, rag_eval's correctness and faithfulness."
+    c = j.get("correctness") or {}
+    out = {"correctness": c} if "mean" in c else {f"correctness of {g}": e for g, e in c.items()}
+    return {**out, **({"faithfulness": j["faithfulness"]} if j.get("faithfulness") else {})}
+
+def show_judge(rec: dict):
+    "The LLM judge's grades of evaluate's and rag_eval's answers: means with intervals, unreadable verdicts, agreement with the metrics, cost."
+    judged = {s: m["judge"] for s in ("evaluate", "rag_eval") if isinstance((m := stage_metrics(rec, s)).get("judge"), dict)}
+    if not judged:
+        ran = [s for s in ("evaluate", "rag_eval") if s in rec["stages"]]
+        return _md("*No judge: " + (f"no {md_text(' or '.join(ran))} stage had `judge` set" if ran else "the run has no evaluate or rag_eval stage")
+                   + " (an endpoint model that grades answers 1-5, see `llmops_nb.judge`).*")
+    for s, j in judged.items():
+        u, grades = j.get("usage") or {}, judge_grades(j)
+        cost = f", ${u['cost_usd']:.4f}" if _num(u.get("cost_usd")) else ""
+        _md(f"**{md_code(s)}**, judged by {md_code(str(j.get('model')))}: {j.get('verdicts', 0)} verdicts, {j.get('unparsed', 0)} unreadable; "
+            f"{u.get('sent', 0)} requests sent, {u.get('cached', 0)} answered from the cache{cost}.")
+        _table([{"grade (1-5)": k, "mean [95% interval]": _graded(e), "readable": e.get("n"), "unreadable": e.get("unparsed")} for k, e in grades.items()])
+        if j.get("agreement"):
+            _table([{"judge vs": k, "pairs": a.get("n"), "Spearman rho": a.get("spearman"), "share both good or both bad": a.get("agree")}
+                    for k, a in j["agreement"].items()])
+        if bad := [x for e in grades.values() for x in e.get("unparsed_examples") or []][:3]:
+            _md("First unreadable verdicts, verbatim:"); _table([{"verdict": x} for x in bad])
+
 # %% ../nbs/20_report.ipynb #219dbb0a
 def stage_notebooks(rec: dict) -> dict:
     "stage -> executed notebook path (for stages that have one)."
@@ -297,7 +330,7 @@ def report_notebook(run_dir, html_dir=None):
              c.new_code_cell(f"from llmops_nb import report as R\nfrom llmops_nb.runs import load_record\nrec = load_record({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
     calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)", "show_preference(rec)",
-                                "show_examples(rec)", "show_retrieval(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"]))
+                                "show_examples(rec)", "show_retrieval(rec)", "show_judge(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"]))
     for s, call in calls.items():
         cells += [c.new_markdown_cell(f"## {s}"), c.new_code_cell(f"R.{call}")]
     nb = c.new_notebook(cells=cells)

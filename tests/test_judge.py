@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("openai")
 from conftest import llmops  # noqa: E402
 from test_endpoints import served  # noqa: E402,F401  (the fixture: llmops serve for a tiny-random run, on a loopback port)
-from llmops_nb import judge as J, stages as ST  # noqa: E402
+from llmops_nb import judge as J, report as R, stages as ST  # noqa: E402
 from llmops_nb.core import read_jsonl, read_metrics  # noqa: E402
 
 
@@ -48,6 +48,21 @@ def test_rag_eval_judged_by_the_server_counts_every_unreadable_verdict(served, t
     executed = (tmp_path/"rag.ipynb").read_text()
     assert f"{unread} of {j['verdicts']} verdicts unreadable" in executed
     assert b"judge/faithfulness/unparsed" in _wandb_run(tmp_path/"rag")  # metrics.json flows into the stage's W&B summary
+    tables = _report_judge({"stages": {"rag_eval": {"status": "done", "out_dir": str(tmp_path/"rag")}}})
+    assert tables[0] == [[k, R._graded(e), str(e["n"]), str(e["unparsed"])] for k, e in (("correctness", j["correctness"]), ("faithfulness", j["faithfulness"]))]
+    assert [r[0] for r in tables[1]] == list(j["agreement"]) and tables[1][-1][:2] == ["faithfulness_vs_groundedness", str(a["n"])]
+    assert [r[0] for r in tables[2]] == (j["correctness"]["unparsed_examples"] + j["faithfulness"]["unparsed_examples"])[:3]  # verbatim, as text
+
+
+def _report_judge(rec) -> list:
+    "The report's Judge section for `rec`, as the rows of each table it displays (rendered to HTML as in the report notebook)."
+    from bs4 import BeautifulSoup
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+    InteractiveShell.instance()
+    with capture_output() as cap: R.show_judge(rec)
+    pages = [o.data["text/html"] for o in cap.outputs if "text/html" in o.data]
+    return [[[td.get_text() for td in tr.find_all("td")] for tr in BeautifulSoup(h, "html.parser").find("tbody").find_all("tr")] for h in pages]
 
 
 def test_evaluate_judged_beside_an_offline_openai_finetune_job(served, tmp_path, monkeypatch):
@@ -71,6 +86,9 @@ def test_evaluate_judged_beside_an_offline_openai_finetune_job(served, tmp_path,
     assert set(j["correctness"]) == {"base"} and j["verdicts"] == 3
     assert j["unparsed"] == _counted(rows, "judge_base", j["correctness"]["base"])
     assert set(j["agreement"]) == {"rougeL", "token_f1"} and b"judge/unparsed" in _wandb_run(ev)
+    tables = _report_judge({"stages": {"evaluate": {"status": "done", "out_dir": str(ev)}}})
+    assert tables[0] == [["correctness of base", R._graded(j["correctness"]["base"]), str(j["correctness"]["base"]["n"]), str(j["unparsed"])]]
+    assert [r[0] for r in tables[1]] == ["rougeL", "token_f1"]
     with pytest.raises(pm.PapermillExecutionError) as e:
         _execute("evaluate", tmp_path/"ev2.ipynb", out_dir=str(tmp_path/"ev2"), endpoint="openai_finetune", **common)
     assert e.value.ename == "ConfigError" and e.value.evalue.startswith(
