@@ -157,12 +157,12 @@ def cmd_stages(a):
 @command("report", "render a run's report.html and MODEL_CARD.md (--wandb: a W&B Report)", arg("run", help=RUN),
          arg("--wandb", action="store_true", help="create the W&B Report (online)"))
 def cmd_report(a):
-    from llmops_nb import report
+    from llmops_nb import page
     from llmops_nb.runs import load_record
     rec = load_record(a.run, a.run_root)
-    if a.wandb: report.wandb_report(rec)
+    if a.wandb: page.wandb_report(rec)
     else:
-        res = report.render(rec["run_dir"])
+        res = page.render(rec["run_dir"])
         print(f"report: {res['report']}\nmodel card: {res['model_card']}")
 
 @command("compare", "params that differ and metrics side by side, with deltas (prints + HTML)", arg("runs", nargs="+", help=RUN),

@@ -424,7 +424,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-backgroun
 @pytest.fixture(scope="module")
 def xss_pages(tmp_path_factory):
     "A whole run (and a second for the compare page) whose data, names, parameters, documents, questions and feedback all carry markup."
-    from llmops_nb import compare, feedback as F, report
+    from llmops_nb import compare, feedback as F, page
     tmp = tmp_path_factory.mktemp("xss")
     data = tmp/"data.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"Q{i} {X1}", "input": X3, "output": f"A{i} {X2}"}) + "\n" for i in range(24)))
@@ -442,7 +442,7 @@ def xss_pages(tmp_path_factory):
         rec = P.run(f, sets=[f"prepare.system_prompt=Be brief. {X1}"], **QUIET)
         rid = F.record(f"Why? {X1}", f"Because {X2}", ["xss.md"], run_id=rec["id"], db=tmp/"fb.db")
         F.rate(rid, -1, correction=f"{X2} {X3}", comment=X1, db=tmp/"fb.db")
-        report.render(rec["run_dir"])                     # `llmops report`: the feedback section, and every stage notebook as HTML
+        page.render(rec["run_dir"])                     # `llmops report`: the feedback section, and every stage notebook as HTML
         other = P.run(f, sets=[f"name=other {X2}", f"prepare.system_prompt=Be brief. {X1}"], stages=["prepare"], **QUIET)  # cached: no kernel
         cmp = compare.compare([rec["id"], other["id"]], tmp/"runs", tmp/"compare.html", echo=lambda *a: None)
     finally:
