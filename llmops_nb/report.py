@@ -225,7 +225,7 @@ def show_retrieval(rec: dict):
     rows = _rows(output(rec, "rag_eval", "answers"))
     if rows:
         cols = [c for c in ("question", "answer", "reference", "retrieved_sources", "hit_at_k", "mrr_at_k", "rougeL", "token_f1", "groundedness",
-                                  "judge_correctness", "judge_faithfulness") if c in rows[0]]
+                            "judge_correctness", "judge_faithfulness") if c in rows[0]]
         _md(f"**Per question** ({len(rows)}):")
         _table([{c: _short(r.get(c), 200) if isinstance(r.get(c), (str, list)) else r.get(c) for c in cols} for r in rows])
 
@@ -329,7 +329,7 @@ def report_notebook(run_dir, html_dir=None):
              c.new_code_cell(f"from llmops_nb import report as R\nfrom llmops_nb.runs import load_record\nrec = load_record({str(run_dir)!r})"),
              c.new_markdown_cell("Contents: " + " &middot; ".join(f"[{s}](#{s.replace(' ', '-')})" for s in SECTIONS[1:]))]
     calls = dict(zip(SECTIONS, ["show_summary(rec)", "show_metadata(rec)", "show_training(rec)", "show_evaluation(rec)", "show_preference(rec)",
-                                "show_examples(rec)", "show_retrieval(rec)", "show_judge(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"]))
+                                "show_examples(rec)", "show_retrieval(rec)", "show_judge(rec)", "show_gates(rec)", "show_feedback(rec)", f"show_notebooks(rec, {str(html_dir) if html_dir else None!r})", "show_parameters(rec)"], strict=True))
     for s, call in calls.items():
         cells += [c.new_markdown_cell(f"## {s}"), c.new_code_cell(f"R.{call}")]
     nb = c.new_notebook(cells=cells)

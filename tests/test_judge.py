@@ -49,9 +49,14 @@ def test_rag_eval_judged_by_the_server_counts_every_unreadable_verdict(served, t
     assert f"{unread} of {j['verdicts']} verdicts unreadable" in executed
     assert b"judge/faithfulness/unparsed" in _wandb_run(tmp_path/"rag")  # metrics.json flows into the stage's W&B summary
     tables = _report_judge({"stages": {"rag_eval": {"status": "done", "out_dir": str(tmp_path/"rag")}}})
-    assert tables[0] == [[k, R._graded(e), str(e["n"]), str(e["unparsed"])] for k, e in (("correctness", j["correctness"]), ("faithfulness", j["faithfulness"]))]
+    assert tables[0] == [[k, _graded(e), str(e["n"]), str(e["unparsed"])] for k, e in (("correctness", j["correctness"]), ("faithfulness", j["faithfulness"]))]
     assert [r[0] for r in tables[1]] == list(j["agreement"]) and tables[1][-1][:2] == ["faithfulness_vs_groundedness", str(a["n"])]
     assert [r[0] for r in tables[2]] == (j["correctness"]["unparsed_examples"] + j["faithfulness"]["unparsed_examples"])[:3]  # verbatim, as text
+
+
+def _graded(e) -> str:
+    "What the section must show for a judge summary, spelled out here rather than taken from the report."
+    return f"{e['mean']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}]" if e["n"] else ""
 
 
 def _report_judge(rec) -> list:
@@ -87,7 +92,8 @@ def test_evaluate_judged_beside_an_offline_openai_finetune_job(served, tmp_path,
     assert j["unparsed"] == _counted(rows, "judge_base", j["correctness"]["base"])
     assert set(j["agreement"]) == {"rougeL", "token_f1"} and b"judge/unparsed" in _wandb_run(ev)
     tables = _report_judge({"stages": {"evaluate": {"status": "done", "out_dir": str(ev)}}})
-    assert tables[0] == [["correctness of base", R._graded(j["correctness"]["base"]), str(j["correctness"]["base"]["n"]), str(j["unparsed"])]]
+    b = j["correctness"]["base"]
+    assert tables[0] == [["correctness of base", _graded(b), str(b["n"]), str(b["unparsed"])]]
     assert [r[0] for r in tables[1]] == ["rougeL", "token_f1"]
     with pytest.raises(pm.PapermillExecutionError) as e:
         _execute("evaluate", tmp_path/"ev2.ipynb", out_dir=str(tmp_path/"ev2"), endpoint="openai_finetune", **common)
