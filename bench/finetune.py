@@ -13,7 +13,10 @@ Useful tokens = non-padding tokens. Each method runs in its own process (separat
   ours-plain-loss: the LM head's whole logits and F.cross_entropy (trainer.LOSS_CHUNK = 0) instead of linear_cross_entropy;
   ours-bf16-attention: short examples attend in bf16 too (CPU, see packing.CPU_FP32_ATTENTION);
   ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
-  ours-unfused: PEFT's own LoRA sum (scale and add after the thin products).
+  ours-unfused: PEFT's own LoRA sum (scale and add after the thin products);
+  ours-system-malloc: glibc's allocator instead of the tcmalloc every stage kernel preloads where it is installed
+  (pipeline.malloc_env); tutorial-tcmalloc: the tutorial way with tcmalloc preloaded too (the tutorial itself runs on
+  the system allocator, as tutorials do).
 --methods picks the methods to time (e.g. tutorial,ours,ours-fp32).
 
   python bench/finetune.py [--ablate] [--repeat 3]                    # CPU, packaged SmolLM2-135M-Instruct, shipped data
@@ -26,7 +29,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["tutorial", "ours", "ours-fp32", "ours-plain-loss", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused"]
+METHODS = ["tutorial", "ours", "ours-fp32", "ours-plain-loss", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused",
+           "ours-system-malloc", "tutorial-tcmalloc"]
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -132,11 +136,18 @@ def run_ours(a):
 def child(a):
     import tempfile
     a.tmp = tempfile.mkdtemp(prefix="bench-ft-")
-    clock = (run_tutorial if a.only == "tutorial" else run_ours)(a)
+    clock = (run_tutorial if a.only.startswith("tutorial") else run_ours)(a)
     dt, n = clock.t1 - clock.t0, clock.n1 - clock.n0
     print("RESULT " + json.dumps({"method": a.only, "useful_tokens": n, "seconds": round(dt, 2), "tokens_per_second": round(n / dt, 1),
                                   "cpu_seconds": round(clock.c1 - clock.c0, 2),
                                   "peak_memory_mb": round(peak_mb(a.device), 1)}), flush=True)
+
+
+def method_env(m: str) -> dict:
+    "Ours runs with the allocator stage kernels get (pipeline.malloc_env); the tutorial, as tutorials run, with the system's."
+    from llmops_nb.pipeline import malloc_env
+    env = {} if m in ("tutorial", "ours-system-malloc") else malloc_env("auto") if m == "tutorial-tcmalloc" else malloc_env()
+    return {**os.environ, **env}
 
 
 def main():
@@ -170,7 +181,7 @@ def main():
         if opt in argv: i = argv.index(opt); argv = argv[:i] + argv[i + 2:]
     for k in range(a.repeat):  # rounds interleave the methods, so a slow spell of the machine hits them alike
         for m in methods:
-            p = subprocess.run([sys.executable, __file__, "--only", m] + argv, capture_output=True, text=True, cwd=ROOT)
+            p = subprocess.run([sys.executable, __file__, "--only", m] + argv, capture_output=True, text=True, cwd=ROOT, env=method_env(m))
             line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
             r = runs.setdefault(m, []); r.append(json.loads(line[7:])); r = r[-1]

@@ -17,9 +17,9 @@ from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, s
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
-__all__ = ['PKG', 'DECLARATIONS', 'KERNEL', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key',
+__all__ = ['PKG', 'DECLARATIONS', 'KERNEL', 'TCMALLOC', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key',
            'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock', 'ensure_kernel',
-           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+           'malloc_env', 'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -148,6 +148,22 @@ def ensure_kernel(name=KERNEL) -> str:
     write_json(d/"kernel.json", spec)
     return name
 
+# %% ../nbs/19_pipeline.ipynb #b2d4f6a1
+TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # gperftools' libraries, the minimal one first: no heap profiler
+
+def malloc_env(choice: str | None = None, # auto, system or an allocator library's path; None: $LLMOPS_MALLOC, else auto
+              ) -> dict: # environment for a stage's kernel
+    "The `LD_PRELOAD` that gives a stage's kernel tcmalloc (or `choice`'s allocator); {} for the system allocator."
+    from ctypes.util import find_library
+    choice = choice or os.environ.get("LLMOPS_MALLOC") or "auto"
+    if choice == "system" or not sys.platform.startswith("linux"): return {}
+    if choice == "auto": lib = next((l for l in map(find_library, TCMALLOC) if l), None)
+    elif Path(choice).is_file(): lib = choice
+    else: raise ConfigError(f"LLMOPS_MALLOC={choice!r}: no such file; expected auto, system or the path of an allocator library")
+    pre = [x for x in os.environ.get("LD_PRELOAD", "").split(":") if x]
+    if lib is None or lib in pre: return {}
+    return {"LD_PRELOAD": ":".join([lib, *pre]), "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}  # no "large alloc" lines on stderr
+
 # %% ../nbs/19_pipeline.ipynb #10e97b1e
 class StageError(RuntimeError):
     "A stage failed; the message is one line."
@@ -206,7 +222,7 @@ def execute_stage(rec: dict, # the run record (updated in place)
                WANDB_TAGS=",".join(wb.get("tags") or []) or None, WANDB_DIR=str(run_dir), WANDB_SILENT="true",
                WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"], LLMOPS_NOTEBOOK=str(nb_out),
                LLMOPS_RUN_ID=rec["id"], LLMOPS_RUN_ROOT=str(run_dir.parent), LLMOPS_PROJECT_ROOT=str(project_root()),
-               LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false", LLMOPS_PROGRESS=str(run_dir/".progress"/f"{stage}.json"))
+               LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false", LLMOPS_PROGRESS=str(run_dir/".progress"/f"{stage}.json"), **malloc_env())
     st.update(status="running", started=now(), notebook=str(nb_out), error=None)
     t = time.time()
     try:
@@ -325,6 +341,7 @@ def run(params_file, # a params YAML file
        ) -> dict: # the run record
     "Validate `params_file` (+ `--set` overrides) and run its stages; returns the run record."
     cfg = load_params(params_file, sets)
+    malloc_env()  # a wrong LLMOPS_MALLOC fails here, before the run folder exists
     if stages:
         bad = [s for s in stages if s not in cfg["stages"]]
         if bad: raise ConfigError(f"--stages: '{bad[0]}' is not among the stages of {params_file} ({', '.join(cfg['stages'])})")

@@ -1,0 +1,33 @@
+"A stage's kernel runs on tcmalloc where it is installed (pipeline.malloc_env): a real papermill kernel, its own memory map."
+import json, os
+import nbformat, papermill as pm
+import pytest
+from conftest import llmops
+from llmops_nb import pipeline as P
+
+needs_tcmalloc = pytest.mark.skipif(not P.malloc_env("auto"), reason="no tcmalloc here (apt install libtcmalloc-minimal4; .ci/run installs it)")
+
+
+def _maps(tmp_path, env) -> str:
+    "The shared libraries a stage kernel has mapped, started the way execute_stage starts it."
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import re; print(sorted({m for m in re.findall(r'\\S+\\.so[.\\d]*$', open('/proc/self/maps').read(), re.M)}))")])
+    src, out = tmp_path/"maps.ipynb", tmp_path/"maps.out.ipynb"
+    nbformat.write(nb, src)
+    with P._env(**env): pm.execute_notebook(str(src), str(out), kernel_name=P.ensure_kernel(), progress_bar=False)
+    return nbformat.read(out, as_version=4).cells[0].outputs[0]["text"]
+
+
+@needs_tcmalloc
+def test_stage_kernel_uses_tcmalloc(tmp_path):
+    assert "libtcmalloc" in _maps(tmp_path, P.malloc_env())
+    assert "libtcmalloc" not in _maps(tmp_path, P.malloc_env("system"))
+
+
+def test_wrong_allocator_is_one_line(params, tmp_path, monkeypatch):
+    f = params({"stages": ["prepare"], "prepare": {"max_examples": 30}})
+    monkeypatch.setenv("LLMOPS_MALLOC", str(tmp_path/"libnothing.so"))
+    r = llmops("run", f, "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "LLMOPS_MALLOC=" in r.stderr and "expected auto, system or the path" in r.stderr
+    assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())  # no run folder was made
