@@ -143,11 +143,13 @@ def child(a):
                                   "peak_memory_mb": round(peak_mb(a.device), 1)}), flush=True)
 
 
+ALLOCATOR = {"tutorial": "system", "ours-system-malloc": "system", "tutorial-tcmalloc": "auto"}  # the others: the stage kernels' choice
+
+
 def method_env(m: str) -> dict:
     "Ours runs with the allocator stage kernels get (pipeline.malloc_env); the tutorial, as tutorials run, with the system's."
     from llmops_nb.pipeline import malloc_env
-    env = {} if m in ("tutorial", "ours-system-malloc") else malloc_env("auto") if m == "tutorial-tcmalloc" else malloc_env()
-    return {**os.environ, **env}
+    return {**os.environ, **malloc_env(ALLOCATOR.get(m))}
 
 
 def main():

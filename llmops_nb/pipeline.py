@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
-import ast, hashlib, json, os, sys, tempfile, time
+import ast, ctypes.util, functools, hashlib, json, os, sys, tempfile, time
 import contextlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,13 +151,15 @@ def ensure_kernel(name=KERNEL) -> str:
 # %% ../nbs/19_pipeline.ipynb #b2d4f6a1
 TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # gperftools' libraries, the minimal one first: no heap profiler
 
+@functools.cache  # find_library runs ldconfig (and gcc when that finds nothing): once per process, not once per stage
+def _tcmalloc(): return next((l for l in map(ctypes.util.find_library, TCMALLOC) if l), None)
+
 def malloc_env(choice: str | None = None, # auto, system or an allocator library's path; None: $LLMOPS_MALLOC, else auto
               ) -> dict: # environment for a stage's kernel
     "The `LD_PRELOAD` that gives a stage's kernel tcmalloc (or `choice`'s allocator); {} for the system allocator."
-    from ctypes.util import find_library
     choice = choice or os.environ.get("LLMOPS_MALLOC") or "auto"
     if choice == "system" or not sys.platform.startswith("linux"): return {}
-    if choice == "auto": lib = next((l for l in map(find_library, TCMALLOC) if l), None)
+    if choice == "auto": lib = _tcmalloc()
     elif Path(choice).is_file(): lib = choice
     else: raise ConfigError(f"LLMOPS_MALLOC={choice!r}: no such file; expected auto, system or the path of an allocator library")
     pre = [x for x in os.environ.get("LD_PRELOAD", "").split(":") if x]
@@ -368,6 +370,7 @@ def resume(ref, # the run: id, short id, latest or alias
            echo=print, # where progress lines go
           ) -> dict: # the run record
     "Continue the run `ref` names from its first stage that did not finish; `sets` change parameters first."
+    malloc_env()  # as in run: a wrong LLMOPS_MALLOC fails before any stage
     lock, rec = take_run(load_record(ref, run_root), "resume")  # refused while a live process runs it
     try:
         if rec["status"] == "done" and not sets: echo(f"run {rec['id']} already finished"); lock.release(); return rec

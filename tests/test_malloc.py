@@ -1,5 +1,4 @@
 "A stage's kernel runs on tcmalloc where it is installed (pipeline.malloc_env): a real papermill kernel, its own memory map."
-import json, os
 import nbformat, papermill as pm
 import pytest
 from conftest import llmops
