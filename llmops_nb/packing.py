@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_packing.ipynb #cb933da2
 from __future__ import annotations
-import itertools
+import functools, inspect, itertools
 import torch
 from transformers import AttentionInterface, DataCollatorWithFlattening
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -89,13 +89,19 @@ def _varlen_attn():
     except ImportError: return None
     return varlen_attn
 
+@functools.cache
+def _takes_gqa() -> bool: return "enable_gqa" in inspect.signature(_varlen_attn()).parameters
+
 def _offsets(lens, device):
     return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
 
 def _varlen(query, key, value, cu, max_len, scaling=None, **kw):
     "One flash-attention varlen call over all examples (CUDA, half precision): no loop, no padding."
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, head_dim)
-    o = _varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), enable_gqa=k.shape[1] != q.shape[1])
+    if k.shape[1] != q.shape[1] and not _takes_gqa():  # an older torch's varlen_attn has no enable_gqa: repeat the kv heads
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
+    o = _varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), **gqa)
     return o.unsqueeze(0), None
 
 CPU_FP32_ATTENTION = 192  # on CPU, bf16 examples up to this many tokens attend in fp32 (see above)

@@ -49,25 +49,25 @@ def test_varlen_attention_equals_each_example_alone():
 
 
 def test_bf16_mixed_precision_on_cuda(tmp_path, overfit):
-    s = T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path), dataset=overfit)["training_summary"]
+    s = T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path), dataset=overfit, report_to="none")["training_summary"]
     learns(s)
     assert (s["mixed_precision"], s["weights_dtype"]) == ("bf16", "bfloat16")
 
 
 def test_qlora_learns(tmp_path, overfit):
     pytest.importorskip("bitsandbytes")
-    s = T.train(FinetuneConfig(load_in_4bit=True, **FAST), out_dir=str(tmp_path), dataset=overfit)["training_summary"]
+    s = T.train(FinetuneConfig(load_in_4bit=True, **FAST), out_dir=str(tmp_path), dataset=overfit, report_to="none")["training_summary"]
     learns(s)
 
 
 def test_liger_kernel_learns(tmp_path, overfit):
     pytest.importorskip("liger_kernel")
-    s = T.train(FinetuneConfig(use_liger_kernel=True, **FAST), out_dir=str(tmp_path), dataset=overfit)["training_summary"]
+    s = T.train(FinetuneConfig(use_liger_kernel=True, **FAST), out_dir=str(tmp_path), dataset=overfit, report_to="none")["training_summary"]
     learns(s)
 
 
 def test_torch_compile_learns_like_eager(tmp_path, overfit):
-    eager = T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path/"eager"), dataset=overfit)["training_summary"]
-    comp = T.train(FinetuneConfig(torch_compile=True, **FAST), out_dir=str(tmp_path/"compiled"), dataset=overfit)["training_summary"]
+    eager = T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path/"eager"), dataset=overfit, report_to="none")["training_summary"]
+    comp = T.train(FinetuneConfig(torch_compile=True, **FAST), out_dir=str(tmp_path/"compiled"), dataset=overfit, report_to="none")["training_summary"]
     learns(comp)
     assert comp["val_loss_last"] == pytest.approx(eager["val_loss_last"], rel=0.05), (eager, comp)
