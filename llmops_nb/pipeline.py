@@ -225,7 +225,7 @@ def execute_stage(rec: dict, # the run record (updated in place)
                WANDB_MODE=None if wb.get("mode", "auto") == "auto" else wb["mode"], LLMOPS_NOTEBOOK=str(nb_out),
                LLMOPS_RUN_ID=rec["id"], LLMOPS_RUN_ROOT=str(run_dir.parent), LLMOPS_PROJECT_ROOT=str(project_root()),
                LLMOPS_FORCE="1" if force else "", TOKENIZERS_PARALLELISM="false", LLMOPS_PROGRESS=str(run_dir/".progress"/f"{stage}.json"), **malloc_env())
-    st.update(status="running", started=now(), notebook=str(nb_out), error=None)
+    st.update(status="running", started=now(), notebook=str(nb_out), error=None, preload=env.get("LD_PRELOAD") or os.environ.get("LD_PRELOAD"))
     t = time.time()
     try:
         write_json(out/"params.json", vals); save_record(rec)

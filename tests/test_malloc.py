@@ -30,3 +30,15 @@ def test_wrong_allocator_is_one_line(params, tmp_path, monkeypatch):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "LLMOPS_MALLOC=" in r.stderr and "expected auto, system or the path" in r.stderr
     assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())  # no run folder was made
+
+
+@needs_tcmalloc
+def test_run_record_names_each_stages_allocator(params, monkeypatch):
+    "execute_stage hands the kernel malloc_env's preload and records it; LLMOPS_MALLOC=system runs (and records) none."
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    f = params({"stages": ["prepare"], "prepare": {"max_examples": 30}})
+    rec = P.run(f, progress=False)
+    assert rec["stages"]["prepare"]["preload"] == P.malloc_env("auto")["LD_PRELOAD"], rec["stages"]["prepare"]
+    monkeypatch.setenv("LLMOPS_MALLOC", "system")
+    rec = P.run(f, progress=False, force=True)
+    assert rec["stages"]["prepare"]["status"] == "done" and rec["stages"]["prepare"]["preload"] is None, rec["stages"]["prepare"]
