@@ -8,11 +8,11 @@ model (SmolLM2-135M-Instruct, no adapter):
 
 - `tutorial`: one FastAPI endpoint that calls `model.generate` for each request, one request at a time (a lock:
   what a tutorial's endpoint amounts to), greedy, no streaming;
-- `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching, packed
-  weights), streamed;
-- `hf-plain` (an ablation): our server without packed weights (`engine.Model(prepack=False)`);
-- `hf-fp32` (an ablation): our server with fp32 weights (MKL-packed), as it was before `dtype: auto` picked bf16
-  on CPUs with native bf16 (`hf` loads the model in the auto dtype: bf16 there, oneDNN-packed);
+- `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching), streamed;
+- `hf-packed` (an ablation): our server with weights packed for `--max-batch` rows (`engine.Model(prepack=True)`:
+  MKL for fp32, oneDNN for bf16), as it served before 2026-12-04;
+- `hf-fp32` (an ablation): our server with fp32 weights, as it was before `dtype: auto` picked bf16 on CPUs with
+  native bf16 (`hf` loads the model in the auto dtype: bf16 there);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
 
 Clients are threads using the official `openai` SDK, each sending the shipped test prompts (the test split of
@@ -74,7 +74,7 @@ def tutorial_app(model: str, device: str):
 
 
 def ours_app(model: str, device: str, kind: str, max_batch: int):
-    "Our server over the model alone (no run needed): the batching engine (hf, hf-plain, hf-fp32) or vLLM behind our layer (vllm)."
+    "Our server over the model alone (no run needed): the batching engine (hf, hf-packed, hf-fp32) or vLLM behind our layer (vllm)."
     from types import SimpleNamespace
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.models import load_causal_lm, load_tokenizer
@@ -83,9 +83,9 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
     import tempfile
     name = deploy.base_name(model)
     lineage = {"base": model, "adapter": None, "run_id": "bench"}
-    if kind in ("hf", "hf-plain", "hf-fp32"):
+    if kind in ("hf", "hf-packed", "hf-fp32"):
         lm, tok = load_causal_lm(model, device=device, dtype="float32" if kind == "hf-fp32" else "auto")
-        m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind != "hf-plain")
+        m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind == "hf-packed")
         dep = deploy.Deployment("bench", "bench", {name: deploy.Served(name, "base", m, tok, m.context, lineage)})
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=4096))
     else:
@@ -163,7 +163,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="test prompts (the test split has 40)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-plain, hf-fp32, vllm (the first is the reference)")
+    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-packed, hf-fp32, vllm (the first is the reference)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)

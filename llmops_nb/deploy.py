@@ -70,8 +70,8 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
          name: str | None = None, # served name of the tuned model (see `model_names`)
          engine: str = "hf", # hf (this process) or vllm (names only; vLLM holds the weights)
          device: str = "auto", # where the hf models run
-         max_batch: int = 16, # rows per decoding step: the packed weights are laid out for it
-         prepack: bool = True, # weights packed for `max_batch` rows (CPU: fp32 by MKL, bf16 by oneDNN)
+         max_batch: int = 16, # rows per decoding step
+         prepack: bool = False, # weights packed for `max_batch` rows (CPU; off: see engine.Model)
          dtype: str | None = None, # the hf models' number format (see models.pick_dtype); None: the run's own `dtype` setting
          previous: Deployment | None = None, # a deployment whose base model and index may be reused
         ) -> Deployment:

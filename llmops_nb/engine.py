@@ -46,8 +46,8 @@ class Request:
 
 # %% ../nbs/28_engine.ipynb #465caef2
 class Model:
-    "A causal LM ready for the engine: eval mode, EOS ids, context length, weights packed for `max_batch` rows."
-    def __init__(self, lm, tok, name: str = "model", max_batch: int = 16, prepack: bool = True):
+    "A causal LM ready for the engine: eval mode, EOS ids, context length; with `prepack`, weights packed for `max_batch` rows."
+    def __init__(self, lm, tok, name: str = "model", max_batch: int = 16, prepack: bool = False):
         self.lm, self.tok, self.name = lm.eval(), tok, name
         self.eos = set(_eos_ids(lm, tok))
         self.context = int(getattr(lm.config, "max_position_embeddings", 0) or 2048)

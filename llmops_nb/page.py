@@ -8,7 +8,7 @@ import html, os, re, sys
 from pathlib import Path
 from .card import model_card
 from .core import ConfigError
-from .report import SECTIONS, _verdict, report_notebook, stage_notebooks
+from .report import SECTIONS, verdict, report_notebook, stage_notebooks
 from .runs import flat_metrics, load_record
 
 # %% auto #0
@@ -104,7 +104,7 @@ def wandb_report(rec: dict, echo=print):
     panels = [wr.LinePlot(title="loss", x="Step", y=["train/loss", "eval/loss"]), wr.RunComparer(diff_only="split")]
     if keys: panels.append(wr.BarPlot(title="tuned", metrics=[f"tuned/{k}" for k in keys]))
     rep = wr.Report(entity=entity, project=wb["project"], title=f"llmops run {rec['id']}",
-                    description=f"{rec.get('name') or ''} {rec['params_file']}: {_verdict(rec).replace('**', '')}",
+                    description=f"{rec.get('name') or ''} {rec['params_file']}: {verdict(rec).replace('**', '')}",
                     blocks=[wr.PanelGrid(runsets=[runs], panels=panels), wr.MarkdownBlock(text=model_card(rec))])
     rep.save()
     echo(f"W&B Report: {rep.url}")

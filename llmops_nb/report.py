@@ -11,9 +11,9 @@ from .core import md_code, md_text
 from .runs import _num, flat_params, gate_rows, gates_passed, load_record, output, stage_metrics, stage_out
 
 # %% auto #0
-__all__ = ['SECTIONS', 'show_summary', 'show_metadata', 'show_parameters', 'show_training', 'show_evaluation', 'show_preference',
-           'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving', 'show_feedback', 'judge_grades',
-           'show_judge', 'stage_notebooks', 'show_notebooks', 'report_notebook']
+__all__ = ['SECTIONS', 'verdict', 'show_summary', 'show_metadata', 'show_parameters', 'show_training', 'show_evaluation',
+           'show_preference', 'examples', 'show_examples', 'show_retrieval', 'show_gates', 'show_serving',
+           'show_feedback', 'judge_grades', 'show_judge', 'stage_notebooks', 'show_notebooks', 'report_notebook']
 
 # %% ../nbs/20_report.ipynb #1243899e
 SECTIONS = ("Summary", "Run metadata", "Training", "Evaluation", "Preference", "Examples", "Retrieval", "Judge", "Quality gates", "Feedback", "Stage notebooks", "Parameters")
@@ -55,7 +55,8 @@ def _short(x, n=240):
     return s if len(s) <= n else s[:n] + " ..."
 
 # %% ../nbs/20_report.ipynb #6a135a79
-def _verdict(rec) -> str:
+def verdict(rec) -> str:
+    "The run's quality-gate verdict in one line (markdown bold on the outcome): the report's and the runs page's."
     ok = gates_passed(rec)
     n = len(gate_rows(rec))
     if ok is None: return "no quality gates configured"
@@ -72,7 +73,7 @@ def show_summary(rec: dict):
     from llmops_nb import summary as SU
     from llmops_nb.runs import registry
     detail = md_text(SU.gates_line(rec).split(" (", 1)[1].rstrip(")")) if gate_rows(rec) else ""
-    _md(f"**Verdict:** {_verdict(rec)}" + (f" ({detail})" if detail else "") + ".")
+    _md(f"**Verdict:** {verdict(rec)}" + (f" ({detail})" if detail else "") + ".")
     heads = [f"- **{md_text(s)}**: {md_text(t)}" for s in rec["stages"] if s != "report" and (t := SU.stage_line(s, stage_metrics(rec, s)))]
     if t := SU.preference_line(stage_metrics(rec, "evaluate")): heads.append(f"- **preference**: {md_text(t)}")  # kto/dpo vs the SFT adapter
     if heads: _md("\n".join(heads))
@@ -233,7 +234,7 @@ def show_gates(rec: dict):
     "Every quality gate: value, threshold and verdict."
     rows = gate_rows(rec)
     if not rows: return _md("*No quality gates in this run (set `gates` in the evaluate or rag_eval section of the params file).*")
-    _md(_verdict(rec).capitalize() + ".")
+    _md(verdict(rec).capitalize() + ".")
     _table([{**r, "passed": "pass" if r["passed"] else "FAIL"} for r in rows])
 
 
