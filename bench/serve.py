@@ -11,6 +11,8 @@ model (SmolLM2-135M-Instruct, no adapter):
 - `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching), streamed;
 - `hf-packed` (an ablation): our server with weights packed for `--max-batch` rows (`engine.Model(prepack=True)`:
   MKL for fp32, oneDNN for bf16), as it served before 2026-12-04;
+- `hf-tcmalloc` (an ablation): `hf` with gperftools' tcmalloc preloaded, as every pipeline stage's kernel runs
+  (`pipeline.malloc_env`; the other servers run on the allocator this process was started with);
 - `hf-fp32` (an ablation): our server with fp32 weights, as it was before `dtype: auto` picked bf16 on CPUs with
   native bf16 (`hf` loads the model in the auto dtype: bf16 there);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
@@ -74,7 +76,7 @@ def tutorial_app(model: str, device: str):
 
 
 def ours_app(model: str, device: str, kind: str, max_batch: int):
-    "Our server over the model alone (no run needed): the batching engine (hf, hf-packed, hf-fp32) or vLLM behind our layer (vllm)."
+    "Our server over the model alone (no run needed): the batching engine (hf, hf-packed, hf-tcmalloc, hf-fp32) or vLLM behind our layer (vllm)."
     from types import SimpleNamespace
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.models import load_causal_lm, load_tokenizer
@@ -83,7 +85,7 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
     import tempfile
     name = deploy.base_name(model)
     lineage = {"base": model, "adapter": None, "run_id": "bench"}
-    if kind in ("hf", "hf-packed", "hf-fp32"):
+    if kind in ("hf", "hf-packed", "hf-tcmalloc", "hf-fp32"):
         lm, tok = load_causal_lm(model, device=device, dtype="float32" if kind == "hf-fp32" else "auto")
         m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind == "hf-packed")
         dep = deploy.Deployment("bench", "bench", {name: deploy.Served(name, "base", m, tok, m.context, lineage)})
@@ -163,7 +165,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="test prompts (the test split has 40)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-packed, hf-fp32, vllm (the first is the reference)")
+    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-packed, hf-tcmalloc, hf-fp32, vllm (the first is the reference)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)
@@ -175,13 +177,15 @@ def main(argv=None):
     if a.serve: return run_server(a.serve, a.port, a)
     import torch
     from llmops_nb.deploy import base_name
+    from llmops_nb.pipeline import malloc_env
     prompts, levels, engines = test_prompts(a.n), [int(x) for x in a.clients.split(",")], a.engines.split(",")
     procs, urls = {}, {}
     try:
         for e in engines:
             port = free_port()
             procs[e] = subprocess.Popen([sys.executable, __file__, "--serve", e, "--port", str(port), "--model", a.model, "--device", a.device,
-                                         "--max-batch", str(a.max_batch), "--threads", str(a.threads)])
+                                         "--max-batch", str(a.max_batch), "--threads", str(a.threads)],
+                                        env={**os.environ, **(malloc_env("auto") if e == "hf-tcmalloc" else {})})
             urls[e] = f"http://127.0.0.1:{port}"
         for e in engines: wait_up(urls[e] + "/v1/models", procs[e])
         name = base_name(a.model)

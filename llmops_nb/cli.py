@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse, sys
 
 # %% auto #0
-__all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'arg', 'command', 'parser', 'show_status', 'cmd_run',
-           'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
+__all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'PRELOADED', 'arg', 'command', 'parser', 'show_status',
+           'cmd_run', 'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
            'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push', 'cmd_sync', 'cmd_chat',
            'cmd_feedback_review', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
 
@@ -292,12 +292,23 @@ def cmd_serve(a):
           Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args))
 
 # %% ../nbs/27_cli.ipynb #ab3d9404
+PRELOADED = {cmd_serve}  # long-lived commands that restart themselves on malloc_env's allocator
+
+def _preload():
+    "Start this command again with `pipeline.malloc_env`'s allocator preloaded (an LD_PRELOAD only takes at start)."
+    import os
+    from llmops_nb.pipeline import malloc_env
+    env = malloc_env()  # {} once the library is preloaded: the restarted process goes on
+    if env: os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
+
 def main(argv=None) -> int:
     "Run the `llmops` command with `argv` (default: sys.argv); returns the exit status."
     a = parser().parse_args(argv)
     from llmops_nb.core import ConfigError
     from llmops_nb.pipeline import StageError
-    try: a.func(a)
+    try:
+        if argv is None and a.func in PRELOADED: _preload()
+        a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2
     except StageError as e: print(f"llmops: {e}", file=sys.stderr); return 1
     except BrokenPipeError: _quiet_stdout()  # `llmops list | head`: the reader left, say nothing more

@@ -7,6 +7,7 @@ from conftest import ROOT, llmops
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 openai = pytest.importorskip("openai")
 from llmops_nb import feedback as F, generation as G, servelog as SL, vectorstore as V  # noqa: E402
+from llmops_nb.pipeline import malloc_env  # noqa: E402
 from llmops_nb.serving import Caps  # noqa: E402
 from llmops_nb.settings import Generation  # noqa: E402
 from llmops_nb.server import serve  # noqa: E402
@@ -277,6 +278,8 @@ def test_promotion_during_traffic(runs, tmp_path):
                 if json.loads(urllib.request.urlopen(f"{url}/health", timeout=2).read())["run_id"] == r1["id"]: break
             except OSError: time.sleep(0.1)
         else: pytest.fail("the server did not start: " + (proc.stdout.read() if proc.poll() is not None else ""))
+        lib = malloc_env("auto").get("LD_PRELOAD")  # where tcmalloc is installed (.ci/run installs it) the server restarted on it
+        assert lib is None or "libtcmalloc" in Path(f"/proc/{proc.pid}/maps").read_text(), lib
         c = openai.OpenAI(base_url=f"{url}/v1", api_key="loopback", max_retries=0, timeout=300)
         assert "production" in [m.id for m in c.models.list()]
         def ask(q, n=24):
