@@ -60,14 +60,15 @@ def test_qlora_learns(tmp_path, overfit):
     learns(s)
 
 
-def test_liger_kernel_learns(tmp_path, overfit):
-    pytest.importorskip("liger_kernel")
-    s = T.train(FinetuneConfig(use_liger_kernel=True, **FAST), out_dir=str(tmp_path), dataset=overfit, report_to="none")["training_summary"]
-    learns(s)
-
-
 def test_torch_compile_learns_like_eager(tmp_path, overfit):
     eager = T.train(FinetuneConfig(**FAST), out_dir=str(tmp_path/"eager"), dataset=overfit, report_to="none")["training_summary"]
     comp = T.train(FinetuneConfig(torch_compile=True, **FAST), out_dir=str(tmp_path/"compiled"), dataset=overfit, report_to="none")["training_summary"]
     learns(comp)
     assert comp["val_loss_last"] == pytest.approx(eager["val_loss_last"], rel=0.05), (eager, comp)
+
+
+def test_liger_kernel_learns(tmp_path, overfit):
+    "Last in this file: Liger patches transformers' Llama modules for the rest of the process."
+    pytest.importorskip("liger_kernel")
+    s = T.train(FinetuneConfig(use_liger_kernel=True, **FAST), out_dir=str(tmp_path), dataset=overfit, report_to="none")["training_summary"]
+    learns(s)
