@@ -11,7 +11,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # %% auto #0
-__all__ = ['VARLEN_GQA', 'CPU_FP32_ATTENTION', 'pack', 'PackedCollator', 'padded_collator', 'packed_logits_match', 'packed_mask',
+__all__ = ['CPU_FP32_ATTENTION', 'pack', 'PackedCollator', 'padded_collator', 'packed_logits_match', 'packed_mask',
            'example_lens', 'packed_attention', 'use_packed_attention']
 
 # %% ../nbs/07_packing.ipynb #55bc6a8c
@@ -90,7 +90,7 @@ def _varlen_attn():
     return varlen_attn
 
 # read once here, not inside the traced attention; an older torch's varlen_attn (2.11's) has no enable_gqa
-VARLEN_GQA = _varlen_attn() is not None and "enable_gqa" in inspect.signature(_varlen_attn()).parameters
+_VARLEN_GQA = _varlen_attn() is not None and "enable_gqa" in inspect.signature(_varlen_attn()).parameters
 
 def _offsets(lens, device):
     return torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
@@ -98,7 +98,7 @@ def _offsets(lens, device):
 def _varlen(query, key, value, cu, max_len, scaling=None, **kw):
     "One flash-attention varlen call over all examples (CUDA, half precision): no loop, no padding."
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, head_dim)
-    if k.shape[1] != q.shape[1] and not VARLEN_GQA:  # repeat the kv heads instead
+    if k.shape[1] != q.shape[1] and not _VARLEN_GQA:  # repeat the kv heads instead
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
     o = _varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0), **gqa)
