@@ -68,8 +68,8 @@ def main(argv=None):
         from llmops_nb.engine import Engine, Model, Sampling
         from llmops_nb.models import load_causal_lm
         eng = Engine(max_batch=a.batch_size)
-        served = {"base": Model(load_causal_lm(model, device="cpu")[0], tok, "base", max_batch=a.batch_size, prepack=False),
-                  "tuned": Model(load_causal_lm(model, device="cpu", adapter=str(adapter))[0].merge_and_unload(), tok, "tuned", max_batch=a.batch_size, prepack=False)}
+        served = {"base": Model(load_causal_lm(model, device="cpu")[0], tok, "base"),
+                  "tuned": Model(load_causal_lm(model, device="cpu", adapter=str(adapter))[0].merge_and_unload(), tok, "tuned")}
         del lm
     rows = []
     for penalty, ngram in grid:

@@ -11,8 +11,8 @@ model (SmolLM2-135M-Instruct, no adapter):
 - `hf`: our server (`server.create_app` over `serving.HFBackend` and `engine.Engine`: dynamic batching), streamed;
 - `hf-packed` (an ablation): our server with weights packed for `--max-batch` rows (`engine.Model(prepack=True)`:
   MKL for fp32, oneDNN for bf16), as it served before 2026-12-04;
-- `hf-tcmalloc` (an ablation): `hf` with gperftools' tcmalloc preloaded, as every pipeline stage's kernel runs
-  (`pipeline.malloc_env`; the other servers run on the allocator this process was started with);
+- `hf-system-malloc` (an ablation): `hf` on the system allocator; ours run on the allocator `llmops serve` preloads
+  (`pipeline.malloc_env`: tcmalloc where it is installed), the tutorial, as tutorials run, on the system's;
 - `hf-fp32` (an ablation): our server with fp32 weights, as it was before `dtype: auto` picked bf16 on CPUs with
   native bf16 (`hf` loads the model in the auto dtype: bf16 there);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
@@ -76,7 +76,7 @@ def tutorial_app(model: str, device: str):
 
 
 def ours_app(model: str, device: str, kind: str, max_batch: int):
-    "Our server over the model alone (no run needed): the batching engine (hf, hf-packed, hf-tcmalloc, hf-fp32) or vLLM behind our layer (vllm)."
+    "Our server over the model alone (no run needed): the batching engine (hf, hf-packed, hf-system-malloc, hf-fp32) or vLLM behind our layer (vllm)."
     from types import SimpleNamespace
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.models import load_causal_lm, load_tokenizer
@@ -85,7 +85,7 @@ def ours_app(model: str, device: str, kind: str, max_batch: int):
     import tempfile
     name = deploy.base_name(model)
     lineage = {"base": model, "adapter": None, "run_id": "bench"}
-    if kind in ("hf", "hf-packed", "hf-tcmalloc", "hf-fp32"):
+    if kind in ("hf", "hf-packed", "hf-system-malloc", "hf-fp32"):
         lm, tok = load_causal_lm(model, device=device, dtype="float32" if kind == "hf-fp32" else "auto")
         m = EN.Model(lm, tok, name, max_batch=max_batch, prepack=kind == "hf-packed")
         dep = deploy.Deployment("bench", "bench", {name: deploy.Served(name, "base", m, tok, m.context, lineage)})
@@ -159,13 +159,16 @@ def load(url: str, model: str, prompts: list, clients: int, max_tokens: int, str
                 latency_p50=q(lat, 50), latency_p95=q(lat, 95), ttft_p50=q(ttft, 50), ttft_p95=q(ttft, 95), texts=[r["text"] for r in rows])
 
 
+ALLOCATOR = {"tutorial": "system", "hf-system-malloc": "system"}  # the others: what `llmops serve` preloads
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--n", type=int, default=16, help="test prompts (the test split has 40)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-packed, hf-tcmalloc, hf-fp32, vllm (the first is the reference)")
+    ap.add_argument("--engines", default="tutorial,hf", help="tutorial, hf, hf-packed, hf-system-malloc, hf-fp32, vllm (the first is the reference)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=1)
@@ -185,7 +188,7 @@ def main(argv=None):
             port = free_port()
             procs[e] = subprocess.Popen([sys.executable, __file__, "--serve", e, "--port", str(port), "--model", a.model, "--device", a.device,
                                          "--max-batch", str(a.max_batch), "--threads", str(a.threads)],
-                                        env={**os.environ, **(malloc_env("auto") if e == "hf-tcmalloc" else {})})
+                                        env={**os.environ, **malloc_env(ALLOCATOR.get(e))})
             urls[e] = f"http://127.0.0.1:{port}"
         for e in engines: wait_up(urls[e] + "/v1/models", procs[e])
         name = base_name(a.model)

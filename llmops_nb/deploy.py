@@ -70,8 +70,6 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
          name: str | None = None, # served name of the tuned model (see `model_names`)
          engine: str = "hf", # hf (this process) or vllm (names only; vLLM holds the weights)
          device: str = "auto", # where the hf models run
-         max_batch: int = 16, # rows per decoding step
-         prepack: bool = False, # weights packed for `max_batch` rows (CPU; off: see engine.Model)
          dtype: str | None = None, # the hf models' number format (see models.pick_dtype); None: the run's own `dtype` setting
          previous: Deployment | None = None, # a deployment whose base model and index may be reused
         ) -> Deployment:
@@ -95,7 +93,7 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         if reuse: return reuse.model, reuse.tok, reuse.context
         lm, tok = load_causal_lm(p["model"], device=device, dtype="float32" if adapter else dt, adapter=str(adapter) if adapter else None)
         if adapter: lm = lm.merge_and_unload().to(pick_dtype(dt, device))  # merged in fp32, rounded once
-        m = Model(lm, tok, names["tuned" if adapter else "base"], max_batch=max_batch, prepack=prepack)
+        m = Model(lm, tok, names["tuned" if adapter else "base"])
         return m, tok, m.context
     models = {}
     m, tok, ctx = served("base", None)

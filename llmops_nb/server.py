@@ -301,7 +301,7 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
     from llmops_nb.servelog import RequestLog
     key = api_key(host, api_key_file)
     if engine == "hf":
-        follow = deploy.Follower(target, run_root, device=device, max_batch=max_batch)
+        follow = deploy.Follower(target, run_root, device=device)
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=max_queue))
     elif engine == "vllm":
         from llmops_nb import vllm_engine

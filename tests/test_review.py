@@ -146,7 +146,7 @@ def test_review_endpoints_need_the_key(runs):
     from llmops_nb.serving import Caps
     from llmops_nb.server import Running, create_app
     root, r1, _ = runs
-    dep = deploy.load(r1["id"], root/"runs", device="cpu", max_batch=1)
+    dep = deploy.load(r1["id"], root/"runs", device="cpu")
     backend, reqlog = serving.HFBackend(EN.Engine(max_batch=1)), SL.RequestLog(root/"rkey.db")
     srv = Running(create_app(dep, backend, reqlog, Caps(), key="k" * 24, db=root/"rkey.db"))
     try:

@@ -132,7 +132,7 @@ def test_api_key_and_busy(runs):
     os.environ["LLMOPS_TEST_SERVE_KEY"] = key = "s3cret-" + "x" * 20
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.server import Running, create_app
-    dep = deploy.load(r1["id"], root/"runs", device="cpu", max_batch=1)
+    dep = deploy.load(r1["id"], root/"runs", device="cpu")
     backend, reqlog = serving.HFBackend(EN.Engine(max_batch=1, max_queue=1)), SL.RequestLog(root/"keyed.db")
     srv = Running(create_app(dep, backend, reqlog, Caps(), key=key, db=root/"keyed.db"))
     try:

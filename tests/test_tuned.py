@@ -67,7 +67,7 @@ def test_deploy_serves_the_kto_adapter(runs):
     import torch
     root, r = runs
     for name, stage in (("kto", "kto"), ("sft", "finetune")):
-        dep = D.load(r[name]["id"], root, device="cpu", max_batch=2, prepack=False, dtype="float32")
+        dep = D.load(r[name]["id"], root, device="cpu", dtype="float32")
         tuned = next(s for s in dep.models.values() if s.kind == "tuned")
         want = Path(r[name]["run_dir"])/stage/"adapter"
         assert tuned.lineage["adapter"] == str(want) and dep.models[f"t-{r[name]['id'][-4:]}-rag"].lineage["adapter"] == str(want)
