@@ -187,7 +187,7 @@ def main():
             line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
             r = runs.setdefault(m, []); r.append(json.loads(line[7:])); r = r[-1]
-            print(f"{m:15s} {r['tokens_per_second']:9.1f} useful tokens/s   peak {r['peak_memory_mb']:8.1f} MB   "
+            print(f"{m:15s} {r['tokens_per_second']:9.1f} useful tokens/s   peak {r['peak_memory_mb']:8.1f} MiB  "
                   f"({r['useful_tokens']} tokens in {r['seconds']} s, {r['cpu_seconds']} CPU s)", flush=True)
     med = lambda m, f: statistics.median(f(r) for r in runs[m])
     tps = lambda m: med(m, lambda r: r["tokens_per_second"])

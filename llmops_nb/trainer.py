@@ -242,7 +242,7 @@ class ThroughputCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step: state.log_history[-1].update(add)
 
 def peak_memory_mb(device) -> float:
-    "Peak memory of this process: CUDA allocator peak on GPU, max resident set size on CPU."
+    "Peak memory of this process in MiB (2**20 bytes): CUDA allocator peak on GPU, max resident set size on CPU."
     if str(device).startswith("cuda"): return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
