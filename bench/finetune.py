@@ -22,6 +22,10 @@ Useful tokens = non-padding tokens. Each method runs in its own process (separat
   python bench/finetune.py [--ablate] [--repeat 3]                    # CPU, packaged SmolLM2-135M-Instruct, shipped data
   python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
   python bench/finetune.py --device cuda --shape 1b --seq-len 2048
+  python bench/finetune.py --device cuda --shape 135m --seq-len 2048 --profile 3  # and where each step's time goes
+--profile K runs K more steps under torch.profiler after the timed ones. Per step it reports wall seconds, the kernels' own
+device seconds, aten calls (nested ones included), kernel launches and host-device syncs. On CPU, fused AdamW reads
+each parameter's step count (one aten::_local_scalar_dense each), so syncs there are no GPU figure.
 """
 import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
@@ -61,14 +65,15 @@ def conversations(a, tok):
 
 
 class Clock:
-    "Trainer callback: useful tokens and seconds between the end of step `warmup` and the last step."
-    def __init__(self, warmup): self.warmup, self.t0, self.n0, self.t1, self.n1, self.c0, self.c1 = warmup, None, 0, None, 0, 0, 0
+    "Trainer callback: useful tokens and seconds between the end of step `warmup` and that of step `last`."
+    def __init__(self, warmup, last): self.warmup, self.last, self.t0, self.n0, self.t1, self.n1, self.c0, self.c1 = warmup, last, None, 0, None, 0, 0, 0
     def cb(self):
         from transformers import TrainerCallback
         clock = self
         class C(TrainerCallback):
             def on_step_end(self, args, state, control, **kw):
                 import torch
+                if state.global_step > clock.last: return
                 if torch.cuda.is_available(): torch.cuda.synchronize()
                 now = (time.perf_counter(), state.num_input_tokens_seen, time.process_time())
                 if state.global_step == clock.warmup: clock.t0, clock.n0, clock.c0 = now
@@ -76,10 +81,52 @@ class Clock:
         return C()
 
 
+class Profile:
+    "Trainer callback: torch.profiler over `steps` steps after step `start`, to tell per-step host overhead from device work."
+    def __init__(self, start, steps): self.start, self.steps, self.prof, self.wall = start, steps, None, 0.0
+    def cb(self):
+        from transformers import TrainerCallback
+        me = self
+        class C(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                import torch
+                from torch.profiler import ProfilerActivity, profile
+                if state.global_step == me.start:
+                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                    me.prof = profile(activities=acts); me.prof.__enter__(); me.t0 = time.perf_counter()
+                elif me.prof is not None and state.global_step == me.start + me.steps:
+                    if torch.cuda.is_available(): torch.cuda.synchronize()
+                    me.wall = time.perf_counter() - me.t0; me.prof.__exit__(None, None, None)
+        return C()
+
+    SYNCS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+    def summary(self, out: Path | None) -> dict:
+        "Per step: wall seconds, device-busy seconds (kernels' own time), aten calls, kernel launches, host-device syncs."
+        if self.prof is None: return {}
+        ev, n = self.prof.key_averages(), self.steps
+        count = lambda f: sum(e.count for e in ev if f(e.key)) / n
+        busy = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA") / 1e6 / n
+        r = {"steps": n, "wall_s": round(self.wall / n, 4), "device_busy_s": round(busy, 4),
+             "aten_calls": count(lambda k: k.startswith("aten::")), "kernel_launches": count(lambda k: k in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")),
+             "syncs": {k: count(lambda x: x == k) for k in self.SYNCS if count(lambda x: x == k)}}
+        if out:  # the tables, for reading: the top ops by host time, then by device time
+            tables = [ev.table(sort_by="self_cpu_time_total", row_limit=25)]
+            if busy: tables.append(ev.table(sort_by="self_device_time_total", row_limit=25))
+            out.write_text("\n\n".join(tables))
+        return r
+
+
 def peak_mb(device):
     import resource, torch
     if device == "cuda": return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def profiled(a) -> list:
+    "The profiling callback when --profile is on (`a.profiler` then holds it): K more steps after the timed ones."
+    a.profiler = Profile(a.warmup + a.steps, a.profile) if a.profile else None
+    return [a.profiler.cb()] if a.profiler else []
 
 
 def run_tutorial(a):
@@ -93,12 +140,12 @@ def run_tutorial(a):
                                                             task_type="CAUSAL_LM"))
     texts = [tok.apply_chat_template(m, tokenize=False) for m in conversations(a, tok)]
     train = [tok(t, truncation=True, max_length=a.seq_len) for t in texts]
-    clock = Clock(a.warmup)
-    args = TrainingArguments(output_dir=str(Path(a.tmp)/"tutorial"), per_device_train_batch_size=8, max_steps=a.warmup + a.steps,
+    clock = Clock(a.warmup, a.warmup + a.steps)
+    args = TrainingArguments(output_dir=str(Path(a.tmp)/"tutorial"), per_device_train_batch_size=8, max_steps=a.warmup + a.steps + a.profile,
                              learning_rate=2e-4, bf16=dtype == torch.bfloat16, use_cpu=a.device == "cpu", save_strategy="no",
                              report_to="none", logging_steps=1000, include_num_input_tokens_seen="non_padding", disable_tqdm=True)
     t = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                callbacks=[clock.cb()])
+                callbacks=[clock.cb()] + profiled(a))
     t.train()
     return clock
 
@@ -110,7 +157,7 @@ def run_ours(a):
     from llmops_nb.models import load_tokenizer, train_dtypes
     from llmops_nb.settings import FinetuneConfig
     cfg = FinetuneConfig(model=a.model, max_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
-                         per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps, save_steps=10**6, logging_steps=1000,
+                         per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps + a.profile, save_steps=10**6, logging_steps=1000,
                          torch_compile=a.compile, device=a.device, warmup_steps=0, dtype="float32" if a.only == "ours-fp32" else a.dtype)
     if a.only == "ours-dropout": cfg.lora_dropout = 0.05
     weights, mixed = train_dtypes(cfg.dtype, cfg.device)
@@ -125,10 +172,10 @@ def run_ours(a):
     import datasets
     exs, _ = labels.tokenize_split(tok, datasets.Dataset.from_dict({"messages": conversations(a, tok)}), cfg.max_length)
     rows = packing.pack(exs, cfg.pack_length)
-    clock = Clock(a.warmup)
+    clock = Clock(a.warmup, a.warmup + a.steps)
     args = trainer.training_args(cfg, Path(a.tmp)/"ours", "none", has_eval=False)
     args.disable_tqdm = True
-    t = trainer.CompletionTrainer(model=model, args=args, train_dataset=rows, data_collator=packing.PackedCollator(), callbacks=[clock.cb()])
+    t = trainer.CompletionTrainer(model=model, args=args, train_dataset=rows, data_collator=packing.PackedCollator(), callbacks=[clock.cb()] + profiled(a))
     t.train()
     return clock
 
@@ -140,7 +187,9 @@ def child(a):
     dt, n = clock.t1 - clock.t0, clock.n1 - clock.n0
     print("RESULT " + json.dumps({"method": a.only, "useful_tokens": n, "seconds": round(dt, 2), "tokens_per_second": round(n / dt, 1),
                                   "cpu_seconds": round(clock.c1 - clock.c0, 2),
-                                  "peak_memory_mb": round(peak_mb(a.device), 1)}), flush=True)
+                                  "peak_memory_mb": round(peak_mb(a.device), 1),
+                                  **({"profile": a.profiler.summary(Path(a.out).with_suffix(f".{a.only}.profile.txt") if a.out else None)}
+                                     if a.profiler else {})}), flush=True)
 
 
 ALLOCATOR = {"tutorial": "system", "ours-system-malloc": "system", "tutorial-tcmalloc": "auto"}  # the others: the stage kernels' choice
@@ -171,15 +220,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all methods, interleaved; medians are reported")
     ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="torch.profiler over K more steps after the timed ones: per step wall and device-busy seconds, "
+                         "aten calls, kernel launches and syncs in the JSON; the top ops by host and device time beside --out")
     a = ap.parse_args()
     if a.only: return child(a)
-    if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps) * max(1, a.rows * a.seq_len // 1300)
+    if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps + a.profile) * max(1, a.rows * a.seq_len // 1300)
     methods, runs = a.methods.split(",") if a.methods else METHODS[:None if a.ablate else 2], {}
     bad = [m for m in methods if m not in METHODS]
     if bad or "tutorial" not in methods or "ours" not in methods:
         sys.exit(f"--methods {a.methods}: expected tutorial, ours and any of {', '.join(METHODS[2:])}")
+    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     argv = [x for x in sys.argv[1:] if x != "--ablate"]
-    for opt in ("--out", "--repeat", "--methods"):
+    for opt in ("--repeat", "--methods"):  # --out stays: a child writes its profile tables beside it
         if opt in argv: i = argv.index(opt); argv = argv[:i] + argv[i + 2:]
     for k in range(a.repeat):  # rounds interleave the methods, so a slow spell of the machine hits them alike
         for m in methods:
@@ -189,6 +242,7 @@ def main():
             r = runs.setdefault(m, []); r.append(json.loads(line[7:])); r = r[-1]
             print(f"{m:15s} {r['tokens_per_second']:9.1f} useful tokens/s   peak {r['peak_memory_mb']:8.1f} MiB  "
                   f"({r['useful_tokens']} tokens in {r['seconds']} s, {r['cpu_seconds']} CPU s)", flush=True)
+            if r.get("profile"): print(f"{'':15s} profiled, per step: {r['profile']}", flush=True)
     med = lambda m, f: statistics.median(f(r) for r in runs[m])
     tps = lambda m: med(m, lambda r: r["tokens_per_second"])
     res = {m: dict(runs[m][0], tokens_per_second=tps(m), runs=runs[m]) for m in methods}

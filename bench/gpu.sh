@@ -12,7 +12,8 @@
 # packaged model's tokenizer travelled with the tree (the random-init shapes need nothing more), then
 #   pip install --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site:$PWD LLMOPS_CACHE=$PWD/.gpucache PY=python3 bench/gpu.sh
 # That run found both shapes bound by per-step overhead, hence the 135m run with 32 rows a step below, and ran
-# torch.compile's compilation inside the timed steps, hence its warm-up of 5 steps.
+# torch.compile's compilation inside the timed steps, hence its warm-up of 5 steps. profile_135m says where a step's time
+# goes (host against device); the compile step logs dynamo's recompiles and graph breaks.
 #
 # Optional packages for the tests (skipped when absent): bitsandbytes (QLoRA), liger-kernel (Liger); vllm for the
 # serve benchmark (bench/serve.py, vLLM behind our server; skipped without vllm).
@@ -57,7 +58,9 @@ FT=(--device cuda --seq-len 2048 --steps 20 --model "${MODEL:-smollm2-135m-instr
 step finetune_135m 150 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 135m --repeat "$REPEAT" --out "$OUT/finetune_135m.json"
 step finetune_1b 170 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 1b --repeat "$REPEAT" --out "$OUT/finetune_1b.json"
 step finetune_135m_rows32 150 "$PY" bench/finetune.py "${FT[@]}" --rows 32 --shape 135m --repeat "$REPEAT" --out "$OUT/finetune_135m_rows32.json"
-step finetune_135m_compile 150 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 135m --compile --warmup 5 --repeat 1 --out "$OUT/finetune_135m_compile.json"
+# where the step time goes: host (aten calls, launches, syncs) against the kernels' own device time, a few steps of each
+step profile_135m 120 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 135m --steps 2 --warmup 3 --profile 3 --repeat 1 --out "$OUT/profile_135m.json"
+step finetune_135m_compile 150 env TORCH_LOGS=recompiles,graph_breaks "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 135m --compile --warmup 5 --repeat 1 --out "$OUT/finetune_135m_compile.json"
 
 # 3. generation: batched in bf16 vs fp32 on the packaged model, where its weights are here
 if $PY -c "import sys, pathlib; from llmops_nb.models import resolve_model; sys.exit(not any(pathlib.Path(resolve_model('smollm2-135m-instruct')).glob('*.safetensors')))" 2>/dev/null; then
@@ -82,6 +85,11 @@ def show(name, target=None):
     ok = "" if target is None else (" (target met)" if tps >= target and r["ratio"] >= (3 if "135m" in name else 0) else " (TARGET NOT MET)")
     print(f"{name}: ours {tps:,.0f} useful tokens/s, tutorial {r['tutorial']['tokens_per_second']:,.0f}, {r['ratio']}x{ok}")
 show("finetune_135m", 150_000); show("finetune_135m_rows32", 150_000); show("finetune_1b", 50_000); show("finetune_135m_compile")
+if (p := out/"profile_135m.json").exists():
+    r = json.loads(p.read_text())
+    for m in ("tutorial", "ours"): print(f"profile_135m {m}, per step: {r[m].get('profile')}")
+if (p := out/"finetune_135m_compile.txt").exists():
+    t = p.read_text(); print(f"compile: {t.count('Recompiling function')} recompiles, {t.count('Graph break')} graph breaks logged")
 g = out/"generate.json"
 if g.exists():
     r = json.loads(g.read_text()); print(f"generate: {r['answers_per_s']}; bf16 / fp32 {r.get('speedup_vs_fp32', 0):.2f}x")
