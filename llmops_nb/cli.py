@@ -292,7 +292,7 @@ def cmd_serve(a):
           Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args))
 
 # %% ../nbs/27_cli.ipynb #ab3d9404
-PRELOADED = {cmd_serve}  # long-lived commands that restart themselves on malloc_env's allocator
+PRELOADED = {cmd_serve, cmd_chat}  # long-lived commands that restart themselves on malloc_env's allocator
 
 def _preload():
     "Start this command again with `pipeline.malloc_env`'s allocator preloaded (an LD_PRELOAD only takes at start)."

@@ -42,3 +42,35 @@ def test_run_record_names_each_stages_allocator(params, monkeypatch):
     monkeypatch.setenv("LLMOPS_MALLOC", "system")
     rec = P.run(f, progress=False, force=True)
     assert rec["stages"]["prepare"]["status"] == "done" and rec["stages"]["prepare"]["preload"] is None, rec["stages"]["prepare"]
+
+
+def _chat_maps(tmp_path, **env) -> str:
+    "The memory map of a real `llmops chat` process (its page answering on a loopback port), then the process stopped."
+    import os, socket, subprocess, sys, time, urllib.request
+    from pathlib import Path
+    from llmops_nb import vectorstore
+    kb, index = tmp_path/"kb", tmp_path/"index"
+    if not index.exists():
+        kb.mkdir(); (kb/"a.md").write_text("# Battery\n\nThe battery keeps the house running for ten hours.")
+        vectorstore.build_index(kb, index, chunk_size=200, chunk_overlap=20)
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    exe = Path(sys.executable).parent/"llmops"
+    p = subprocess.Popen([str(exe), "chat", "--index", str(index), "--model", "tiny-random", "--port", str(port), "--db", str(tmp_path/"fb.db")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        for _ in range(240):
+            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2); break
+            except OSError:
+                assert p.poll() is None, p.stderr.read()[-2000:]
+                time.sleep(0.5)
+        else: raise AssertionError("llmops chat did not answer on its port within 2 minutes")
+        return Path(f"/proc/{p.pid}/maps").read_text()  # the same PID: the restart on tcmalloc is an exec
+    finally: p.kill(); p.wait()
+
+
+@needs_tcmalloc
+def test_chat_restarts_on_tcmalloc(tmp_path, monkeypatch):
+    "`llmops chat` is long-lived, as `llmops serve` is: it restarts itself with tcmalloc preloaded; LLMOPS_MALLOC=system keeps glibc's."
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert "libtcmalloc" in _chat_maps(tmp_path)
+    assert "libtcmalloc" not in _chat_maps(tmp_path, LLMOPS_MALLOC="system")
