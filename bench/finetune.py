@@ -17,7 +17,9 @@ Useful tokens = non-padding tokens. Each method runs in its own process (separat
   ours-system-malloc: glibc's allocator instead of the tcmalloc every stage kernel preloads where it is installed
   (pipeline.malloc_env); tutorial-tcmalloc: the tutorial way with tcmalloc preloaded too (the tutorial itself runs on
   the system allocator, as tutorials do).
---methods picks the methods to time (e.g. tutorial,ours,ours-fp32).
+--methods picks the methods to time (e.g. tutorial,ours,ours-fp32), among them one that is no ablation:
+  ours-liger (GPU, needs liger-kernel): ours with `use_liger_kernel` (Liger's Triton RMSNorm, SwiGLU and RoPE, and
+  its fused linear cross-entropy in place of ours), fewer kernels a step where the step is bound by launching them.
 
   python bench/finetune.py [--ablate] [--repeat 3]                    # CPU, packaged SmolLM2-135M-Instruct, shipped data
   python bench/finetune.py --device cuda --shape 135m --seq-len 2048 [--compile]
@@ -35,6 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["tutorial", "ours", "ours-fp32", "ours-plain-loss", "ours-fp32-base", "ours-bf16-attention", "ours-dropout", "ours-dense-mask", "ours-unfused",
            "ours-system-malloc", "tutorial-tcmalloc"]
+EXTRA = ["ours-liger"]  # not ablations: only by --methods
 SHAPES = {  # random-init Llama shapes (GPU runs)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                  vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192),
@@ -160,6 +163,7 @@ def run_ours(a):
                          per_device_train_batch_size=a.rows, max_steps=a.warmup + a.steps + a.profile, save_steps=10**6, logging_steps=1000,
                          torch_compile=a.compile, device=a.device, warmup_steps=0, dtype="float32" if a.only == "ours-fp32" else a.dtype)
     if a.only == "ours-dropout": cfg.lora_dropout = 0.05
+    if a.only == "ours-liger": cfg.use_liger_kernel = True
     weights, mixed = train_dtypes(cfg.dtype, cfg.device)
     if a.only == "ours-fp32-base": weights = torch.float32
     if a.only == "ours-bf16-attention": packing.CPU_FP32_ATTENTION = 0
@@ -218,7 +222,7 @@ def main():
     ap.add_argument("--min-examples", type=int, default=0, help="repeat the data to at least this many examples")
     ap.add_argument("--ablate", action="store_true", help="also time ours without each of its choices")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all methods, interleaved; medians are reported")
-    ap.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=METHODS + EXTRA, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="torch.profiler over K more steps after the timed ones: per step wall and device-busy seconds, "
@@ -227,9 +231,9 @@ def main():
     if a.only: return child(a)
     if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps + a.profile) * max(1, a.rows * a.seq_len // 1300)
     methods, runs = a.methods.split(",") if a.methods else METHODS[:None if a.ablate else 2], {}
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS + EXTRA]
     if bad or "tutorial" not in methods or "ours" not in methods:
-        sys.exit(f"--methods {a.methods}: expected tutorial, ours and any of {', '.join(METHODS[2:])}")
+        sys.exit(f"--methods {a.methods}: expected tutorial, ours and any of {', '.join(METHODS[2:] + EXTRA)}")
     if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     argv = [x for x in sys.argv[1:] if x != "--ablate"]
     for opt in ("--repeat", "--methods"):  # --out stays: a child writes its profile tables beside it
