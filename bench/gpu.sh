@@ -4,7 +4,8 @@
 #
 #   bench/gpu.sh                 # .venv with a CUDA torch (make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"),
 #                                # else the python3 on PATH with the package importable (PYTHONPATH=.)
-#   REPEAT=2 bench/gpu.sh        # fewer rounds when the GPU time left is short (REPEAT=3: roughly 10-12 minutes, an estimate)
+#   REPEAT=2 bench/gpu.sh        # fewer rounds when the GPU time left is short (REPEAT=2 with Liger: roughly 10 minutes,
+#                                # an estimate; steps past a device call's limit are cut, hence the order below)
 #   PY=/path/python bench/gpu.sh # another environment
 #
 # Run once on an H200 (2026-12-04, results in bench/gpu-h200-2026-12-04/) from a bare CUDA machine with torch 2.11 and
