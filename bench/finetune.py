@@ -111,7 +111,7 @@ class Profile:
         count = lambda f: sum(e.count for e in ev if f(e.key)) / n
         busy = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA") / 1e6 / n
         r = {"steps": n, "wall_s": round(self.wall / n, 4), "device_busy_s": round(busy, 4),
-             "aten_calls": count(lambda k: k.startswith("aten::")), "kernel_launches": count(lambda k: k in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")),
+             "aten_calls": count(lambda k: k.startswith("aten::")), "kernel_launches": count(lambda k: k in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")),
              "syncs": {k: count(lambda x: x == k) for k in self.SYNCS if count(lambda x: x == k)}}
         if out:  # the tables, for reading: the top ops by host time, then by device time
             tables = [ev.table(sort_by="self_cpu_time_total", row_limit=25)]
