@@ -205,6 +205,21 @@ def method_env(m: str) -> dict:
     return {**os.environ, **malloc_env(ALLOCATOR.get(m))}
 
 
+def results(runs: dict, a) -> dict:
+    "Medians of the runs so far ({method: [result, ...]}), and the ratios where both sides ran; written to --out (whole or not at all)."
+    med = lambda m, f: statistics.median(f(r) for r in runs[m])
+    res = {m: dict(rs[0], tokens_per_second=med(m, lambda r: r["tokens_per_second"]),
+                   useful_tokens_per_cpu_second=med(m, lambda r: r["useful_tokens"] / r["cpu_seconds"]), runs=rs) for m, rs in runs.items()}
+    if "ours" in res and "tutorial" in res:
+        res["ratio"] = round(res["ours"]["tokens_per_second"] / res["tutorial"]["tokens_per_second"], 2)
+        res["round_ratios"] = [round(o["tokens_per_second"] / t["tokens_per_second"], 2) for o, t in zip(runs["ours"], runs["tutorial"])]
+        res["cpu_ratio"] = round(res["ours"]["useful_tokens_per_cpu_second"] / res["tutorial"]["useful_tokens_per_cpu_second"], 2)
+    res["setup"] = {k: v for k, v in vars(a).items() if k not in ("only", "out", "profiler")}
+    if a.out:
+        tmp = Path(a.out).with_suffix(".json.tmp"); tmp.write_text(json.dumps(res, indent=1)); os.replace(tmp, a.out)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -247,19 +262,13 @@ def main():
             print(f"{m:15s} {r['tokens_per_second']:9.1f} useful tokens/s   peak {r['peak_memory_mb']:8.1f} MiB  "
                   f"({r['useful_tokens']} tokens in {r['seconds']} s, {r['cpu_seconds']} CPU s)", flush=True)
             if r.get("profile"): print(f"{'':15s} profiled, per step: {r['profile']}", flush=True)
-    med = lambda m, f: statistics.median(f(r) for r in runs[m])
-    tps = lambda m: med(m, lambda r: r["tokens_per_second"])
-    res = {m: dict(runs[m][0], tokens_per_second=tps(m), runs=runs[m]) for m in methods}
-    res["ratio"] = round(tps("ours") / tps("tutorial"), 2)
-    res["round_ratios"] = [round(o["tokens_per_second"] / t["tokens_per_second"], 2) for o, t in zip(runs["ours"], runs["tutorial"])]
-    res["setup"] = {k: v for k, v in vars(a).items() if k not in ("only", "out")}
-    per_cpu = lambda m: med(m, lambda r: r["useful_tokens"] / r["cpu_seconds"])
-    res["cpu_ratio"] = round(per_cpu("ours") / per_cpu("tutorial"), 2)
+            results(runs, a)  # after every run: a step cut short by a time limit keeps what it measured
+    res = results(runs, a)
+    tps, per_cpu = (lambda m: res[m]["tokens_per_second"]), (lambda m: res[m]["useful_tokens_per_cpu_second"])
     if a.repeat > 1: print(f"medians of {a.repeat} rounds: " + ", ".join(f"{m} {tps(m):.1f}" for m in methods) + f"; ratio per round {res['round_ratios']}")
     print(f"ratio ours / tutorial: {res['ratio']}x (per CPU second, robust to a busy machine: {res['cpu_ratio']}x)")
     for m in methods[2:]: print(f"  {m} / tutorial: {tps(m) / tps('tutorial'):.2f}x (per CPU second {per_cpu(m) / per_cpu('tutorial'):.2f}x); "
                                 f"ours / {m}: {tps('ours') / tps(m):.2f}x (per CPU second {per_cpu('ours') / per_cpu(m):.2f}x)")
-    if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=cs
 #    1b with 8, each with Liger's kernels too where installed; then where a 135m step's time goes (host against device)
 FT=(--device cuda --seq-len 2048 --steps 20 --model "${MODEL:-smollm2-135m-instruct}")  # --model: only its tokenizer
 LIGER=$($PY -c "import liger_kernel" 2>/dev/null && echo --methods tutorial,ours,ours-liger)
-step finetune_135m_rows32 200 "$PY" bench/finetune.py "${FT[@]}" --rows 32 --shape 135m --repeat "$REPEAT" $LIGER --out "$OUT/finetune_135m_rows32.json"
-step finetune_1b 200 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 1b --repeat "$REPEAT" $LIGER --out "$OUT/finetune_1b.json"
+step finetune_135m_rows32 240 "$PY" bench/finetune.py "${FT[@]}" --rows 32 --shape 135m --repeat "$REPEAT" $LIGER --out "$OUT/finetune_135m_rows32.json"
+step finetune_1b 240 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 1b --repeat "$REPEAT" $LIGER --out "$OUT/finetune_1b.json"
 step profile_135m 120 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 135m --steps 2 --warmup 3 --profile 3 --repeat 1 --out "$OUT/profile_135m.json"
 
 # 2. the CUDA-only tests: varlen attention, bf16 mixed precision, QLoRA, Liger, torch.compile
