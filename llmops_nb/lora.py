@@ -13,7 +13,8 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'LORA_FIELDS', 'linear_module_names', 'target_list', 'check_target_modules', 'peft_config',
-           'FusedLora', 'fuse_lora', 'base_fingerprint', 'check_base', 'stable_config', 'merge_adapter']
+           'FusedLora', 'fuse_lora', 'casting_layers', 'base_fingerprint', 'check_base', 'stable_config',
+           'merge_adapter']
 
 # %% ../nbs/08_lora.ipynb #768d5d28
 def linear_module_names(model) -> list:
@@ -85,6 +86,11 @@ def fuse_lora(model) -> int:
         for a in m.lora_A:
             if a not in m.lora_variant and not m.lora_bias.get(a, False): m.lora_variant[a] = FusedLora(); n += 1
     return n
+
+# %% ../nbs/08_lora.ipynb #3ae55d93
+def casting_layers(model) -> list:
+    "PEFT's layers of `model` that cast their inputs to their weights' dtype."
+    return [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False)]
 
 # %% ../nbs/08_lora.ipynb #8da3fd8a
 def base_fingerprint(model) -> str:

@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
 from .labels import tokenize_split
-from .lora import base_fingerprint, check_base, fuse_lora, merge_adapter, peft_config, stable_config
+from .lora import base_fingerprint, casting_layers, check_base, fuse_lora, merge_adapter, peft_config, stable_config
 from .models import load_causal_lm, load_tokenizer, pick_device, public_id, resolve_model, train_dtypes
 from .card import adapter_readme
 from .packing import PackedCollator, pack, padded_collator, use_packed_attention
@@ -24,8 +24,8 @@ from .settings import FinetuneConfig
 # %% auto #0
 __all__ = ['STAGING', 'LOSS_CHUNK', 'PLAIN_HEADS', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints',
            'last_checkpoint', 'LinearCrossEntropy', 'linear_cross_entropy', 'plain_head', 'head_skipped',
-           'casting_layers', 'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb',
-           'ProgressCallback', 'training_args', 'train', 'plot_history']
+           'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback',
+           'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -139,14 +139,9 @@ def head_skipped(head):
         else: head.forward = own
 
 # %% ../nbs/09_trainer.ipynb #20e8643c
-def casting_layers(model) -> list:
-    "PEFT's layers of `model` that cast their inputs to their weights' dtype."
-    return [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False)]
-
 @contextlib.contextmanager
-def no_input_casts(model, active: bool = True, mods=None):
-    "Within: PEFT's layers (`mods`, else found in `model`) leave their inputs' dtype alone (under autocast, which casts for each product)."
-    mods = (casting_layers(model) if mods is None else mods) if active else []
+def no_input_casts(mods):
+    "Within: PEFT's layers `mods` (`lora.casting_layers`) leave their inputs' dtype alone (under autocast, which casts for each product)."
     for m in mods: m.cast_input_dtype_enabled = False
     try: yield
     finally:
@@ -181,8 +176,8 @@ class CompletionTrainer(Trainer):
             loss = out.loss * (self._across() if kw else 1)
             return (loss, out) if return_outputs else loss
         head = plain_head(self.accelerator.unwrap_model(model)) if LOSS_CHUNK and not return_outputs else None
-        if getattr(self, "_casting", None) is None: self._casting = casting_layers(model)  # once: 2,500 modules to walk at 135M
-        with no_input_casts(model, self.args.bf16 or self.args.fp16, self._casting), head_skipped(head) if head else contextlib.nullcontext():
+        if getattr(self, "_casting", None) is None: self._casting = casting_layers(model) if self.args.bf16 or self.args.fp16 else []
+        with no_input_casts(self._casting), head_skipped(head) if head else contextlib.nullcontext():
             if self._keeps_logits(model):
                 pos = (tgt != -100).any(0).nonzero().squeeze(-1)
                 out = model(**inputs, logits_to_keep=pos, use_cache=False)
