@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.child: return child(a)
+    os.environ.pop("LD_PRELOAD", None)  # a preloaded parent (LD_PRELOAD=...) would hand its allocator to every child: each gets exactly its own
     from llmops_nb import vectorstore
     from llmops_nb.pipeline import malloc_env
     a.index = str(Path(tempfile.mkdtemp(prefix="bench-chat-"))/"index")
@@ -48,8 +49,7 @@ def main():
             "--max-new-tokens", str(a.max_new_tokens)]
     for k in range(a.repeat):
         for m in allocs:
-            env = {x: v for x, v in os.environ.items() if x != "LD_PRELOAD"}
-            p = subprocess.run(argv, capture_output=True, text=True, env={**env, **malloc_env(m)})
+            p = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **malloc_env(m)})
             line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None: sys.exit(f"{m} failed:\n{p.stderr[-3000:]}")
             r = json.loads(line[7:]); runs.setdefault(m, []).append(r)

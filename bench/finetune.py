@@ -112,7 +112,7 @@ class Profile:
         busy = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA") / 1e6 / n
         r = {"steps": n, "wall_s": round(self.wall / n, 4), "device_busy_s": round(busy, 4),
              "aten_calls": count(lambda k: k.startswith("aten::")), "kernel_launches": count(lambda k: k in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")),
-             "syncs": {k: count(lambda x: x == k) for k in self.SYNCS if count(lambda x: x == k)}}
+             "syncs": {k: c for k in self.SYNCS if (c := count(lambda x: x == k))}}
         if out:  # the tables, for reading: the top ops by host time, then by device time
             tables = [ev.table(sort_by="self_cpu_time_total", row_limit=25)]
             if busy: tables.append(ev.table(sort_by="self_device_time_total", row_limit=25))
@@ -244,6 +244,7 @@ def main():
                          "aten calls, kernel launches and syncs in the JSON; the top ops by host and device time beside --out")
     a = ap.parse_args()
     if a.only: return child(a)
+    os.environ.pop("LD_PRELOAD", None)  # a preloaded parent (LD_PRELOAD=...) would hand its allocator to every child: each gets exactly its own
     if a.device == "cuda" and not a.min_examples: a.min_examples = 8 * (a.warmup + a.steps + a.profile) * max(1, a.rows * a.seq_len // 1300)
     methods, runs = a.methods.split(",") if a.methods else METHODS[:None if a.ablate else 2], {}
     bad = [m for m in methods if m not in METHODS + EXTRA]

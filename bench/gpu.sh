@@ -12,7 +12,7 @@
 # transformers 5.17 but none of datasets, peft, bitsandbytes or liger: their wheels and a model cache holding only the
 # packaged model's tokenizer travelled with the tree (the random-init shapes need nothing more), then
 #   pip install --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site:$PWD LLMOPS_CACHE=$PWD/.gpucache PY=python3 bench/gpu.sh
-# That run found 135m bound by per-step overhead (1b at about a fifth of the GPU's bf16 peak), hence the 135m run with
+# That run found 135m bound by per-step overhead (1b at about a quarter of the GPU's bf16 peak), hence the 135m run with
 # 32 rows a step and Liger's kernels (fewer a step) below, and ran
 # torch.compile's compilation inside the timed steps, hence its warm-up of 5 steps. profile_135m says where a step's time
 # goes (host against device); the compile step logs dynamo's recompiles and graph breaks.

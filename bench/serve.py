@@ -178,6 +178,7 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve: return run_server(a.serve, a.port, a)
+    os.environ.pop("LD_PRELOAD", None)  # a preloaded parent (LD_PRELOAD=...) would hand its allocator to every child: each gets exactly its own
     import torch
     from llmops_nb.deploy import base_name
     from llmops_nb.pipeline import malloc_env

@@ -55,13 +55,15 @@ def _chat_maps(tmp_path, **env) -> str:
         vectorstore.build_index(kb, index, chunk_size=200, chunk_overlap=20)
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     exe = Path(sys.executable).parent/"llmops"
-    p = subprocess.Popen([str(exe), "chat", "--index", str(index), "--model", "tiny-random", "--port", str(port), "--db", str(tmp_path/"fb.db")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    err = tmp_path/"chat.err"  # a file, not a pipe: nothing reads a pipe while the page starts, and a full one would stall it
+    with err.open("w") as f:
+        p = subprocess.Popen([str(exe), "chat", "--index", str(index), "--model", "tiny-random", "--port", str(port), "--db", str(tmp_path/"fb.db")],
+                             stdout=subprocess.DEVNULL, stderr=f, env={**os.environ, **env})
     try:
         for _ in range(240):
             try: urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2); break
             except OSError:
-                assert p.poll() is None, p.stderr.read()[-2000:]
+                assert p.poll() is None, err.read_text()[-2000:]
                 time.sleep(0.5)
         else: raise AssertionError("llmops chat did not answer on its port within 2 minutes")
         return Path(f"/proc/{p.pid}/maps").read_text()  # the same PID: the restart on tcmalloc is an exec
