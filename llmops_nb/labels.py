@@ -4,14 +4,21 @@
 
 # %% ../nbs/06_labels.ipynb #b10ac160
 from __future__ import annotations
+import os
 from .core import ConfigError
 
 # %% auto #0
 __all__ = ['assistant_spans', 'tokenize_example', 'tokenize_split']
 
 # %% ../nbs/06_labels.ipynb #93e39e6e
-def _render(tok, msgs, gen=False) -> str:
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
+def _render(tok, msgs, gen=False) -> str | None:
+    "The template's text of `msgs`; None for no messages where the template needs some."
+    try: return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    except Exception:
+        if msgs: raise
+        return None  # templates that index messages[0] fail on []
+
+def _after(text, prompt, pos) -> int: return max(pos, len(os.path.commonprefix([text, prompt or ""])))
 
 def assistant_spans(tok, messages) -> tuple:
     "(text, [(start, end), ...]): the rendered conversation and the character spans of its assistant turns."
@@ -19,11 +26,13 @@ def assistant_spans(tok, messages) -> tuple:
     for i, m in enumerate(messages):
         if m["role"] != "assistant": continue
         pre, upto = _render(tok, messages[:i], gen=True), _render(tok, messages[:i + 1])
-        if upto.startswith(pre) and text.startswith(upto) and len(pre) >= pos: s, e = len(pre), len(upto)
-        else:  # not prefix-stable: the content itself
-            s = text.find(m["content"], pos)
+        if pre is not None and upto.startswith(pre) and text.startswith(upto) and len(pre) >= pos: s, e = len(pre), len(upto)
+        else:  # not prefix-stable: the content itself, after the turns before it
+            s = text.find(m["content"], _after(text, _render(tok, messages[:i]), pos))
             if s < 0: continue
-            e = s + len(m["content"])
+            e, c = s + len(m["content"]), upto.rfind(m["content"])
+            end = upto[c + len(m["content"]):] if c >= 0 else ""  # the end of turn after the answer
+            if end and text.startswith(end, e): e += len(end)
         spans.append((s, e)); pos = e
     return text, spans
 
