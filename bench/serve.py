@@ -12,7 +12,7 @@ model (SmolLM2-135M-Instruct, no adapter):
 - `hf-packed` (an ablation): our server with weights packed for `--max-batch` rows (`engine.Model(prepack=True)`:
   MKL for fp32, oneDNN for bf16), as it served before 2026-12-04;
 - `hf-system-malloc` (an ablation): `hf` on the system allocator; ours run on the allocator `llmops serve` preloads
-  (`pipeline.malloc_env`: tcmalloc where it is installed), the tutorial, as tutorials run, on the system's;
+  (`kernels.malloc_env`: tcmalloc where it is installed), the tutorial, as tutorials run, on the system's;
 - `hf-fp32` (an ablation): our server with fp32 weights, as it was before `dtype: auto` picked bf16 on CPUs with
   native bf16 (`hf` loads the model in the auto dtype: bf16 there);
 - `vllm` (GPU only, `pip install "llmops-nb[vllm]"`): our server in front of vLLM (`vllm_engine.VLLMBackend`).
@@ -181,7 +181,7 @@ def main(argv=None):
     os.environ.pop("LD_PRELOAD", None)  # a preloaded parent (LD_PRELOAD=...) would hand its allocator to every child: each gets exactly its own
     import torch
     from llmops_nb.deploy import base_name
-    from llmops_nb.pipeline import malloc_env
+    from llmops_nb.kernels import malloc_env
     prompts, levels, engines = test_prompts(a.n), [int(x) for x in a.clients.split(",")], a.engines.split(",")
     procs, urls = {}, {}
     try:

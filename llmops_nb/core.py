@@ -11,7 +11,8 @@ except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (se
 
 # %% auto #0
 __all__ = ['ConfigError', 'project_root', 'resolve_path', 'write_atomic', 'write_json', 'write_jsonl', 'read_jsonl',
-           'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code', 'seed_everything']
+           'files_under', 'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #b445cfb5
 class ConfigError(ValueError):
@@ -96,12 +97,15 @@ def read_jsonl(path, what="JSONL file") -> list:
 
 
 # %% ../nbs/00_core.ipynb #ea608744
+def files_under(p) -> list:
+    "The files of folder `p`, sorted; hidden ones and Python's bytecode caches (written on import, different per interpreter) left out."
+    p = Path(p)
+    return sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") or s == "__pycache__" for s in f.relative_to(p).parts))
+
 def sha256_path(p) -> str:
-    "sha256 of a file's bytes, or of a folder's relative file paths and bytes (hidden files excluded)."
+    "sha256 of a file's bytes, or of a folder's relative file paths and bytes (see `files_under`)."
     h, p = hashlib.sha256(), Path(p)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not any(
-        s.startswith(".") for s in f.relative_to(p).parts))
-    for f in files:
+    for f in [p] if p.is_file() else files_under(p):
         if f != p: h.update(f.relative_to(p).as_posix().encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html, os, re, sys
 from pathlib import Path
 from .card import model_card
-from .core import ConfigError
+from .core import ConfigError, write_atomic
 from .report import SECTIONS, verdict, report_notebook, stage_notebooks
 from .runs import flat_metrics, load_record
 
@@ -50,7 +50,7 @@ def to_html(nb, exclude_input=True) -> str:
 def execute(nb, cwd, timeout=600):
     "Execute notebook `nb` in folder `cwd` with the project's kernel; returns it."
     from nbclient import NotebookClient
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     NotebookClient(nb, timeout=timeout, kernel_name=ensure_kernel(), resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
@@ -69,21 +69,22 @@ def render(run_dir, # the run's folder
     import nbformat
     run_dir = Path(run_dir).resolve()
     rec = load_record(run_dir)
-    out = Path(out_dir or run_dir/"report"); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir or run_dir/"report")
+    if out.is_symlink(): out.unlink()  # a report taken from another run's cache: this run gets its own, that run keeps its
+    out.mkdir(parents=True, exist_ok=True)
     html_dir = out/"notebooks"
     if notebooks:
         html_dir.mkdir(exist_ok=True)
         for s, p in stage_notebooks(rec).items():
             if rec["stages"][s].get("status") == "running": continue  # the report stage itself
-            try: (html_dir/f"{s}.html").write_text(to_html(nbformat.read(p, as_version=4), exclude_input=False))
+            try: write_atomic(html_dir/f"{s}.html", to_html(nbformat.read(p, as_version=4), exclude_input=False))
             except Exception as e: print(f"report: could not convert {p}: {e}", file=sys.stderr)
     nb = execute(report_notebook(run_dir, html_dir), out, timeout)
-    nbformat.write(nb, out/"report_body.ipynb")
+    write_atomic(out/"report_body.ipynb", nbformat.writes(nb))
     page = to_html(nb)
-    (run_dir/"report.html").write_text(page)
-    (out/"report.html").write_text(_relink(page, run_dir, out))
-    card = model_card(rec)
-    (run_dir/"MODEL_CARD.md").write_text(card); (out/"MODEL_CARD.md").write_text(card)
+    card = model_card(rec)  # written whole or not at all, replacing (not following) a link to a cached report
+    for p, text in ((run_dir/"report.html", page), (out/"report.html", _relink(page, run_dir, out)), (run_dir/"MODEL_CARD.md", card), (out/"MODEL_CARD.md", card)):
+        write_atomic(p, text)
     return dict(report=run_dir/"report.html", model_card=run_dir/"MODEL_CARD.md", notebook=out/"report_body.ipynb",
                 copy=out/"report.html", sections=list(SECTIONS))
 

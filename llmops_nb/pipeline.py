@@ -4,22 +4,23 @@
 
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
-import ast, ctypes.util, functools, hashlib, json, os, sys, tempfile, time
+import ast, hashlib, json, os, sys, tempfile, time
 import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 import llmops_nb
 from . import stages as ST
-from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
+from .core import ConfigError, Lock, files_under, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
+from .kernels import ensure_kernel, malloc_env
 from .params import apply_overrides, load_params, read_params, validate
 from .progress import Watcher
 from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
-__all__ = ['PKG', 'DECLARATIONS', 'KERNEL', 'TCMALLOC', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key',
-           'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock', 'ensure_kernel',
-           'malloc_env', 'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+__all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'stage_key',
+           'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock', 'StageError',
+           'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -74,11 +75,17 @@ def code_digest(stage: str) -> str:
     for m in code_modules(stage): h.update(m.encode() + b"\0" + sha256_path(_module_path(m)).encode())
     return h.hexdigest()
 
+def stat_digest(p) -> str:
+    "sha256 of the relative paths, sizes and modification times of the files under folder `p` (`core.files_under`)."
+    p = Path(p)
+    return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)]).encode()).hexdigest()
+
 def stage_key(stage: str, vals: dict, inputs: dict) -> str:
     "Cache key of `stage` with settings `vals` reading upstream outputs whose content digests are `inputs`."
-    decl = ST.parameters(stage)
-    files = {k: sha256_path(resolve_path(v)) for k, v in vals.items()
-             if decl.get(k, {}).get("kind") in ("path", "path|hub") and isinstance(v, str) and v and resolve_path(v).exists()}
+    decl, local = ST.parameters(stage), lambda v: isinstance(v, str) and v and resolve_path(v).exists()
+    kind = lambda k: decl.get(k, {}).get("kind")
+    files = {k: sha256_path(resolve_path(v)) if kind(k) in ("path", "path|hub") else stat_digest(resolve_path(v))
+             for k, v in vals.items() if kind(k) in ("path", "path|hub", "model", "embedding") and local(v)}
     blob = dict(stage=stage, nb=hash_notebook(ST.notebook(stage)), code=code_digest(stage), params=vals, files=files, inputs=inputs)
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -130,42 +137,6 @@ def key_lock(run_root, stage: str, key: str) -> Lock:
     "The lock a run holds while it executes `stage` with `key`."
     return Lock(resolve_path(run_root)/".cache"/"locks"/f"{stage}-{key}.lock")
 
-# %% ../nbs/19_pipeline.ipynb #6f7d2a1c
-KERNEL = "llmops-nb"
-
-def ensure_kernel(name=KERNEL) -> str:
-    "Name of a kernelspec that runs this interpreter, installed into sys.prefix if needed."
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    quiet = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
-    try:
-        argv = KernelSpecManager().get_kernel_spec(name).argv
-        if argv[0] == sys.executable and quiet in argv: return name
-    except NoSuchKernel: pass
-    from ipykernel.kernelspec import install
-    d = Path(install(kernel_name=name, display_name="Python 3 (llmops-nb)", prefix=sys.prefix))
-    spec = json.loads((d/"kernel.json").read_text())
-    spec["argv"].append(quiet)
-    write_json(d/"kernel.json", spec)
-    return name
-
-# %% ../nbs/19_pipeline.ipynb #b2d4f6a1
-TCMALLOC = ("tcmalloc_minimal", "tcmalloc")  # gperftools' libraries, the minimal one first: no heap profiler
-
-@functools.cache  # find_library runs ldconfig (and gcc when that finds nothing): once per process, not once per stage
-def _tcmalloc(): return next((l for l in map(ctypes.util.find_library, TCMALLOC) if l), None)
-
-def malloc_env(choice: str | None = None, # auto, system or an allocator library's path; None: $LLMOPS_MALLOC, else auto
-              ) -> dict: # environment for a stage's kernel
-    "The `LD_PRELOAD` that gives a stage's kernel tcmalloc (or `choice`'s allocator); {} for the system allocator."
-    choice = choice or os.environ.get("LLMOPS_MALLOC") or "auto"
-    if choice == "system" or not sys.platform.startswith("linux"): return {}
-    if choice == "auto": lib = _tcmalloc()
-    elif Path(choice).is_file(): lib = choice
-    else: raise ConfigError(f"LLMOPS_MALLOC={choice!r}: no such file; expected auto, system or the path of an allocator library")
-    pre = [x for x in os.environ.get("LD_PRELOAD", "").split(":") if x]
-    if lib is None or lib in pre: return {}
-    return {"LD_PRELOAD": ":".join([lib, *pre]), "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}  # no "large alloc" lines on stderr
-
 # %% ../nbs/19_pipeline.ipynb #10e97b1e
 class StageError(RuntimeError):
     "A stage failed; the message is one line."
@@ -216,9 +187,7 @@ def execute_stage(rec: dict, # the run record (updated in place)
     _atomic_notebooks()
     run_dir = Path(rec["run_dir"])
     st = rec["stages"][stage]
-    out = Path(st["out_dir"]); out.mkdir(parents=True, exist_ok=True)
-    (out/MANIFEST).unlink(missing_ok=True)  # rerun in the same folder: the old manifest describes what is about to be replaced
-    nb_out = run_dir/f"{stage}.ipynb"
+    out, nb_out = Path(st["out_dir"]), run_dir/f"{stage}.ipynb"
     wb = rec["wandb"]
     env = dict(WANDB_PROJECT=wb.get("project"), WANDB_ENTITY=wb.get("entity"), WANDB_RUN_GROUP=rec["id"],
                WANDB_TAGS=",".join(wb.get("tags") or []) or None, WANDB_DIR=str(run_dir), WANDB_SILENT="true",
@@ -228,6 +197,10 @@ def execute_stage(rec: dict, # the run record (updated in place)
     st.update(status="running", started=now(), notebook=str(nb_out), error=None, preload=env.get("LD_PRELOAD") or os.environ.get("LD_PRELOAD"))
     t = time.time()
     try:
+        for p in (out, nb_out):
+            if p.is_symlink(): p.unlink()  # a result taken from the cache: this run writes its own, never into the run it came from
+        out.mkdir(parents=True, exist_ok=True)
+        (out/MANIFEST).unlink(missing_ok=True)  # rerun in the same folder: the old manifest describes what is about to be replaced
         write_json(out/"params.json", vals); save_record(rec)
         watch = Watcher(stage, env["LLMOPS_PROGRESS"], nb_out, echo) if progress else contextlib.nullcontext()
         with _env(**env), watch:  # papermill's own bar only counted cells: the watcher shows the cells and what the stage reports
@@ -289,7 +262,8 @@ def _stage(rec, s, n, outs, force, progress, echo):
     "Stage `s` of run `rec`: kept, taken from the cache, or executed; returns its folder."
     run_root, stages, only, st = rec["config"]["run_root"], rec["config"]["stages"], rec.get("only") or [], rec["stages"][s]
     tag, vals = f"[{n}/{len(stages)}] {s}", _stage_vals(rec, s, outs)
-    key = stage_key(s, rec["config"]["params"][s], input_digests(s, outs))
+    run = {"run": rec["id"]} if ST.stage(s).reads_run else {}  # what reads the whole run describes this run: never another's
+    key = stage_key(s, rec["config"]["params"][s], {**input_digests(s, outs), **run})
     if st.get("status") in ("done", "cached") and st.get("key") == key and not verify(st["out_dir"]):
         return st["out_dir"]  # resume: finished already, with these inputs
     must_run, lock = not only or s in only, key_lock(run_root, s, key)

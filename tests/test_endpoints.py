@@ -56,7 +56,7 @@ def served(tmp_path_factory):
 
 def _evaluate(served, out: Path, cache: Path) -> dict:
     import papermill as pm
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     pm.execute_notebook(str(ST.notebook("evaluate")), str(out.parent/f"{out.name}.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
                         parameters=dict(finetune_dir=str(Path(served["rec"]["run_dir"])/"finetune"), out_dir=str(out),
                                         endpoint={"base_url": served["url"], "model": "test-aaaa"}, metrics=["rougeL", "token_f1"],
@@ -116,7 +116,7 @@ def test_no_key_for_openai_is_one_line(tmp_path, monkeypatch):
 def test_rag_eval_with_the_server_as_endpoint_equals_the_adapter_in_process(served, tmp_path):
     "rag_eval answered by the served adapter (endpoint) and by the same adapter in the kernel: the same answers and scores."
     import papermill as pm
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     common = dict(max_questions=2, max_new_tokens=8, k=2, request_cache=str(tmp_path/"cache"))
     runs = {"endpoint": dict(endpoint={"base_url": served["url"], "model": "test-aaaa"}),
             "local": dict(finetune_dir=str(Path(served["rec"]["run_dir"])/"finetune"))}

@@ -252,7 +252,7 @@ def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):
     from safetensors.torch import load_file
     from llmops_nb.core import read_metrics
     from llmops_nb.stages import notebook
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     from llmops_nb.review import export
     db = tmp_path/"fb.db"; _history(db)
     export(tmp_path/"export", db=db, log=False)

@@ -14,7 +14,7 @@ from llmops_nb.core import read_jsonl, read_metrics  # noqa: E402
 
 def _execute(stage, path, **parameters):
     import papermill as pm
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     return pm.execute_notebook(str(ST.notebook(stage)), str(path), kernel_name=ensure_kernel(), progress_bar=False, parameters=parameters)
 
 

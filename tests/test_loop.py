@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_loop_scenario_on_smoke_params(tmp_path):
     import papermill as pm
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     pm.execute_notebook(str(ROOT/"nbs"/"46_loop.ipynb"), str(tmp_path/"loop.ipynb"), kernel_name=ensure_kernel(), progress_bar=False,
                         cwd=str(ROOT), parameters=dict(params_file=str(ROOT/"params"/"loop-smoke.yaml"), run_root=str(tmp_path/"loop"),
                                                        max_questions=12))

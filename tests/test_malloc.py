@@ -1,10 +1,10 @@
-"A stage's kernel runs on tcmalloc where it is installed (pipeline.malloc_env): a real papermill kernel, its own memory map."
+"A stage's kernel runs on tcmalloc where it is installed (kernels.malloc_env): a real papermill kernel, its own memory map."
 import nbformat, papermill as pm
 import pytest
 from conftest import llmops
-from llmops_nb import pipeline as P
+from llmops_nb import kernels as K, pipeline as P
 
-needs_tcmalloc = pytest.mark.skipif(not P.malloc_env("auto"), reason="no tcmalloc here (apt install libtcmalloc-minimal4; .ci/run installs it)")
+needs_tcmalloc = pytest.mark.skipif(not K.malloc_env("auto"), reason="no tcmalloc here (apt install libtcmalloc-minimal4; .ci/run installs it)")
 
 
 def _maps(tmp_path, env) -> str:
@@ -13,14 +13,14 @@ def _maps(tmp_path, env) -> str:
         "import re; print(sorted({m for m in re.findall(r'\\S+\\.so[.\\d]*$', open('/proc/self/maps').read(), re.M)}))")])
     src, out = tmp_path/"maps.ipynb", tmp_path/"maps.out.ipynb"
     nbformat.write(nb, src)
-    with P._env(**env): pm.execute_notebook(str(src), str(out), kernel_name=P.ensure_kernel(), progress_bar=False)
+    with P._env(**env): pm.execute_notebook(str(src), str(out), kernel_name=K.ensure_kernel(), progress_bar=False)
     return nbformat.read(out, as_version=4).cells[0].outputs[0]["text"]
 
 
 @needs_tcmalloc
 def test_stage_kernel_uses_tcmalloc(tmp_path):
-    assert "libtcmalloc" in _maps(tmp_path, P.malloc_env())
-    assert "libtcmalloc" not in _maps(tmp_path, P.malloc_env("system"))
+    assert "libtcmalloc" in _maps(tmp_path, K.malloc_env())
+    assert "libtcmalloc" not in _maps(tmp_path, K.malloc_env("system"))
 
 
 def test_wrong_allocator_is_one_line(params, tmp_path, monkeypatch):
@@ -38,7 +38,7 @@ def test_run_record_names_each_stages_allocator(params, monkeypatch):
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     f = params({"stages": ["prepare"], "prepare": {"max_examples": 30}})
     rec = P.run(f, progress=False)
-    assert rec["stages"]["prepare"]["preload"] == P.malloc_env("auto")["LD_PRELOAD"], rec["stages"]["prepare"]
+    assert rec["stages"]["prepare"]["preload"] == K.malloc_env("auto")["LD_PRELOAD"], rec["stages"]["prepare"]
     monkeypatch.setenv("LLMOPS_MALLOC", "system")
     rec = P.run(f, progress=False, force=True)
     assert rec["stages"]["prepare"]["status"] == "done" and rec["stages"]["prepare"]["preload"] is None, rec["stages"]["prepare"]

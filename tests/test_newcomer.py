@@ -83,12 +83,12 @@ def test_own_data_columns_no_system_prompt_one_row(params, tmp_path):
 def test_stage_notebook_from_another_folder(tmp_path):
     "papermill on a stage notebook from outside the project: its relative defaults (data/instructions.jsonl) are the project's."
     import os, papermill as pm
-    from llmops_nb import pipeline as P
+    from llmops_nb.kernels import ensure_kernel
     env = os.environ.pop("LLMOPS_PROJECT_ROOT", None)
     here = os.getcwd(); os.chdir(tmp_path)
     try:
         pm.execute_notebook(str(ROOT/"nbs"/"pipeline"/"prepare.ipynb"), str(tmp_path/"out.ipynb"), cwd=str(tmp_path),
-                            parameters={"out_dir": str(tmp_path/"prep"), "max_examples": 20}, kernel_name=P.ensure_kernel(), progress_bar=False)
+                            parameters={"out_dir": str(tmp_path/"prep"), "max_examples": 20}, kernel_name=ensure_kernel(), progress_bar=False)
     finally:
         os.chdir(here)
         if env: os.environ["LLMOPS_PROJECT_ROOT"] = env

@@ -33,7 +33,7 @@ def test_each_malformed_case_is_named_with_its_line():
 
 def test_stage_offline_exports_valid_files_prices_them_and_submits_nothing(tmp_path, monkeypatch):
     import papermill as pm
-    from llmops_nb.pipeline import ensure_kernel
+    from llmops_nb.kernels import ensure_kernel
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     pairs = tmp_path/"pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad answer {i}."}) + "\n" for i in range(3)))

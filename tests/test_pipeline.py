@@ -18,6 +18,19 @@ def test_cache_skips_unchanged_stages(params, tmp_path):
     assert r3["stages"]["prepare"]["status"] == "done"
 
 
+def test_reports_describe_their_own_run(params, tmp_path):
+    "A second run renders its own report (not a link to the first's); `llmops report` of a run leaves its report stage's manifest true."
+    from llmops_nb.stages import verify
+    f = params({"model": "tiny-random", "stages": ["prepare", "report"], "prepare": {"max_examples": 30}})
+    r1, r2 = (P.run(f, progress=False, echo=lambda *a: None) for _ in range(2))
+    assert (r2["stages"]["prepare"]["status"], r2["stages"]["report"]["status"]) == ("cached", "done")
+    page = Path(r2["run_dir"], "report.html")
+    assert not page.is_symlink() and r2["id"] in page.read_text()
+    assert llmops("--run-root", tmp_path/"runs", "report", r2["id"]).returncode == 0
+    assert verify(r2["stages"]["report"]["out_dir"]) == "" and verify(r1["stages"]["report"]["out_dir"]) == ""
+    assert r2["id"] not in Path(r1["run_dir"], "report.html").read_text()
+
+
 def test_failure_then_resume(params, tmp_path):
     "A failure only the stage can meet (a Parquet file that is not one: only `datasets` reads Parquet), then a resume once it is fixed."
     import pandas as pd

@@ -7,7 +7,7 @@ import json, os, resource, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 from conftest import llmops, ROOT
-from llmops_nb import pipeline as P, runs, stages as ST
+from llmops_nb import kernels as K, pipeline as P, runs, stages as ST
 from llmops_nb.core import ConfigError
 
 LLMOPS = Path(sys.executable).parent/"llmops"
@@ -180,7 +180,7 @@ def test_damaged_adapter_or_index_is_refused_by_every_reader(params, tmp_path):
     r = llmops("--run-root", root, "chat", rec["id"])                     # the chat reads the run's adapter
     assert r.returncode == 2 and f"{weights} changed since the stage wrote it" in last_line(r)
     with pytest.raises(pm.PapermillExecutionError) as e:                   # a stage kernel reading it
-        pm.execute_notebook(str(ST.notebook("evaluate")), str(tmp_path/"ev.ipynb"), progress_bar=False, kernel_name=P.ensure_kernel(),
+        pm.execute_notebook(str(ST.notebook("evaluate")), str(tmp_path/"ev.ipynb"), progress_bar=False, kernel_name=K.ensure_kernel(),
                             parameters={"prepare_dir": rec["stages"]["prepare"]["out_dir"], "finetune_dir": str(ft), "out_dir": str(tmp_path/"ev")})
     assert e.value.ename == "ConfigError" and "adapter_model.safetensors changed since the stage wrote it" in e.value.evalue
     weights.write_bytes(good)

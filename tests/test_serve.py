@@ -7,7 +7,7 @@ from conftest import ROOT, llmops
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 openai = pytest.importorskip("openai")
 from llmops_nb import feedback as F, generation as G, servelog as SL, vectorstore as V  # noqa: E402
-from llmops_nb.pipeline import malloc_env  # noqa: E402
+from llmops_nb.kernels import malloc_env  # noqa: E402
 from llmops_nb.serving import Caps  # noqa: E402
 from llmops_nb.settings import Generation  # noqa: E402
 from llmops_nb.server import serve  # noqa: E402
