@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     "The `llmops` argument parser, built from `COMMANDS`."
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="llmops", description="Run and inspect llmops-nb pipelines (papermill + W&B).", formatter_class=fmt)
-    p.add_argument("--run-root", default="runs", action=_Given, help="folder of runs (for `run`: where the new run goes, over the params file's run_root)")
+    p.add_argument("--run-root", default="runs", action=_Given, help="folder of runs (for `run` and `sweep`: where new runs go, over the params file's run_root)")
     p.set_defaults(run_root_given=False)
     sub, groups = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND"), {}
     for name, (help, args, f) in COMMANDS.items():
@@ -159,10 +159,12 @@ def cmd_stages(a):
 def cmd_report(a):
     from llmops_nb import page
     from llmops_nb.runs import load_record
+    from llmops_nb.stages import write_manifest
     rec = load_record(a.run, a.run_root)
     if a.wandb: page.wandb_report(rec)
     else:
         res = page.render(rec["run_dir"])
+        if "report" in rec["stages"]: write_manifest("report", res["copy"].parent)  # the stage's folder holds the new files: its manifest says so
         print(f"report: {res['report']}\nmodel card: {res['model_card']}")
 
 @command("compare", "params that differ and metrics side by side, with deltas (prints + HTML)", arg("runs", nargs="+", help=RUN),
@@ -178,17 +180,19 @@ def cmd_compare(a):
 def cmd_sweep(a):
     from pathlib import Path
     from llmops_nb import compare as C
+    sets = [*a.sets, f"run_root={a.run_root}"] if a.run_root_given else a.sets  # as for `run`: --run-root wins over the base's run_root
     if not a.wandb:
-        C.sweep(a.file, a.sets, progress=not a.quiet); return
+        C.sweep(a.file, sets, progress=not a.quiet); return
     import yaml
+    spec = C.load_sweep(a.file); C.point_params(spec, sets)  # the file and every point checked before the agents run them
     out = Path(a.out or Path(a.file).with_name(Path(a.file).stem + "-wandb.yaml"))
-    out.write_text(yaml.safe_dump(C.wandb_sweep_config(C.load_sweep(a.file)), sort_keys=False))
+    out.write_text(yaml.safe_dump(C.wandb_sweep_config(spec, sets), sort_keys=False))
     print(f"W&B sweep config: {out}\nstart it with: wandb sweep {out}   then on each machine: wandb agent <sweep id>")
 
 @command("sweep-run", "one W&B sweep point (the command wandb agent runs)", arg("base", help="params file"), arg("args", nargs="*", help="key=value overrides"))
 def cmd_sweep_run(a):
     from llmops_nb.compare import sweep_run
-    sweep_run(a.base, a.args)
+    sweep_run(a.base, [*a.args, f"run_root={a.run_root}"] if a.run_root_given else a.args)
 
 # %% ../nbs/27_cli.ipynb #7f9d5296
 @command("promote", "move an alias (default production) to a run's adapter", arg("run", help=RUN),
@@ -295,9 +299,9 @@ def cmd_serve(a):
 PRELOADED = {cmd_serve, cmd_chat}  # long-lived commands that restart themselves on malloc_env's allocator
 
 def _preload():
-    "Start this command again with `pipeline.malloc_env`'s allocator preloaded (an LD_PRELOAD only takes at start)."
+    "Start this command again with `kernels.malloc_env`'s allocator preloaded (an LD_PRELOAD only takes at start)."
     import os
-    from llmops_nb.pipeline import malloc_env
+    from llmops_nb.kernels import malloc_env
     env = malloc_env()  # {} once the library is preloaded: the restarted process goes on
     if env: os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **env})
 

@@ -12,8 +12,8 @@ from .runs import flat_metrics, flat_params, gates_passed, load_record
 from .decision import page
 
 # %% auto #0
-__all__ = ['compare_tables', 'compare_html', 'compare', 'load_sweep', 'sweep_points', 'point_sets', 'sweep', 'wandb_sweep_config',
-           'sweep_run']
+__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare_html', 'compare', 'read_sweep', 'check_metric', 'load_sweep',
+           'sweep_points', 'point_sets', 'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
 
 # %% ../nbs/22_compare.ipynb #84f7ecfa
 def compare_tables(recs: list):
@@ -69,16 +69,57 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
     echo(f"comparison: {out}")
     return out
 
-# %% ../nbs/22_compare.ipynb #aed8f184
-def load_sweep(path) -> dict:
-    "Read and check a sweep file; `base` resolved to a path."
+# %% ../nbs/22_compare.ipynb #2d122fa0
+def read_sweep(path):
+    "The raw YAML of sweep file `path` (one-line errors for a missing, non-UTF-8 or malformed file)."
     import yaml
     path = Path(path)
-    if not path.exists(): raise ConfigError(f"{path}: no such sweep file")
-    spec = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file(): raise ConfigError(f"{path}: no such sweep file")
+    data = path.read_bytes()
+    try: text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); expected a UTF-8 YAML sweep file") from None
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        m, c, cm = getattr(e, "problem_mark", None), getattr(e, "context", None), getattr(e, "context_mark", None)
+        why = " ".join(str(getattr(e, "problem", None) or e).split()) + (f", {c} from line {cm.line + 1}" if c and cm else "")
+        raise ConfigError(f"{path}:{m.line + 1 if m else '?'}: not valid YAML ({why}); expected a sweep file like params/sweep.yaml") from None
+
+# %% ../nbs/22_compare.ipynb #f8bf88a3
+GOALS = ("maximize", "minimize")
+
+def check_metric(m, where="metric") -> dict:
+    "A sweep's `metric` as `{name, goal}`; anything else is a one-line ConfigError that starts with `where`."
+    from llmops_nb.stages import STAGES
+    name = m.get("name") if isinstance(m, dict) else m
+    parts = name.split("/") if isinstance(name, str) else []
+    named = len(parts) > 1 and parts[0] in STAGES and all(parts)  # stage/key, as flat_metrics names them
+    eg = f"e.g. 'metric: {{name: {name if named else 'evaluate/tuned/rougeL'}, goal: maximize}}'"
+    if not isinstance(m, dict): raise ConfigError(f"{where} is {m!r}, not a mapping; expected name and goal, {eg}")
+    bad = [k for k in m if k not in ("name", "goal")]
+    if bad: raise ConfigError(f"{where}: unknown key '{bad[0]}'; expected name and goal, {eg}")
+    if not named: raise ConfigError(f"{where}.name is {name!r}; expected <stage>/<key> as `llmops compare` lists metrics (stage: {', '.join(STAGES)}), {eg}")
+    if m.get("goal") not in GOALS: raise ConfigError(f"{where}.goal is {m.get('goal')!r}; expected maximize or minimize (no default: W&B's is minimize), {eg}")
+    return {"name": name, "goal": m["goal"]}
+
+# %% ../nbs/22_compare.ipynb #aed8f184
+SWEEP_KEYS = ("base", "grid", "list", "metric", "name", "method")
+
+def load_sweep(path) -> dict:
+    "Read and check a sweep file: `base` resolved to a path, `metric` checked (None when not given); one-line errors naming the file."
+    path = Path(path)
+    spec = read_sweep(path)
+    if spec is None: spec = {}
     if not isinstance(spec, dict) or "base" not in spec: raise ConfigError(f"{path}: a sweep file needs 'base: <params file>' and a 'grid' or 'list'")
-    bad = [k for k in spec if k not in ("base", "grid", "list", "metric", "name", "method")]
-    if bad: raise ConfigError(f"{path}: unknown key '{bad[0]}'; expected base, grid, list, metric, name")
+    bad = [k for k in spec if k not in SWEEP_KEYS]
+    if bad: raise ConfigError(f"{path}: unknown key '{bad[0]}'; expected {', '.join(SWEEP_KEYS)}")
+    if not isinstance(spec["base"], str) or not spec["base"].strip():
+        raise ConfigError(f"{path}: base is {spec['base']!r}; expected a params file, e.g. 'base: params/smoke.yaml'")
+    if (spec.get("method") or "grid") != "grid":
+        raise ConfigError(f"{path}: method is {spec['method']!r}; expected grid, the only method (every point runs, here and as a W&B sweep)")
+    if isinstance(spec.get("name"), (dict, list)): raise ConfigError(f"{path}: name is {spec['name']!r}; expected a short name, e.g. 'name: lora-rank'")
+    metric = check_metric(spec["metric"], f"{path}: metric") if spec.get("metric") is not None else None
     base = resolve_path(spec["base"])
     if not base.exists() and (path.parent/spec["base"]).exists(): base = (path.parent/spec["base"]).resolve()
     if not base.exists(): raise ConfigError(f"{path}: base params file '{spec['base']}' not found")
@@ -88,7 +129,7 @@ def load_sweep(path) -> dict:
     if not isinstance(lst, list) or any(not isinstance(p, dict) for p in lst):
         raise ConfigError(f"{path}: list must be a list of mappings, e.g. '- {{finetune.r: 4, finetune.learning_rate: 0.001}}'")
     if not grid and not lst: raise ConfigError(f"{path}: nothing to sweep; add a 'grid' or a 'list'")
-    return {**spec, "base": str(base), "grid": grid, "list": lst, "name": spec.get("name") or path.stem}
+    return {**spec, "base": str(base), "grid": grid, "list": lst, "name": str(spec.get("name") or path.stem), "metric": metric}
 
 def sweep_points(spec: dict) -> list:
     "The override dicts of a sweep: the grid's combinations, each combined with every `list` entry."
@@ -100,13 +141,17 @@ def point_sets(point: dict) -> list:
     return [f"{k}={json.dumps(v)}" for k, v in point.items()]
 
 # %% ../nbs/22_compare.ipynb #8fc1975f
+def point_params(spec: dict, sets=()) -> list:
+    "The resolved params of every point of `spec` (with `sets` for all): a bad point fails before any point runs."
+    from llmops_nb.params import load_params
+    return [load_params(spec["base"], [*sets, *point_sets(p)]) for p in sweep_points(spec)]
+
 def sweep(path, sets=(), echo=print, progress=False) -> dict:
     "Run every point of the sweep file `path` (plus `sets` for all); compare them; returns the sweep record."
     from llmops_nb import pipeline as P
-    from llmops_nb.params import load_params
-    spec = load_sweep(path)
+    spec = load_sweep(path)  # the file, its metric included, checked before anything runs
     points = sweep_points(spec)
-    cfgs = [load_params(spec["base"], [*sets, *point_sets(p)]) for p in points]  # every point valid before any runs
+    cfgs = point_params(spec, sets)  # every point valid before any runs
     root = resolve_path(cfgs[0]["run_root"])
     sid = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
     sdir = root/"sweeps"/sid; sdir.mkdir(parents=True)
@@ -120,15 +165,15 @@ def sweep(path, sets=(), echo=print, progress=False) -> dict:
             echo(f"  point {i} failed: {e}"); srec["failed"].append({"point": p, "error": str(e)}); save(); continue
         srec["runs"].append(rec["id"]); save()
     if len(srec["runs"]) >= 2:
-        srec["compare"] = str(compare(srec["runs"], root, sdir/"compare.html", echo, spec.get("metric")))
+        srec["compare"] = str(compare(srec["runs"], root, sdir/"compare.html", echo, spec["metric"]))
     save()
     echo(f"sweep {sid}: {len(srec['runs'])} runs, {len(srec['failed'])} failed -> {sdir}")
     return srec
 
 # %% ../nbs/22_compare.ipynb #2d7390ff
-def wandb_sweep_config(spec: dict) -> dict:
-    "W&B sweep config for the sweep `spec` (grid values; list entries become a `point` parameter)."
-    cfg = {"name": spec.get("name"), "method": "grid", "command": ["llmops", "sweep-run", spec["base"], "${args_no_hyphens}"],
+def wandb_sweep_config(spec: dict, sets=()) -> dict:
+    "W&B sweep config for the sweep `spec` (grid values; list entries become a `point` parameter; `sets` go to every point's command)."
+    cfg = {"name": spec.get("name"), "method": "grid", "command": ["llmops", "sweep-run", spec["base"], *sets, "${args_no_hyphens}"],
            "parameters": {k: {"values": v} for k, v in spec["grid"].items()}}
     if spec["list"]: cfg["parameters"]["point"] = {"values": [json.dumps(p) for p in spec["list"]]}
     if spec.get("metric"): cfg["metric"] = spec["metric"]

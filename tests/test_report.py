@@ -120,3 +120,31 @@ def test_sweep_compare_promote_sync(tmp_path):
     assert llmops("sweep", f, "--wandb", "--out", w).returncode == 0
     cfg = yaml.safe_load(w.read_text())
     assert cfg["method"] == "grid" and key in cfg["parameters"] and cfg["command"][:2] == ["llmops", "sweep-run"]
+
+
+def test_sweep_file_mistakes_are_one_line(tmp_path):
+    "A malformed, non-UTF-8 or ill-formed sweep file (a metric that is a bare string, a bad goal): one line naming the file, exit 2, before any point runs."
+    base, root = ROOT/"params"/"smoke.yaml", tmp_path/"runs"
+    cases = {"yaml.yaml": (f"base: {base}\ngrid:\n  prepare.max_examples: [20, 30\nmetric: {{name: prepare/sizes/train, goal: maximize}}\n".encode(),
+                           ":4: not valid YAML (expected ',' or ']', but got ':', while parsing a flow sequence from line 3)"),
+             "latin1.yaml": (f"name: caf\xe9\nbase: {base}\n".encode("latin-1"), ":1: not UTF-8 text (byte 0xe9)"),
+             "metric.yaml": (f"base: {base}\ngrid: {{prepare.max_examples: [20, 30]}}\nmetric: evaluate/tuned/rougeL\n".encode(), ": metric is 'evaluate/tuned/rougeL', not a mapping"),
+             "goal.yaml": (f"base: {base}\ngrid: {{prepare.max_examples: [20, 30]}}\nmetric: {{name: evaluate/tuned/rougeL, goal: up}}\n".encode(), ": metric.goal is 'up'; expected maximize or minimize")}
+    for name, (text, msg) in cases.items():
+        (tmp_path/name).write_bytes(text)
+        r = llmops("--run-root", root, "sweep", tmp_path/name, "--set", "stages=[prepare]", "--quiet")
+        assert (r.returncode, r.stderr.count("\n")) == (2, 1) and r.stderr.startswith(f"llmops: {tmp_path/name}{msg}"), (name, r.returncode, r.stderr[-3000:])
+    assert not root.exists()   # nothing ran
+
+
+def test_sweep_run_root(tmp_path):
+    "`llmops --run-root DIR sweep FILE` puts every point's run and the sweep under DIR (as `run` does); the comparison names the metric's best point."
+    f, root = tmp_path/"s.yaml", tmp_path/"runs"
+    f.write_text(f"base: {ROOT/'params'/'smoke.yaml'}\ngrid: {{prepare.max_examples: [20, 30]}}\nmetric: {{name: prepare/sizes/train, goal: maximize}}\n")
+    r = llmops("--run-root", root, "sweep", f, "--set", "stages=[prepare]", "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = runs.list_runs(root)
+    assert len(recs) == 2 and all(f"run_root={root}" in rec["overrides"] for rec in recs)
+    sw = json.loads(next((root/"sweeps").glob("*/sweep.json")).read_text())
+    assert sw["runs"] == [rec["id"] for rec in recs] and Path(sw["compare"]).exists()
+    assert f"best on prepare/sizes/train (maximize): run {recs[1]['id']}" in r.stdout, r.stdout[-2000:]
