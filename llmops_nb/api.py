@@ -92,10 +92,10 @@ def parse_chat(body) -> ChatRequest:
     if not isinstance(stream, bool) and stream is not None: raise bad("'stream' must be true or false", "stream")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict): raise bad("'stream_options' must be an object", "stream_options")
-    mt = body.get("max_completion_tokens", body.get("max_tokens"))
+    mt = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"  # OpenAI's new name (LangChain sends it); a null is not given
     return ChatRequest(
         model=body["model"], messages=out, stream=bool(stream), include_usage=bool(opts.get("include_usage")),
-        max_tokens=_num({"max_tokens": mt}, "max_tokens", 1, 1 << 20, int), temperature=_num(body, "temperature", 0, 2),
+        max_tokens=_num(body, mt, 1, 1 << 20, int), temperature=_num(body, "temperature", 0, 2),
         top_p=_num(body, "top_p", 0, 1), seed=_num(body, "seed", -(1 << 63), (1 << 63) - 1, int), stop=tuple(stop or ()),
         presence_penalty=_num(body, "presence_penalty", -2, 2, default=0.0), frequency_penalty=_num(body, "frequency_penalty", -2, 2, default=0.0),
         repetition_penalty=_num(body, "repetition_penalty", 0.01, 10), no_repeat_ngram_size=_num(body, "no_repeat_ngram_size", 0, 64, int))

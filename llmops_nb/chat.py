@@ -10,46 +10,48 @@ from .core import ConfigError, md_code, md_text
 from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
 from .feedback import rate, record, review
 from .review import counts, parse_decision, queue
+from .settings import RagEvalConfig
+from .stores import relevance
 
 # %% auto #0
 __all__ = ['REVIEW_HEADERS', 'run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve', 'pending', 'show_row', 'decide']
 
 # %% ../nbs/25_chat.ipynb #193463cb
 def run_inputs(ref, run_root="runs") -> dict:
-    "index, adapter and model of the pipeline run `ref` names (from its run record and the stage contracts)."
-    from llmops_nb.runs import load_record, output, tuned
-    rec = load_record(ref, run_root)
-    index = output(rec, "rag_index", "index")
-    if index is None: raise ConfigError(f"run '{ref}' has no finished rag_index stage; run a params file with rag_index, or pass --index")
-    t = tuned(rec)  # the same adapter and base model `llmops serve` serves
-    return {"index": index, "adapter": t["adapter"], "model": t["model"], "run_id": rec["id"]}
+    "index, adapter and model of the pipeline run `ref` names, with the retrieval (k, mode), dtype and generation settings its rag_eval scored: what `llmops serve` serves."
+    from llmops_nb.deploy import run_parts
+    from llmops_nb.runs import load_record
+    p = run_parts(load_record(ref, run_root))
+    if p["index"] is None: raise ConfigError(f"run '{ref}' has no finished rag_index stage; run a params file with rag_index, or pass --index")
+    return {**{k: p[k] for k in ("index", "adapter", "model", "run_id", "k", "mode", "dtype")}, "gen": p["rag_gen"]}
 
 # %% ../nbs/25_chat.ipynb #754c8676
 class Answerer:
     "question -> {answer, sources, cited, top_similarity, latency_ms, note} over a RAG chain, questions capped; `meta` holds run/model/adapter ids."
-    def __init__(self, index, model: str = "tiny-random", adapter=None, k: int = 4, mode: str = "dense",
-                 max_new_tokens: int = 128, run_id=None, max_chars: int = MAX_CHARS, max_tokens: int = MAX_TOKENS):
+    def __init__(self, index, model: str = "tiny-random", adapter=None, k: int = RagEvalConfig.k, mode: str = RagEvalConfig.retrieval,
+                 max_new_tokens: int = 128, run_id=None, max_chars: int = MAX_CHARS, max_tokens: int = MAX_TOKENS, dtype: str = "auto", gen: dict | None = None):
         from llmops_nb import rag, stores
         self.store = stores.open_index(index)
-        llm = rag.hf_llm(model, adapter, max_new_tokens=max_new_tokens)
+        llm = rag.hf_llm(model, adapter, dtype=dtype, max_new_tokens=max_new_tokens, **(gen or {}))
         self.chain, self.llm, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm, llm.tok  # llm: the weights it answers with
-        self.k, self.lock, self.max_chars, self.max_tokens = k, threading.Lock(), max_chars, max_tokens
+        self.k, self.mode, self.lock, self.max_chars, self.max_tokens = k, mode, threading.Lock(), max_chars, max_tokens
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}
 
     @classmethod
-    def from_run(cls, ref=None, run_root="runs", model=None, index=None, adapter=None, **kw):
-        "From a run's outputs; `model`, `index` and `adapter` override them (or replace the run)."
+    def from_run(cls, ref=None, run_root="runs", model=None, index=None, adapter=None, k=None, **kw):
+        "From a run's outputs and the retrieval and generation settings its rag_eval scored; `model`, `index`, `adapter` and `k` override them (or replace the run)."
         got = run_inputs(ref, run_root) if ref else {"index": None, "adapter": None, "model": "tiny-random", "run_id": None}
         index = index or got["index"]
         if index is None: raise ConfigError("no index: give a RUN whose run built one (rag_index), or --index FOLDER")
-        return cls(index, model or got["model"], adapter or got["adapter"], run_id=got["run_id"], **kw)
+        run = {key: got[key] for key in ("mode", "dtype", "gen") if key in got}
+        return cls(index, model or got["model"], adapter or got["adapter"], k=k or got.get("k", RagEvalConfig.k), run_id=got["run_id"], **{**run, **kw})
 
     def __call__(self, question: str) -> dict:
         check_input(question, self.tok, self.max_chars, self.max_tokens)  # InputTooLong: refused before the lock and the store
         t = time.perf_counter()
         with self.lock: r = self.chain.invoke(question)
         ms = (time.perf_counter() - t) * 1000
-        scores = {d.id: s for d, s in self.store.similarity_search_with_score(question, k=max(self.k, len(r["documents"])))}
+        scores = relevance(self.store, question, max(self.k, len(r["documents"])))  # cosine similarity, whichever the store
         cited = set(r["cited"])
         srcs = [{"source": d.metadata.get("source"), "title": d.metadata.get("title"), "heading": d.metadata.get("heading"),
                  "score": scores.get(d.id), "cited": d.metadata.get("source") in cited} for d in r["documents"]]

@@ -4,13 +4,13 @@
 
 # %% ../nbs/03a_checks.ipynb #5025b3e2
 from __future__ import annotations
-import csv, io, json, os
+import csv, io, os
 from pathlib import Path
 from .core import ConfigError, read_jsonl, resolve_path
 
 # %% auto #0
-__all__ = ['DATA_FILES', 'ENDPOINT_SETTINGS', 'check_data', 'read_questions', 'check_docs', 'check_sources', 'check_hub_model',
-           'check_metrics', 'check_endpoints', 'contents']
+__all__ = ['DATA_FILES', 'ENDPOINT_SETTINGS', 'NO_ADAPTER', 'check_data', 'read_questions', 'check_docs', 'check_sources',
+           'check_hub_model', 'check_metrics', 'check_endpoints', 'check_adapters', 'contents']
 
 # %% ../nbs/03a_checks.ipynb #637d3467
 DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")
@@ -18,13 +18,8 @@ DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")
 def _rows(p: Path) -> tuple:
     "(unit, [(n, record)]) of a local JSONL/JSON/CSV data file, read as `data.load_records` reads it."
     if p.suffix.lower() in (".jsonl", ".json"):
-        try: return "line", read_jsonl(p)
-        except ConfigError:
-            if p.suffix.lower() != ".json": raise
-            try: rows = json.loads(p.read_bytes().decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as e: raise ConfigError(f"{p}: not a JSON list nor JSON lines ({type(e).__name__}); expected records in JSON") from None
-            if not isinstance(rows, list): raise ConfigError(f"{p}: expected a JSON list of records, got {type(rows).__name__}")
-            return "record", list(enumerate(rows, 1))
+        from llmops_nb.data import read_records  # the one reader of JSON record files, `prepare`'s
+        return read_records(p)
     try: text = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = p.read_bytes()[:e.start].count(b"\n") + 1
@@ -147,6 +142,22 @@ def check_endpoints(params: dict, where: str):
                 continue
             endpoint(spec, f"{where}: {stage}.{k}")
 
+# %% ../nbs/03a_checks.ipynb #846d0d52
+NO_ADAPTER = {"evaluate": ("model",), "rag_eval": ("endpoint", "model")}  # settings that, naming an endpoint model, leave no local model for an adapter
+
+def check_adapters(params: dict, where: str):
+    "Raise a one-line ConfigError when an endpoint model would have to carry the adapter of a stage in the run (`params`: stage -> settings)."
+    from llmops_nb import stages as ST
+    from llmops_nb.endpoints import is_endpoint
+    for stage, keys in NO_ADAPTER.items():
+        ups = [i.stage for i in ST.stage(stage).inputs if "adapter" in i.outputs and i.stage in params] if stage in params else []
+        for k in keys:
+            spec = params.get(stage, {}).get(k)
+            if ups and (is_endpoint(spec) if k == "model" else spec):
+                fix = "the endpoint model in evaluate.endpoint, scored beside it" if stage == "evaluate" else f"{stage}.endpoint empty"
+                raise ConfigError(f"{where}: {stage}.{k}: {spec!r} is an endpoint model, but an adapter needs its local base model and this run trains {', '.join(ups)}; "
+                                  f"expected a local {stage}.model (the adapter's base) and {fix}, or stages without {', '.join(ups)}")
+
 # %% ../nbs/03a_checks.ipynb #b295645a
 def contents(params: dict, src: str) -> list:
     "Check what the stages in `params` (stage -> resolved settings) will read; raise on the first error, return warnings."
@@ -166,4 +177,5 @@ def contents(params: dict, src: str) -> list:
         if "rag_index" in params: warns += check_sources(q, params["rag_index"]["docs"], f"{src}: rag_eval.questions")
     check_metrics(params, src)
     check_endpoints(params, src)
+    check_adapters(params, src)
     return warns

@@ -123,6 +123,12 @@ class ChromaStore(Chroma):
         picks = maximal_marginal_relevance(np.asarray(embedding, dtype="float32"), r["embeddings"][0], k=k, lambda_mult=lambda_mult)
         return [Document(page_content=r["documents"][0][j], metadata=r["metadatas"][0][j] or {}, id=r["ids"][0][j]) for j in picks]
 
+    def get_by_ids(self, ids, /) -> list:
+        "The stored documents with these ids (missing ones are left out); one stored without metadata has {}, where the integration's fails."
+        if not ids: return []  # chromadb refuses an empty list
+        r = self._collection.get(ids=list(ids), include=["metadatas", "documents"])
+        return [Document(page_content=t, metadata=m or {}, id=i) for i, m, t in zip(r["ids"], r["metadatas"], r["documents"]) if t is not None]
+
     def entries(self, include=("metadatas",), page: int = 5000):
         "Every (id, metadata, document or None) in the collection, fetched `page` at a time."
         off = 0

@@ -223,7 +223,7 @@ def cmd_sync(a):
          arg("--model", default=None, help="causal LM alias/folder/hub id (default: the run's)"),
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
          arg("--adapter", default=None, help="PEFT adapter folder (default: the run's dpo or finetune adapter)"),
-         arg("--k", type=int, default=4, help="passages retrieved per question"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
+         arg("--k", type=int, default=None, help="passages retrieved per question (default: the run's rag_eval k)"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
          arg("--max-chars", type=int, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
          arg("--max-tokens", type=int, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
@@ -284,16 +284,17 @@ def cmd_monitor(a):
          arg("--max-queue", type=int, default=256, help="requests allowed to wait for a batch row; beyond that, 503"),
          arg("--max-tokens", type=int, default=1024, help="the longest answer a request may ask for"),
          arg("--max-input-chars", type=int, default=32_000, help="characters of all messages of a request (413 beyond)"),
-         arg("--max-input-tokens", type=int, default=4096, help="tokens of all messages of a request (413 beyond)"),
+         arg("--max-input-tokens", type=int, default=4096, help="tokens of a request's system messages and last question (413 beyond); older turns are dropped to fit the context"),
          arg("--device", default="auto", help="auto, cpu, cuda (engine hf)"), arg("--db", default=None, help=DB),
-         arg("--vllm-arg", dest="vllm_args", action="append", default=[], metavar="ARG", help="extra argument for `vllm serve` (repeatable)"))
+         arg("--vllm-arg", dest="vllm_args", action="append", default=[], metavar="ARG", help="extra argument for `vllm serve` (repeatable)"),
+         arg("--allowed-host", dest="hosts", action="append", default=[], metavar="NAME", help="another Host name a keyless server answers to, e.g. a reverse proxy's (repeatable; with an API key any name is answered)"))
 def cmd_serve(a):
     import logging
     from llmops_nb.server import serve
     from llmops_nb.serving import Caps
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(a.target, a.run_root, a.host, a.port, a.engine, a.name, a.db, a.api_key_file, a.max_batch, a.max_queue,
-          Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args))
+          Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args), hosts=tuple(a.hosts))
 
 # %% ../nbs/27_cli.ipynb #ab3d9404
 PRELOADED = {cmd_serve, cmd_chat}  # long-lived commands that restart themselves on malloc_env's allocator

@@ -10,10 +10,11 @@ from pathlib import Path
 from .core import ConfigError, resolve_path, write_atomic, write_json
 from .runs import flat_metrics, flat_params, gates_passed, load_record
 from .decision import page
+from .params import read_yaml
 
 # %% auto #0
-__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare_html', 'compare', 'read_sweep', 'check_metric', 'load_sweep',
-           'sweep_points', 'point_sets', 'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
+__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare_html', 'compare', 'check_metric', 'load_sweep', 'sweep_points',
+           'point_sets', 'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
 
 # %% ../nbs/22_compare.ipynb #84f7ecfa
 def compare_tables(recs: list):
@@ -69,23 +70,6 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
     echo(f"comparison: {out}")
     return out
 
-# %% ../nbs/22_compare.ipynb #2d122fa0
-def read_sweep(path):
-    "The raw YAML of sweep file `path` (one-line errors for a missing, non-UTF-8 or malformed file)."
-    import yaml
-    path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: no such sweep file")
-    data = path.read_bytes()
-    try: text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); expected a UTF-8 YAML sweep file") from None
-    try: return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        m, c, cm = getattr(e, "problem_mark", None), getattr(e, "context", None), getattr(e, "context_mark", None)
-        why = " ".join(str(getattr(e, "problem", None) or e).split()) + (f", {c} from line {cm.line + 1}" if c and cm else "")
-        raise ConfigError(f"{path}:{m.line + 1 if m else '?'}: not valid YAML ({why}); expected a sweep file like params/sweep.yaml") from None
-
 # %% ../nbs/22_compare.ipynb #f8bf88a3
 GOALS = ("maximize", "minimize")
 
@@ -109,7 +93,7 @@ SWEEP_KEYS = ("base", "grid", "list", "metric", "name", "method")
 def load_sweep(path) -> dict:
     "Read and check a sweep file: `base` resolved to a path, `metric` checked (None when not given); one-line errors naming the file."
     path = Path(path)
-    spec = read_sweep(path)
+    spec = read_yaml(path, "sweep file", "params/sweep.yaml")
     if spec is None: spec = {}
     if not isinstance(spec, dict) or "base" not in spec: raise ConfigError(f"{path}: a sweep file needs 'base: <params file>' and a 'grid' or 'list'")
     bad = [k for k in spec if k not in SWEEP_KEYS]

@@ -10,7 +10,7 @@ from .core import ConfigError, project_root, read_jsonl, resolve_path, stage_dir
 from .stages import output
 
 # %% auto #0
-__all__ = ['ROLES', 'FIELDS', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'map_columns', 'load_records', 'held_out',
+__all__ = ['ROLES', 'FIELDS', 'SAMPLE', 'SAMPLE_SYSTEM', 'to_messages', 'map_columns', 'read_records', 'load_records', 'held_out',
            'split_dataset', 'fingerprint', 'prepare', 'load_prepared', 'prepare_sample']
 
 # %% ../nbs/05_data.ipynb #98fd66d4
@@ -59,10 +59,31 @@ def map_columns(rec: dict, # one record of your data
                 columns: dict | None = None, # field prepare reads -> your column, e.g. {"prompt": "question"}
                ) -> dict: # the record with the fields prepare reads
     "Record `rec` with your columns renamed to the fields `to_messages` reads (a column or field that is not there is an error)."
-    if not columns: return rec
+    if not columns or not isinstance(rec, dict): return rec  # not a record: to_messages says what it is
     if bad := [f for f in columns if f not in FIELDS]: raise ValueError(f"prepare.columns: '{bad[0]}' is not a field prepare reads; expected {', '.join(FIELDS)}")
     if miss := [c for c in columns.values() if c not in rec]: raise ValueError(f"no column '{miss[0]}' (named in prepare.columns); the record has {sorted(rec)}")
     return {**{k: v for k, v in rec.items() if k not in columns.values()}, **{f: rec[c] for f, c in columns.items()}}
+
+# %% ../nbs/05_data.ipynb #ec4211d4
+_BOM = b"\xef\xbb\xbf"
+
+def read_records(path) -> tuple:
+    "(unit, [(n, record)]) of a JSON Lines file, or of a .json file holding one JSON list (pretty or on one line); one-line errors with file and line."
+    p = resolve_path(path)
+    if p.suffix.lower() != ".json" or not p.is_file(): return "line", read_jsonl(p)
+    data = p.read_bytes().removeprefix(_BOM)
+    if data.lstrip()[:1] == b"[":  # one list, whatever its layout
+        try: rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); expected a UTF-8 JSON file") from None
+        except ValueError as e: raise ConfigError(f"{p}:{e.lineno}: not valid JSON ({e.msg}); expected a JSON list of records") from None
+        return "record", list(enumerate(rows, 1))
+    try: return "line", read_jsonl(p)
+    except ConfigError as e:
+        try: got = type(json.loads(data.decode("utf-8"))).__name__  # a pretty-printed object, say: name what it is
+        except ValueError: raise e from None  # neither JSON lines nor one value: the bad line
+        raise ConfigError(f"{p}: expected a JSON list of records (or JSON lines), got one {got}") from None
 
 # %% ../nbs/05_data.ipynb #030954af
 def _raw(source, split):
@@ -75,14 +96,11 @@ def _raw(source, split):
         else: ds = datasets.load_dataset(str(p), split=split or "train")
         return p, "row", list(enumerate(ds, 1))
     if p.exists():
-        if p.suffix in (".jsonl", ".json"):
-            try: return p, "line", read_jsonl(p)
-            except ConfigError:
-                if p.suffix == ".json": return p, "row", list(enumerate(json.loads(p.read_text()), 1))
-                raise
-        kind = {".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(p.suffix)
+        suf = p.suffix.lower()  # as checks.check_data reads it
+        if suf in (".jsonl", ".json"): return (p, *read_records(p))
+        kind = {".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(suf)
         if kind is None: raise ConfigError(f"{p}: unsupported data file type '{p.suffix}'; expected .jsonl, .json, .csv, .parquet or a datasets folder")
-        kw = {"delimiter": "\t"} if p.suffix == ".tsv" else {}
+        kw = {"delimiter": "\t"} if suf == ".tsv" else {}
         return p, "row", list(enumerate(datasets.load_dataset(kind, data_files=str(p), split="train", **kw), 1))
     try: ds = datasets.load_dataset(str(source), split=split or "train")  # a hub id
     except Exception as e: raise ConfigError(f"data '{source}': not a local file or folder, and not loadable from the hub ({str(e).splitlines()[0]})") from e
@@ -98,7 +116,7 @@ def load_records(source, # a data file, a datasets folder or a hub dataset id
     where, unit, rows = _raw(source, split)
     out = []
     for i, rec in rows:
-        try: out.append(to_messages(map_columns(dict(rec), columns), system))
+        try: out.append(to_messages(map_columns(dict(rec) if isinstance(rec, dict) else rec, columns), system))  # a list is no record: to_messages says so
         except ValueError as e: raise ConfigError(f"{where}:{i}: {e}" if unit == "line" else f"{where}: {unit} {i}: {e}")
     if not out: raise ConfigError(f"{where}: no records")
     return datasets.Dataset.from_dict({"messages": out})

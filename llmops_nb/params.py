@@ -7,13 +7,13 @@ from __future__ import annotations
 import difflib, json, re
 from pathlib import Path
 import yaml
-from . import checks, stages as ST
+from . import checks, settings as S, stages as ST
 from .core import ConfigError, resolve_path
 
 # %% auto #0
 __all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT',
-           'find_secret', 'near', 'check_model', 'check_path', 'check_value', 'validate', 'apply_overrides',
-           'read_params', 'load_params']
+           'ENDPOINT_STAGES', 'find_secret', 'near', 'check_model', 'check_path', 'check_index', 'check_scheduler',
+           'check_value', 'validate', 'apply_overrides', 'read_yaml', 'read_params', 'check_sets', 'load_params']
 
 # %% ../nbs/03_params.ipynb #921f092b
 GLOBALS = dict(seed=int, model=str, embedding_model=str, dtype=str, run_root=str, stages=list, wandb=dict, name=str)
@@ -51,11 +51,15 @@ DATA_EXT = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md", ".yaml", ".yml
 
 # %% ../nbs/03_params.ipynb #7d0307e0
 _HUB_OK = set()  # hub ids already found (a run names its model in several sections)
+ENDPOINT_STAGES = tuple(s for s in ST.names() if issubclass(ST.stage(s).config, S.Endpoints))  # they answer through llmops_nb.endpoints
 
-def check_model(name, where: str, aliases=None):
-    "Raise unless `name` is a known alias (of `aliases`, default the causal LMs), an existing folder, a hub id that is cached or on the hub, or an endpoint model (`openai:NAME`)."
+def check_model(name, where: str, aliases=None, stage: str | None = None):
+    "Raise unless `name` is a known alias (of `aliases`, default the causal LMs), an existing folder, a hub id that is cached or on the hub, or an endpoint model (`openai:NAME`) where `stage` takes one."
     if aliases is None and isinstance(name, str) and name.startswith("openai:"):
         if name == "openai:": raise ConfigError(f"{where}: 'openai:' names no model; expected openai:NAME, e.g. openai:gpt-4.1-mini")
+        if stage and stage not in ENDPOINT_STAGES:
+            raise ConfigError(f"{where}: '{name}' is an endpoint model, but {stage} needs the model's weights (endpoint models go to {', '.join(ENDPOINT_STAGES)} only); "
+                              "expected a packaged alias, a local folder or a hub id")
         return  # an endpoint model: the stages that accept one check it (llmops_nb.endpoints)
     from llmops_nb.models import ALIASES  # only to list names; importing models is cheap
     aliases = ALIASES if aliases is None else aliases
@@ -71,16 +75,33 @@ def check_path(v, where: str, hub_ok: bool = False):
     if hub_ok and HUB_ID.match(str(v)) and not str(v).lower().endswith(DATA_EXT): return
     raise ConfigError(f"{where}: no such file or folder '{v}' (resolved to {resolve_path(v)})")
 
-def check_value(where: str, key: str, v, decl: dict):
-    "Raise a one-line ConfigError unless `v` fits the declaration `decl` of setting `key`."
+def check_index(v, where: str, special=()):
+    "Raise unless `v` is one of `special` or a folder with the meta.json that `rag_index` writes beside an index."
+    if v in special or (resolve_path(v)/"meta.json").is_file(): return
+    also = f", or {' or '.join(map(repr, special))}" if special else ""
+    raise ConfigError(f"{where}: '{v}' is not an index folder (no {resolve_path(v)/'meta.json'}); expected the index folder of a rag_index run (<run>/rag_index/index){also}")
+
+def check_scheduler(v, where: str):
+    "Raise unless `v` names a `transformers` learning-rate scheduler."
+    from transformers.trainer_utils import SchedulerType  # imports torch: asked only for a value other than the default
+    names = [s.value for s in SchedulerType]
+    if v not in names: raise ConfigError(f"{where}: '{v}' is not a transformers learning-rate scheduler{near(v, names)}")
+
+# %% ../nbs/03_params.ipynb #4291555e
+def check_value(where: str, key: str, v, decl: dict, stage: str | None = None):
+    "Raise a one-line ConfigError unless `v` fits the declaration `decl` of setting `key` (of `stage`: whether it takes an endpoint model)."
     if not ST.type_ok(v, decl["type"]):
         raise ConfigError(f"{where}: {key} = {v!r} is {type(v).__name__}, expected {_tname(decl['type'])} (default {decl['default']!r})")
-    if isinstance(v, str) and v and decl["kind"] in ("path", "path|hub"): check_path(v, f"{where}: {key}", decl["kind"] == "path|hub")
-    if decl["kind"] == "model": check_model(v, f"{where}: {key}")
+    at, ch = f"{where}: {key}", decl.get("choices", ())
+    if decl["kind"] == "index": return check_index(v, at, ch)
+    if ch and v not in ch: raise ConfigError(f"{at} = {v!r} is unknown{near(v, ch)}")
+    if isinstance(v, str) and v and decl["kind"] in ("path", "path|hub"): check_path(v, at, decl["kind"] == "path|hub")
+    if decl["kind"] == "model": check_model(v, at, stage=stage)
     if decl["kind"] == "embedding":
         from llmops_nb.models import EMBEDDINGS
-        check_model(v, f"{where}: {key}", EMBEDDINGS)
-    if decl["kind"] == "dtype" and v not in DTYPES: raise ConfigError(f"{where}: {key} = {v!r} is not a number format{near(v, DTYPES)}")
+        check_model(v, at, EMBEDDINGS)
+    if decl["kind"] == "dtype" and v not in DTYPES: raise ConfigError(f"{at} = {v!r} is not a number format{near(v, DTYPES)}")
+    if decl["kind"] == "scheduler" and v != decl["default"]: check_scheduler(v, at)  # the default is known good, and costs no torch import
 
 # %% ../nbs/03_params.ipynb #d0ad80ed
 def _check_top(p: dict, src: str):
@@ -118,11 +139,11 @@ def _section(p: dict, s: str, src: str) -> dict:
     sec = p.get(s) or {}
     for k, v in sec.items():
         if k not in decl: raise ConfigError(f"{src}: unknown key '{s}.{k}'{near(k, decl)}")
-        check_value(f"{src}: {s}", k, v, decl[k])
+        check_value(f"{src}: {s}", k, v, decl[k], s)
     vals = {}
     for k, d in decl.items():
         if k in sec: v = sec[k]
-        elif k in SHARED and k in p: v = p[k]; check_value(f"{src}: {s}", k, v, d)
+        elif k in SHARED and k in p: v = p[k]; check_value(f"{src}: {s}", k, v, d, s)
         else: v = d["default"]
         if d["kind"] in ("path", "path|hub") and isinstance(v, str) and v and resolve_path(v).exists(): v = str(resolve_path(v))
         vals[k] = float(v) if d["type"] is float else v
@@ -163,25 +184,36 @@ def apply_overrides(p: dict, sets=()) -> dict:
     return p
 
 # %% ../nbs/03_params.ipynb #f1481fc6
+def read_yaml(path, what: str = "params file", like: str = "params/smoke.yaml"):
+    "The YAML in file `path`: one-line errors naming the file and line for a missing, non-UTF-8 or malformed `what`."
+    path = Path(path)
+    if not path.is_file(): raise ConfigError(f"{path}: no such {what}")
+    data = path.read_bytes()
+    try: text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); expected a UTF-8 YAML {what}") from None
+    try: return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        m, c, cm = getattr(e, "problem_mark", None), getattr(e, "context", None), getattr(e, "context_mark", None)
+        why = " ".join(str(getattr(e, "problem", None) or e).split()) + (f", {c} from line {cm.line + 1}" if c and cm else "")
+        raise ConfigError(f"{path}:{m.line + 1 if m else '?'}: not valid YAML ({why}); expected a {what} like {like}") from None
+
 def read_params(path) -> dict:
     "The raw mapping in params file `path` (one-line errors for a missing, binary, empty or malformed file)."
-    path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: no such params file")
-    try: text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e: raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML params file") from None
-    try: raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        m = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}:{m.line+1 if m else '?'}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(path)
     if raw is None: raise ConfigError(f"{path}: the params file is empty; expected stages and their sections (see params/smoke.yaml)")
     return raw
 
-def load_params(path, sets=()) -> dict:
-    "Read, override and validate the params file at `path`; returns the resolved params."
-    raw = apply_overrides(read_params(path), sets)
-    cfg = validate(raw, str(path))
+def check_sets(sets, cfg: dict):
+    "Raise when a `--set` names a stage the run does not have: the override would do nothing."
     for s in sets or ():
         st = s.split("=", 1)[0].strip().split(".")[0]
         if st in ST.STAGES and st not in cfg["stages"]:
             raise ConfigError(f"--set {s}: stage '{st}' is not in this run's stages ({', '.join(cfg['stages'])}), so the override would do nothing")
+
+def load_params(path, sets=()) -> dict:
+    "Read, override and validate the params file at `path`; returns the resolved params."
+    cfg = validate(apply_overrides(read_params(path), sets), str(path))
+    check_sets(sets, cfg)
     return cfg

@@ -12,7 +12,7 @@ import llmops_nb
 from . import stages as ST
 from .core import ConfigError, Lock, files_under, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
 from .kernels import ensure_kernel, malloc_env
-from .params import apply_overrides, load_params, read_params, validate
+from .params import apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
 from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
@@ -352,6 +352,7 @@ def resume(ref, # the run: id, short id, latest or alias
             echo(f"run {rec['id']} was interrupted ({rec['error'].split(': ', 1)[-1]}); taking it over")
         raw = apply_overrides(rec["raw"], sets)
         cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
+        check_sets(sets, cfg)
         if cfg["stages"] != rec["config"]["stages"]: raise ConfigError(f"--set: resume keeps the run's stages ({', '.join(rec['config']['stages'])}); start a new run to change them")
         for w in cfg.get("warnings", []): echo(f"warning: {w}")
         cfg["run_root"] = str(Path(rec["run_dir"]).parent)

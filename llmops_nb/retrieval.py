@@ -22,13 +22,14 @@ MODES = ("dense", "hybrid", "mmr", "diverse")
 
 def _tokens(text: str) -> list: return re.findall(r"\w+|[=!<>%{}\\*+\-/\[\]@^|&~]+", text.lower())
 
-def corpus(store) -> tuple:
-    "(chunks, BM25 index over them) of `store`, kept on the store until its size changes."
-    n, hit = len(store), getattr(store, "_llmops_bm25", None)
-    if hit is None or hit[0] != n:
+def corpus(store, fresh: bool = False) -> tuple:
+    "(chunks, BM25 index over them) of `store`, kept on the store until its `version` changes (its size, for a store without one) or `fresh`."
+    key, hit = getattr(store, "version", None), getattr(store, "_llmops_bm25", None)
+    key = len(store) if key is None else key  # read before `docs`: an edit meanwhile makes the next call rebuild
+    if fresh or hit is None or hit[0] != key:
         from rank_bm25 import BM25Okapi
         docs = list(store.docs)
-        hit = store._llmops_bm25 = (n, docs, BM25Okapi([_tokens(embed_text(d)) for d in docs]) if docs else None)
+        hit = store._llmops_bm25 = (key, docs, BM25Okapi([_tokens(embed_text(d)) for d in docs]) if docs else None)
     return hit[1], hit[2]
 
 def bm25(store):
@@ -51,13 +52,23 @@ class HybridRetriever(BaseRetriever):
     rrf_c: int = 60
     diverse: bool = False  # the best chunk of each source first, then the rest in fused order
 
+    def _sparse(self, query: str) -> tuple:
+        "(n, BM25's top n as the store holds them now), n = min(fetch_k, chunks); a hit gone or changed since `corpus` was cached rebuilds it once."
+        for fresh in (False, True):
+            docs, index = corpus(self.store, fresh)
+            n = min(self.fetch_k, len(docs))
+            if n == 0: return 0, []
+            scores = index.get_scores(_tokens(query))
+            hits = [docs[i] for i in np.argsort(-scores, kind="stable")[:n] if scores[i] > 0]
+            live = {d.id: d for d in self.store.get_by_ids([d.id for d in hits])} if hits else {}
+            ok = [d.id in live and embed_text(live[d.id]) == embed_text(d) for d in hits]  # still what BM25 scored?
+            if all(ok): break
+        return n, [live[d.id] for d, o in zip(hits, ok) if o]  # edited again since the rebuild: what changed is left out
+
     def _get_relevant_documents(self, query: str, *, run_manager=None) -> list:
-        docs, index = corpus(self.store)
-        n = min(self.fetch_k, len(docs))
+        n, sparse = self._sparse(query)
         if n == 0: return []
         dense = self.store.similarity_search(query, k=n)
-        scores = index.get_scores(_tokens(query))
-        sparse = [docs[i] for i in np.argsort(-scores, kind="stable")[:n] if scores[i] > 0]
         fused, by_id = {}, {}
         for ranking in (dense, sparse):
             for r, d in enumerate(ranking):

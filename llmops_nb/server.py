@@ -6,6 +6,8 @@
 from __future__ import annotations
 import asyncio, hmac, ipaddress, json, logging, os, threading, time
 from pathlib import Path
+from urllib.parse import urlsplit
+import anyio
 from .api import DONE, ApiError, bad, chunk, completion, finish_reason, new_id, parse_chat, parse_feedback, sse, usage
 from .core import ConfigError
 from .serving import Caps, prepare, sources
@@ -13,7 +15,8 @@ from fastapi import FastAPI, Request  # at module level: the routes' annotations
 from starlette.responses import StreamingResponse
 
 # %% auto #0
-__all__ = ['log', 'KEY_ENV', 'is_loopback', 'mask', 'api_key', 'Metrics', 'SSEResponse', 'create_app', 'Running', 'serve']
+__all__ = ['log', 'KEY_ENV', 'LOOPBACK', 'is_loopback', 'mask', 'api_key', 'trusted_hosts', 'cross_site', 'Metrics',
+           'unless_gone', 'SSEResponse', 'create_app', 'Running', 'serve']
 
 # %% ../nbs/35_server.ipynb #b246891b
 log = logging.getLogger("llmops_nb.serve")
@@ -45,10 +48,25 @@ def api_key(host: str, # the address to bind
         raise ConfigError(f"serve: {host} is not a loopback address, so an API key is required: set ${env} or pass --api-key-file FILE; refusing to start")
     return key
 
+# %% ../nbs/35_server.ipynb #fefe86d7
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")  # the names this machine's browser reaches it by
+
+def trusted_hosts(key: str | None, # the API key (None: no key needed)
+                  hosts=(), # other names a keyless server answers to (its bind address, names the operator declares)
+                 ) -> list: # `allowed_hosts` for `TrustedHostMiddleware`
+    "The `Host` names answered: any with a key (the key protects the server), else loopback names and `hosts`."
+    return ["*"] if key else [*LOOPBACK, *(f"[{h}]" if ":" in h else h for h in hosts)]
+
+def cross_site(headers) -> bool:
+    "Whether a browser sent this request from another site: `Sec-Fetch-Site: cross-site`, or an `Origin` that is not this server (its `Host`)."
+    origin = headers.get("origin")
+    if headers.get("sec-fetch-site") == "cross-site": return True
+    return origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+
 # %% ../nbs/35_server.ipynb #e283259f
 class Metrics:
     "The server's Prometheus metrics, in a registry of its own."
-    def __init__(self, load=lambda: {"active": 0, "waiting": 0}):
+    def __init__(self, load=lambda: {"active": 0, "waiting": 0}, served=lambda: ()):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = r = CollectorRegistry()
         buckets = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, float("inf"))
@@ -60,9 +78,10 @@ class Metrics:
         Gauge("llmops_queue_depth", "requests waiting for a batch row", registry=r).set_function(lambda: load()["waiting"])
         Gauge("llmops_batch_rows", "requests being decoded", registry=r).set_function(lambda: load()["active"])
         self.deployment = Gauge("llmops_deployment", "the run being served (1)", ["target", "run_id"], registry=r)
+        self.served = served  # () -> the served model names
 
     def observe(self, rec: dict):
-        m = rec.get("model") or ""
+        m = rec["model"] if rec.get("model") in self.served() else "unknown"  # not the name a client sent: each one would be a series forever
         self.requests.labels(m, str(rec["status"])).inc()
         if rec["status"] == 200:
             self.latency.labels(m).observe(rec["latency_ms"] / 1000)
@@ -76,7 +95,10 @@ class Metrics:
 
 # %% ../nbs/35_server.ipynb #f6ad4fe4
 async def _json(request, limit: int):
-    "The request body as JSON, refused with 413 beyond `limit` bytes (before reading it when Content-Length says so)."
+    "The request body as JSON: 415 unless sent as `application/json`, 413 beyond `limit` bytes (before reading it when Content-Length says so)."
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":  # what a page on another site cannot send without a CORS preflight (never granted here)
+        raise ApiError(415, f"send the body as JSON, with Content-Type: application/json (got {ctype[:60] or 'none'})", code="unsupported_media_type")
     n = request.headers.get("content-length")
     if n and n.isdigit() and int(n) > limit: raise ApiError(413, f"request body is {n} bytes; at most {limit} are accepted", code="request_too_large")
     body = bytearray()
@@ -84,7 +106,16 @@ async def _json(request, limit: int):
         body += part
         if len(body) > limit: raise ApiError(413, f"request body is over {limit} bytes", code="request_too_large")
     try: return json.loads(body)
-    except ValueError: raise bad("the request body is not valid JSON") from None
+    except (ValueError, RecursionError): raise bad("the request body is not valid JSON") from None  # RecursionError: nested too deep
+
+async def unless_gone(request, aw):
+    "Await `aw`, cancelled if the client disconnects first (its body is read by then, so the next message is the disconnect)."
+    async with anyio.create_task_group() as tg:
+        async def watch():
+            while (await request.receive())["type"] != "http.disconnect": pass
+            tg.cancel_scope.cancel()
+        tg.start_soon(watch)
+        await aw; tg.cancel_scope.cancel()
 
 class SSEResponse(StreamingResponse):
     "A StreamingResponse that closes its generator when the client goes away (its `finally` runs then, not at garbage collection)."
@@ -99,17 +130,19 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
                caps: Caps | None = None, # the input caps
                key: str | None = None, # the API key (None: no key needed; loopback only)
                db=None, # the feedback store (ratings)
+               hosts=(), # names the keyless server answers to besides loopback ones: its bind address, a name the operator declares
               ):
     "The FastAPI app of `llmops serve`."
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from llmops_nb import webchat
     from llmops_nb.feedback import _now
     from llmops_nb.servelog import rate_response
-    caps, metrics = caps or Caps(), Metrics(backend.load)
-    limit = 8 * caps.max_input_chars + (64 << 10)
     current = lambda: getattr(deployments, "current", deployments)
+    caps, metrics = caps or Caps(), Metrics(backend.load, lambda: current().models)
+    limit = 8 * caps.max_input_chars + (64 << 10)
     app = FastAPI(title="llmops-nb", docs_url=None, redoc_url=None, openapi_url=None)
 
     def err(e: ApiError): return JSONResponse(e.body(), status_code=e.status, headers={"Retry-After": "1"} if e.status == 503 else None)
@@ -127,10 +160,13 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
 
     @app.middleware("http")
     async def _headers(request, call_next):
-        resp = await call_next(request)
+        if request.url.path != "/" and cross_site(request.headers):  # the page itself may be opened from a link on another site
+            resp = err(ApiError(403, "requests from pages on other sites are refused; use this server's own page or a program", code="cross_site_request"))
+        else: resp = await call_next(request)
         resp.headers["X-Content-Type-Options"] = "nosniff"
         if request.url.path in ("/", "/chat.js"): resp.headers["Content-Security-Policy"] = webchat.CSP
         return resp
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(key, hosts))  # outermost: a foreign Host gets 400
 
     def auth(request):
         if key is None: return
@@ -201,7 +237,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
         try:
             auth(request)
             req = parse_chat(await _json(request, limit))
-            rec.update(model=req.model, stream=int(req.stream))
+            rec.update(model=req.model[:200], stream=int(req.stream))
             dep = current()
             served = dep.models.get(req.model)
             if served is None: raise ApiError(404, f"The model '{req.model}' does not exist; GET /v1/models lists {', '.join(dep.models)}", "model", "model_not_found")
@@ -224,17 +260,22 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
                  ttft_ms=None if run.t_first is None else round((run.t_first - t0) * 1000, 2))
             return srcs
         if not req.stream:
-            parts, reason = [], None
-            async for kind, text in run.events():
-                if kind == "delta": parts.append(text)
-                elif kind == "done": reason = text
-                else:
-                    ended("".join(parts), None, 500, text)
-                    raise ApiError(500, f"generation failed: {text}", code="generation_failed")
+            parts, st = [], {"status": 499, "reason": None, "error": "client disconnected"}
+            async def collect():
+                async for kind, text in run.events():
+                    if kind == "delta": parts.append(text)
+                    elif kind == "done": st.update(status=200, reason=finish_reason(text), error=None)
+                    else: st.update(status=500, error=text)
+            try: await unless_gone(request, collect())
+            finally:
+                if st["status"] != 200:  # the client left (or the server is stopping), or generation failed: free the batch row, record it
+                    run.cancel(); ended("".join(parts), st["reason"], st["status"], st["error"])
+            if st["status"] == 500: raise ApiError(500, f"generation failed: {st['error']}", code="generation_failed")
+            if st["status"] == 499: return Response(status_code=499)  # nobody is left to read it
             text = "".join(parts)
-            srcs = ended(text, finish_reason(reason))
+            srcs = ended(text, st["reason"])
             extra = {"lineage": served.lineage, **({"sources": srcs} if served.rag else {})}
-            return completion(rid, created, req.model, text, finish_reason(reason), usage(len(prep.ids), run.completion_tokens), fp, **extra)
+            return completion(rid, created, req.model, text, st["reason"], usage(len(prep.ids), run.completion_tokens), fp, **extra)
         async def events():
             parts, st, u = [], {"status": 499, "reason": None, "error": "client disconnected", "recorded": False}, None if req.include_usage else ...
             try:
@@ -294,6 +335,7 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
           device: str = "auto", # where the hf models run
           vllm_args: tuple = (), # extra arguments for `vllm serve`
           block: bool = True, # run until interrupted (False: return the `Running` server and its parts)
+          hosts: tuple = (), # names a keyless server answers to besides loopback ones and `host` (e.g. a reverse proxy's)
          ):
     "Serve the run `target` on http://host:port: the OpenAI-compatible API, feedback, health, metrics and the chat page."
     from llmops_nb import deploy, engine as EN, serving
@@ -309,7 +351,7 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
         backend = vllm_engine.VLLMBackend.launch(follow, max_num_seqs=max_batch, extra=vllm_args)
     else: raise ConfigError(f"--engine {engine}: expected hf or vllm")
     reqlog = RequestLog(db)
-    app = create_app(follow, backend, reqlog, caps, key, db)
+    app = create_app(follow, backend, reqlog, caps, key, db, (host, *hosts))
     dep = follow.current
     print(f"serving run {dep.run_id} ({'following ' + repr(target) if follow.follows else 'fixed'}) on http://{host}:{port}"
           f"  models: {', '.join(dep.models)}; engine {engine}; requests and ratings -> {db_path(db)}"

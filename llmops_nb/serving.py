@@ -18,9 +18,9 @@ __all__ = ['Caps', 'Prepared', 'sampling_for', 'render', 'retrieve', 'prepare', 
 class Caps:
     "What one request may ask for."
     max_input_chars: int = 32_000 # characters of all messages together
-    max_input_tokens: int = 4096 # tokens of all messages together
+    max_input_tokens: int = 4096 # tokens of the system messages and the last user message (older turns are dropped to fit)
     max_tokens: int = 1024 # the most an answer may be, in tokens
-    default_max_tokens: int = 256 # an answer's length when the request gives none
+    default_max_tokens: int = 256 # an answer's length when the request gives none (at most `max_tokens`)
 
 @dataclass
 class Prepared:
@@ -50,8 +50,9 @@ def render(served, system: str, history: list, question: str, docs: list) -> str
 
 def retrieve(rag: dict, question: str) -> tuple:
     "(passages the run's retriever finds for `question`, {chunk id: cosine similarity to it})."
+    from llmops_nb.stores import relevance
     docs = rag["retriever"].invoke(question)
-    scores = {d.id: float(s) for d, s in rag["store"].similarity_search_with_score(question, k=max(rag["k"], len(docs)))}
+    scores = relevance(rag["store"], question, max(rag["k"], len(docs)))  # cosine similarity, FAISS or Chroma alike
     return docs, scores
 
 def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
@@ -59,9 +60,11 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
     from llmops_nb.rag import SYSTEM
     if req.max_tokens and req.max_tokens > caps.max_tokens:
         raise bad(f"'max_tokens' is {req.max_tokens}; this server allows at most {caps.max_tokens}", "max_tokens")
-    max_tokens = req.max_tokens or caps.default_max_tokens
-    texts = [m["content"] for m in req.messages]
-    try: check_input("\n".join(texts), served.tok, caps.max_input_chars, caps.max_input_tokens, what="input")
+    max_tokens = req.max_tokens or min(caps.default_max_tokens, caps.max_tokens)  # the ceiling holds for requests that give none too
+    keep = [m["content"] for m in req.messages if m["role"] == "system"] + [req.messages[-1]["content"]]
+    try:  # characters of the whole conversation (cheap, before any tokenizing); tokens of what is always kept: older turns are fitted below
+        check_input("\n".join(m["content"] for m in req.messages), None, caps.max_input_chars, 0, what="conversation")
+        check_input("\n".join(keep), served.tok, 0, caps.max_input_tokens, what="question with its system messages")
     except InputTooLong as e: raise ApiError(413, str(e), "messages", "input_too_long") from None
     own = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
     system = (SYSTEM + (f"\n\n{own}" if own else "")) if served.rag else (own or served.system)

@@ -12,11 +12,11 @@ import copy
 from dataclasses import dataclass, field
 
 # %% ../nbs/01_settings.ipynb #ad7811b3
-KINDS = ("", "path", "path|hub", "model", "embedding", "dtype")
+KINDS = ("", "path", "path|hub", "model", "embedding", "dtype", "index", "scheduler")
 
-def setting(default, help: str | None = None, kind: str = ""):
-    "A dataclass field for a stage setting; `help=None` re-defaults a setting declared in a base group."
-    md = {} if help is None else {"help": help, "kind": kind}
+def setting(default, help: str | None = None, kind: str = "", choices: tuple = ()):
+    "A dataclass field for a stage setting; `help=None` re-defaults a setting declared in a base group; `choices`: the values it takes, when a fixed set."
+    md = {} if help is None else {"help": help, "kind": kind, "choices": tuple(choices)}
     if isinstance(default, (list, dict)): return field(default_factory=lambda: copy.deepcopy(default), metadata=md)
     return field(default=default, metadata=md)
 
@@ -52,7 +52,7 @@ class Training:
     per_device_train_batch_size: int = setting(1, "rows per process per step (packed rows when packing)")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
     warmup_steps: float = setting(0.05, "linear warmup: steps, or a share of all steps when below 1")
-    lr_scheduler_type: str = setting("cosine", "transformers scheduler name (linear, cosine, constant, ...)")
+    lr_scheduler_type: str = setting("cosine", "transformers scheduler name (linear, cosine, constant, ...)", "scheduler")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     max_grad_norm: float = setting(1.0, "gradient clipping")
     max_length: int = setting(1024, "tokens per example; longer ones are truncated and counted")
@@ -97,7 +97,7 @@ class PrepareConfig(Seeded):
 @dataclass
 class FinetuneConfig(Training, Lora, Precision, CausalLM, Seeded):
     "The `finetune` stage: a PEFT adapter trained with the HF Trainer."
-    peft_method: str = setting("lora", "lora or ia3")
+    peft_method: str = setting("lora", "lora or ia3", choices=("lora", "ia3"))
     use_dora: bool = setting(False, "weight-decomposed LoRA (DoRA)")
     use_rslora: bool = setting(False, "rank-stabilised LoRA scaling (lora_alpha / sqrt(r))")
     load_in_4bit: bool = setting(False, "QLoRA: 4-bit base model (needs CUDA and bitsandbytes)")
@@ -168,8 +168,9 @@ class OpenAIFinetuneConfig(Seeded):
 @dataclass
 class EvaluateConfig(Endpoints, Generation, Precision, CausalLM, Seeded):
     "The `evaluate` stage: base vs tuned answers on the test split, scored, with intervals and gates."
-    split: str = setting("test", "split of the prepared dataset to evaluate")
-    task: str = setting("instruction", "qa, summarization, translation or instruction: picks the default metrics")
+    split: str = setting("test", "split of the prepared dataset to evaluate", choices=("train", "validation", "test"))
+    task: str = setting("instruction", "qa, summarization, translation or instruction: picks the default metrics",
+                        choices=("qa", "summarization", "translation", "instruction"))
     metrics: list = setting([], "metric names (rouge, rougeL, bleu, sacrebleu, chrf, exact_match, token_f1, semantic_similarity, perplexity); empty: the task's")
     max_examples: int = setting(8, "evaluate only the first N examples of the split (0: all)")
     n_boot: int = setting(1000, "bootstrap resamples for the 95% intervals")
@@ -184,9 +185,12 @@ class RagIndexConfig(Precision):
     embedding_model: str = setting("minilm-l6-v2", "sentence-transformers model: packaged alias, local folder or hub id", "embedding")
     chunk_size: int = setting(800, "characters per chunk")
     chunk_overlap: int = setting(100, "characters shared by neighbouring chunks of a section")
-    index_type: str = setting("flat", "FAISS index: flat (exact inner product) or hnsw (approximate, for large collections)")
-    previous_index: str = setting("auto", "FAISS index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build")
-    store: str = setting("faiss", "vector store: faiss (index files in the run folder, one process) or chroma (a collection on the Chroma server at store_url, shared by replicas)")
+    index_type: str = setting("flat", "FAISS index: flat (exact inner product) or hnsw (approximate, for large collections)",
+                              choices=("flat", "hnsw"))
+    previous_index: str = setting("auto", "FAISS index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build",
+                                  "index", choices=("auto", ""))
+    store: str = setting("faiss", "vector store: faiss (index files in the run folder, one process) or chroma (a collection on the Chroma server at store_url, shared by replicas)",
+                         choices=("faiss", "chroma"))
     store_url: str = setting("", "Chroma server for store: chroma, http(s)://host:port (a managed one adds ?tenant and database query parameters); a token goes in $CHROMA_TOKEN, not here")
     collection: str = setting("llmops-kb", "Chroma collection (store: chroma); it is updated incrementally, like a previous FAISS index")
 
@@ -196,7 +200,8 @@ class RagEvalConfig(Endpoints, Generation, Precision, CausalLM, Seeded):
     "The `rag_eval` stage: retrieval scored in every mode, answers from the RAG chain scored, gates."
     questions: str = setting("data/rag_questions.jsonl", "JSONL questions: question, optional answer, optional sources", "path")
     k: int = setting(4, "passages retrieved per question")
-    retrieval: str = setting("hybrid", "retrieval mode for the answers: dense, hybrid (dense + BM25, rank fusion), mmr or diverse (hybrid, one chunk per source first)")
+    retrieval: str = setting("hybrid", "retrieval mode for the answers: dense, hybrid (dense + BM25, rank fusion), mmr or diverse (hybrid, one chunk per source first)",
+                             choices=("dense", "hybrid", "mmr", "diverse"))
     max_questions: int = setting(4, "answer only the first N questions (0: all); retrieval is scored on all of them")
     groundedness_threshold: float = setting(0.5, "cosine similarity an answer sentence needs to a passage to count as supported")
     gates: dict = setting({}, 'minimum scores, e.g. {"hit_at_k": 0.8, "mrr_at_k": 0.6}; a miss fails the stage')

@@ -94,13 +94,13 @@ def notebook(name: str) -> Path:
 
 # %% ../nbs/02_stages.ipynb #98b68c17
 def declared(cls) -> dict:
-    "name -> dict(type, default, help, kind) for every setting of the dataclass `cls`, in field order."
+    "name -> dict(type, default, help, kind, choices) for every setting of the dataclass `cls`, in field order."
     out = {}
     for f in fields(cls):
         src = next(c.__dataclass_fields__[f.name] for c in cls.__mro__
                    if f.name in getattr(c, "__dataclass_fields__", {}) and c.__dataclass_fields__[f.name].metadata)
         default = f.default if f.default is not MISSING else f.default_factory()
-        out[f.name] = dict(type=f.type, default=default, help=src.metadata["help"], kind=src.metadata["kind"])
+        out[f.name] = dict(type=f.type, default=default, help=src.metadata["help"], kind=src.metadata["kind"], choices=src.metadata.get("choices", ()))
     return out
 
 # %% ../nbs/02_stages.ipynb #4bb054c5
@@ -110,10 +110,10 @@ def parameters(name: str) -> dict:
     "name -> dict(type, default, help, kind, role) of every parameter of stage `name`; role: setting, input, run or out."
     st = stage(name)
     out = {k: {**d, "role": "setting"} for k, d in declared(st.config).items()}
-    for i in st.inputs: out[f"{i.stage}_dir"] = dict(type=str, default="", help=i.help, kind="", role="input")
+    for i in st.inputs: out[f"{i.stage}_dir"] = dict(type=str, default="", help=i.help, kind="", choices=(), role="input")
     if st.reads_run:
-        out["run_dir"] = dict(type=str, default="", help="the pipeline run's folder (set by the runner; empty: a small demo run made first)", kind="", role="run")
-    out["out_dir"] = dict(type=str, default="", help="this stage's folder (set by the runner; a temporary folder when empty)", kind="", role="out")
+        out["run_dir"] = dict(type=str, default="", help="the pipeline run's folder (set by the runner; empty: a small demo run made first)", kind="", choices=(), role="run")
+    out["out_dir"] = dict(type=str, default="", help="this stage's folder (set by the runner; a temporary folder when empty)", kind="", choices=(), role="out")
     return out
 
 # %% ../nbs/02_stages.ipynb #a205bc66

@@ -11,7 +11,7 @@ from . import vectorstore as V
 from .models import embedding_path
 
 # %% auto #0
-__all__ = ['STORES', 'POINTER', 'check_store', 'write_pointer', 'update_store', 'open_index']
+__all__ = ['STORES', 'POINTER', 'check_store', 'write_pointer', 'update_store', 'open_index', 'relevance']
 
 # %% ../nbs/14b_stores.ipynb #98826f8b
 STORES = ("faiss", "chroma")
@@ -70,3 +70,9 @@ def open_index(index_dir, embedding_model: str | None = None):
         raise ConfigError(f"collection '{m['collection']}' on {m['url']} holds {n} chunks but {p/POINTER} says {m['n_chunks']}; "
                           "it was changed after rag_index wrote it: run rag_index again (with --force where it is cached)")
     return s
+
+# %% ../nbs/14b_stores.ipynb #0f40f5dd
+def relevance(store, query: str, k: int = 4) -> dict:
+    "id -> cosine similarity to `query` of the `k` nearest chunks of `store` (FAISS or Chroma alike: higher is closer)."
+    # LangChain's own hook, without the public method's warning for a cosine below 0 (an unrelated chunk)
+    return {d.id: float(s) for d, s in store._similarity_search_with_relevance_scores(query, k=k)}

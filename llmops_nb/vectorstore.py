@@ -109,6 +109,7 @@ class FaissStore(VectorStore):
         self.meta = {"index_type": index_type, **(meta or {})}
         self._rows = {d.id: i for i, d in enumerate(self.docs)}  # id -> row
         self._lock = threading.RLock()  # LangChain's async methods run these in threads
+        self.version = 0  # bumped by every edit: caches over `docs` (retrieval's BM25) key on it
 
     @property
     def embeddings(self): return self.embedding
@@ -120,6 +121,7 @@ class FaissStore(VectorStore):
                           ef_construction=m.get("ef_construction", 80), ef_search=m.get("ef_search", 64))
 
     def _edited(self):
+        self.version += 1
         self.meta.pop("files", None)  # no longer what build_index made from the files: a later update re-reads them all
 
     def add_documents(self, documents, ids=None, vectors=None, **kw) -> list:

@@ -27,11 +27,11 @@ def lora_rank(adapter) -> int:
     r = max([int(cfg.get("r") or 8)] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()])
     return next((x for x in RANKS if x >= r), r)
 
-def command(dep, port: int, key: str, max_num_seqs: int = 16, extra=()) -> list:
-    "The `vllm serve` command line for deployment `dep`: its base model, and its adapter as a LoRA module."
+def command(dep, port: int, max_num_seqs: int = 16, extra=()) -> list:
+    "The `vllm serve` command line for deployment `dep`: its base model, and its adapter as a LoRA module (the key goes in `$VLLM_API_KEY`)."
     from llmops_nb.models import resolve_model
     base = next(s for s in dep.models.values() if s.kind == "base")
-    cmd = ["vllm", "serve", resolve_model(base.lineage["base"]), "--host", "127.0.0.1", "--port", str(port), "--api-key", key,
+    cmd = ["vllm", "serve", resolve_model(base.lineage["base"]), "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", base.model, "--max-num-seqs", str(max_num_seqs)]
     loras = {s.model: s.lineage["adapter"] for s in dep.models.values() if s.lineage.get("adapter")}
     if loras:
@@ -82,9 +82,9 @@ class VLLMBackend:
         if shutil.which("vllm") is None: raise ConfigError("--engine vllm: the vllm command is not installed; on a GPU machine: pip install \"llmops-nb[vllm]\"")
         with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
         key = secrets.token_hex(24)
-        cmd = command(follower.current, port, key, max_num_seqs, extra)
-        log.info("starting vLLM: %s", " ".join(c if c != key else "<key>" for c in cmd))
-        proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
+        cmd = command(follower.current, port, max_num_seqs, extra)
+        log.info("starting vLLM: %s", " ".join(cmd))
+        proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_API_KEY": key})  # not in argv: `ps` shows that
         import urllib.request
         t = time.time()
         while time.time() - t < timeout:

@@ -1,5 +1,5 @@
 "Bad params are caught before any kernel starts: one line, exit status 2, no run folder."
-import subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 from conftest import llmops, ROOT
@@ -27,6 +27,20 @@ BAD = [  # (params, --set overrides, expected fragment of the one-line message)
     (GOOD, ["noequals"], "--set noequals: expected KEY=VALUE"),
     (GOOD, ["model=no-such-alias"], "unknown model 'no-such-alias'"),
     ({**GOOD, "stages": "prepare"}, [], "stages = 'prepare' is str, expected list"),
+    # an endpoint model where local weights are needed
+    ({"stages": ["prepare", "finetune"], "model": "openai:gpt-4.1-mini"}, [], "finetune: model: 'openai:gpt-4.1-mini' is an endpoint model, but finetune needs the model's weights (endpoint models go to evaluate, rag_eval only)"),
+    ({"stages": ["kto"]}, ["kto.model=openai:gpt-4.1-mini"], "kto: model: 'openai:gpt-4.1-mini' is an endpoint model, but kto needs"),
+    ({"stages": ["prepare", "finetune", "evaluate"], "evaluate": {"model": "openai:gpt-4.1-mini"}}, [], "evaluate.model: 'openai:gpt-4.1-mini' is an endpoint model, but an adapter needs its local base model and this run trains finetune"),
+    ({"stages": ["prepare", "finetune", "rag_index", "rag_eval"], "rag_eval": {"endpoint": "openai:gpt-4.1-mini"}}, [], "rag_eval.endpoint: 'openai:gpt-4.1-mini' is an endpoint model, but an adapter"),
+    # a folder that is no index, and values outside a declared fixed set
+    ({"stages": ["rag_index"], "rag_index": {"previous_index": "runs/no-such-index"}}, [], "rag_index: previous_index: 'runs/no-such-index' is not an index folder"),
+    ({"stages": ["rag_index", "rag_eval"], "rag_eval": {"retrieval": "nope"}}, [], "rag_eval: retrieval = 'nope' is unknown; expected one of: dense, diverse, hybrid, mmr"),
+    ({"stages": ["rag_index"]}, ["rag_index.index_type=hsnw"], "rag_index: index_type = 'hsnw' is unknown; did you mean 'hnsw'?"),
+    ({"stages": ["rag_index"], "rag_index": {"store": "pinecone"}}, [], "rag_index: store = 'pinecone' is unknown; expected one of: chroma, faiss"),
+    ({"stages": ["prepare", "finetune"], "finetune": {"peft_method": "qlora"}}, [], "finetune: peft_method = 'qlora' is unknown"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"split": "tset"}}, [], "evaluate: split = 'tset' is unknown; did you mean 'test'?"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"task": "chat", "metrics": ["rougeL"]}}, [], "evaluate: task = 'chat' is unknown"),
+    ({"stages": ["prepare", "finetune"], "finetune": {"lr_scheduler_type": "cosin"}}, [], "finetune: lr_scheduler_type: 'cosin' is not a transformers learning-rate scheduler; did you mean 'cosine'?"),
 ]
 
 
@@ -80,3 +94,31 @@ def test_shipped_params_validate():
         if f.name.startswith("sweep"): continue
         cfg = load_params(f)
         assert cfg["stages"], f
+
+
+def test_declared_choices_are_the_modules():
+    "A setting's declared choices (llmops_nb.settings) are the values the module that acts on it takes."
+    import datasets
+    from llmops_nb import evaluation as E, lora, retrieval as R, stores, vectorstore as V
+    from llmops_nb.data import split_dataset
+    from llmops_nb.stages import parameters
+    declared = {("rag_eval", "retrieval"): R.MODES, ("rag_index", "store"): stores.STORES, ("rag_index", "index_type"): V.INDEX_TYPES,
+            ("finetune", "peft_method"): lora.PEFT_METHODS, ("evaluate", "task"): tuple(E.TASK_METRICS),
+            ("evaluate", "split"): tuple(split_dataset(datasets.Dataset.from_dict({"x": list(range(10))}), 0.2, 0.2))}
+    for (stage, key), want in declared.items(): assert parameters(stage)[key]["choices"] == tuple(want), (stage, key)
+
+
+def test_json_list_data(params, tmp_path, capsys):
+    "A .json data file holding one list loads the same, pretty-printed or on one line (what json.dump writes); an object is a one-line error."
+    from llmops_nb.data import load_records
+    from llmops_nb.params import load_params
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(20)]
+    (tmp_path/"one.json").write_text(json.dumps(rows)); (tmp_path/"pretty.json").write_text(json.dumps(rows, indent=2))
+    for f in ("one.json", "pretty.json"): load_params(params({"stages": ["prepare"], "prepare": {"data": str(tmp_path/f)}}))
+    assert load_records(tmp_path/"one.json")["messages"] == load_records(tmp_path/"pretty.json")["messages"]
+    assert load_records(tmp_path/"one.json")[19]["messages"][1]["content"] == "a19"
+    (tmp_path/"obj.json").write_text(json.dumps({"rows": rows}, indent=2))
+    assert main(["run", str(params({"stages": ["prepare"], "prepare": {"data": str(tmp_path/"obj.json")}}))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "prepare.data: " in err and "obj.json: expected a JSON list of records (or JSON lines), got one dict" in err and "\n" not in err, err
+    assert not (tmp_path/"runs").exists()

@@ -238,12 +238,16 @@ def test_chat_needs_run_or_index():
 
 def test_run_inputs(tmp_path, index, sft_adapter):
     run = tmp_path/"runs"/"r1"; run.mkdir(parents=True)
-    rec = {"id": "r1", "run_dir": str(run), "raw": {"model": "tiny-random"}, "config": {"params": {"rag_eval": {"model": "tiny-random"}}},
+    rag_eval = {"model": "tiny-random", "k": 3, "retrieval": "mmr", "dtype": "float32", "repetition_penalty": 1.3}
+    rec = {"id": "r1", "run_dir": str(run), "raw": {"model": "tiny-random"}, "config": {"params": {"rag_eval": rag_eval}},
            "stages": {"rag_index": {"status": "done", "out_dir": str(index.parent)},
                       "finetune": {"status": "done", "out_dir": str(sft_adapter)}}}
     (run/"run.json").write_text(json.dumps(rec))
     got = C.run_inputs("r1", tmp_path/"runs")
     assert (got["index"], got["adapter"], got["model"]) == (index, sft_adapter/"adapter", "tiny-random")
+    bot = C.Answerer.from_run("r1", tmp_path/"runs", max_new_tokens=4)  # the chain rag_eval scored, not the chat's own defaults
+    assert (bot.k, bot.mode, bot.llm.repetition_penalty, str(bot.llm.lm.dtype)) == (3, "mmr", 1.3, "torch.float32")
+    assert C.Answerer.from_run("r1", tmp_path/"runs", k=2, max_new_tokens=4).k == 2
 
 
 def test_dpo_stage_from_sft_adapter(tmp_path, sft_adapter):

@@ -362,7 +362,7 @@ def test_knowledge_base_without_readable_documents_names_them(params, tmp_path, 
 
 
 @pytest.mark.parametrize("content,msg", [(b"", "the params file is empty"), (b"# only a comment\n", "the params file is empty"),
-                                          (bytes(range(256)), "not a text file"), (b"{}", "no stages to run")],
+                                          (bytes(range(256)), "p.yaml:2: not UTF-8 text (byte 0x80); expected a UTF-8 YAML params file"), (b"{}", "no stages to run")],
                          ids=["empty", "comment only", "binary", "empty mapping"])
 def test_empty_or_binary_params_file(tmp_path, capsys, content, msg):
     from llmops_nb.cli import main

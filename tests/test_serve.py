@@ -115,6 +115,7 @@ def test_error_statuses(server):
     with pytest.raises(openai.NotFoundError, match="'nope' does not exist") as e:
         c.chat.completions.create(model="nope", messages=_ask("x"))
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+    assert 'model="nope"' not in urllib.request.urlopen(f"{server['url']}/metrics", timeout=30).read().decode()  # no label per name a client sends
     with pytest.raises(openai.APIStatusError, match="the limit is 32,000") as e:
         c.chat.completions.create(model="test-aaaa", messages=_ask("x" * 40_000))
     assert e.value.status_code == 413 and e.value.body["code"] == "input_too_long"
@@ -124,6 +125,9 @@ def test_error_statuses(server):
     bad = urllib.request.Request(f"{server['url']}/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(bad, timeout=30)
     assert e.value.code == 400 and json.loads(e.value.read())["error"]["message"] == "the request body is not valid JSON"
+    nested = urllib.request.Request(f"{server['url']}/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(nested, timeout=30)
+    assert e.value.code == 400  # too deep to parse is malformed, not a crash
 
 
 def test_api_key_and_busy(runs):
@@ -231,6 +235,22 @@ def test_client_disconnects_mid_stream(server):
     assert c.chat.completions.create(model="test-aaaa", messages=_ask("Hi"), max_tokens=4).choices[0].finish_reason in ("length", "stop")
 
 
+def test_client_gives_up_on_a_completion(server):
+    "A client that times out on a completion (not streamed) frees its batch row at once and is recorded as 499, not as a delivered answer."
+    eng = server["backend"].engine
+    impatient = openai.OpenAI(base_url=f"{server['url']}/v1", api_key="loopback", max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="test-aaaa", messages=_ask("Tell me a long story."), max_tokens=1000)
+    t = time.time()
+    while (eng.active or eng.waiting) and time.time() - t < 3: time.sleep(0.05)
+    assert (eng.active, eng.waiting) == (0, 0)  # 1000 tokens take several times longer here
+    server["log"].flush()
+    req = SL.load_requests(server["db"])
+    gone = req[(req["stream"] == 0) & (req["status"] == 499)]
+    assert len(gone) == 1 and gone.iloc[0]["error"] == "client disconnected" and gone.iloc[0]["completion_tokens"] < 1000
+    assert gone["feedback_id"].isna().all()  # nobody received it: nothing to rate or review
+
+
 def test_feedback_endpoint(server):
     c = server["client"]
     r = c.chat.completions.create(model="test-aaaa-rag", messages=_ask(QUESTIONS[0]), max_tokens=8)
@@ -242,6 +262,34 @@ def test_feedback_endpoint(server):
     assert fb["sources"][0]["source"] == "battery.md" and fb["top_similarity"] > 0
     with pytest.raises(openai.NotFoundError, match="no answer with id"):
         c.post("/feedback", cast_to=object, body={"response_id": "chatcmpl-nope", "rating": 1})
+
+
+def test_page_on_another_site_cannot_use_the_server(browser, server, tmp_path):
+    "A page on another origin posts a rating the only way it can without a CORS preflight (no-cors, text/plain): nothing is stored."
+    import functools, http.server, pandas as pd
+    from playwright.sync_api import sync_playwright
+    c = server["client"]
+    r = c.chat.completions.create(model="test-aaaa", messages=_ask(QUESTIONS[1]), max_tokens=4)
+    body = json.dumps({"response_id": r.id, "rating": 1, "correction": "Injected by another site"})
+    (tmp_path/"attack.html").write_text(f"""<!doctype html><title>loading</title><script>
+fetch("{server['url']}/v1/feedback", {{method: "POST", mode: "no-cors", body: JSON.stringify({body})}})
+  .then(() => document.title = "sent", e => document.title = "failed: " + e);
+</script>""")
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(str(tmp_path/"profile"), executable_path=browser, headless=True, args=FLAGS)
+            try:
+                page = ctx.new_page()
+                page.goto(f"http://localhost:{site.server_address[1]}/attack.html")  # another origin on this machine
+                page.wait_for_function("document.title !== 'loading'", timeout=60_000)
+                assert page.title() == "sent"  # the request went out (a no-cors answer is opaque to the page either way)
+            finally: ctx.close()
+    finally: site.shutdown()
+    server["log"].flush()
+    fb = F.load(server["db"]).set_index("id").loc[int(SL.load_requests(server["db"]).set_index("response_id").loc[r.id, "feedback_id"])]
+    assert fb["answer"] == r.choices[0].message.content and pd.isna(fb["rating"]) and pd.isna(fb["correction"])
 
 
 def test_refuses_public_address_without_key(runs, tmp_path):

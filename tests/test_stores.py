@@ -85,6 +85,24 @@ def test_chroma_incremental_reindex_and_manifest(server, tmp_path):
         stores.open_index(ix1)
 
 
+
+def test_hybrid_follows_a_collection_edited_elsewhere(server):
+    "A chat's store over a collection that another client (`rag_index` elsewhere) edits, keeping its size: hybrid returns no chunk that is gone or changed."
+    emb, coll = V.get_embeddings(), f"live-{uuid.uuid4().hex[:8]}"
+    reader, writer = chroma.ChromaStore(emb, coll, url=server), chroma.ChromaStore(emb, coll, url=server)
+    t = {"b1": "the battery stores 10 kWh", "c1": "the charger gives 11 kW", "w1": "the warranty lasts two years",
+         "i1": "the inverter converts DC to AC", "p1": "the panel faces south", "a1": "the app shows live power"}
+    try:
+        writer.add_texts(list(t.values()), ids=list(t))  # no metadata: Chroma stores None
+        r = R.make_retriever(reader, "hybrid", k=3, fetch_k=3)
+        def texts(q): return [d.page_content for d in r.invoke(q)]
+        assert t["w1"] in texts("warranty years") and t["b1"] in texts("battery 10 kWh")  # the reader's BM25 is cached now
+        writer.delete(["w1"]); writer.add_texts(["the warranty now lasts five years"], ids=["w2"])
+        writer.add_texts(["the app shows the weather"], ids=["b1"])  # an upsert
+        got = texts("warranty years") + texts("battery 10 kWh")
+        assert len(reader) == 6 and t["w1"] not in got and t["b1"] not in got and "the warranty now lasts five years" in got, got
+    finally: writer.delete_collection()
+
 class Memo(V.Embeddings):
     "The packaged embedding model, each text embedded once for both backends."
     def __init__(self): self.inner, self.seen = V.get_embeddings(), {}
