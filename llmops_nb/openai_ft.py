@@ -38,7 +38,7 @@ def format_errors(line) -> list:
         if not isinstance(m, dict) or "role" not in m or "content" not in m: errs.append("message_missing_key"); continue
         if set(m) - set(KEYS): errs.append("message_unrecognized_key")
         if m["role"] not in ROLES: errs.append("unrecognized_role")
-        if not isinstance(m["content"], str) and not (m["role"] == "assistant" and m["content"] is None and m.get("tool_calls")):
+        if not (isinstance(m["content"], str) and m["content"]) and not (m["role"] == "assistant" and m["content"] is None and m.get("tool_calls")):
             errs.append("missing_content")
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs): errs.append("example_missing_assistant_message")
     return list(dict.fromkeys(errs))
@@ -67,7 +67,7 @@ def validate(lines: list, # parsed JSONL lines
         if errs: continue
         msgs = line["messages"]
         no_sys += not any(m["role"] == "system" for m in msgs); no_user += not any(m["role"] == "user" for m in msgs)
-        n = 3 + sum(3 + count(m["content"] or "") + (1 if m.get("name") else 0) for m in msgs)
+        n = 3 + sum(3 + sum(count(v) for v in m.values() if isinstance(v, str)) + ("name" in m) for m in msgs)  # role, content, name: every text value
         n_tok.append(n); n_asst.append(sum(count(m["content"] or "") for m in msgs if m["role"] == "assistant"))
         if n > max_tokens: over.append(i)
     stats = lambda v: dict(min=min(v), max=max(v), mean=sum(v)/len(v), total=sum(v)) if v else {}

@@ -9,7 +9,7 @@ from .core import ConfigError
 from .feedback import _now, connect, db_path, rate
 
 # %% auto #0
-__all__ = ['log', 'REQUEST_COLUMNS', 'FEEDBACK_FIELDS', 'RequestLog', 'rate_response', 'load_requests']
+__all__ = ['log', 'REQUEST_COLUMNS', 'FEEDBACK_FIELDS', 'TIMES', 'RequestLog', 'rate_response', 'load_requests']
 
 # %% ../nbs/30_servelog.ipynb #af4553f5
 log = logging.getLogger("llmops_nb.serve")
@@ -94,6 +94,8 @@ def rate_response(response_id: str, rating=..., correction=..., comment=..., db=
         with connect(db) as con: con.execute("UPDATE requests SET rating = ? WHERE id = ?", (rating, row["id"]))
     return {"response_id": response_id, "feedback_id": row["feedback_id"]}
 
+TIMES = ("latency_ms", "ttft_ms")
+
 def load_requests(db=None, run_id=None):
     "The serving log as a pandas DataFrame, oldest first (`run_id`: one run's requests only)."
     import pandas as pd
@@ -104,4 +106,5 @@ def load_requests(db=None, run_id=None):
     df = pd.DataFrame(rows, columns=cols)
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
     df["rating"] = df["rating"].astype("Int64")
+    for k in TIMES: df[k] = pd.to_numeric(df[k]).astype(float)  # a column of NULLs (refused requests have no TTFT) is NaN, not objects quantile refuses
     return df

@@ -27,7 +27,7 @@ def test_each_malformed_case_is_named_with_its_line():
     assert r["error_lines"] == {e: [i] for i, e in enumerate(MALFORMED, 2)}
     # the warnings count the well-formed lines only: the unprompted one has neither system nor user message
     assert (r["missing_system"], r["missing_user"]) == (1, 1) and r["n_examples"] == len(lines)
-    assert r["tokens"]["max"] == 3 + (3 + 2) + (3 + 1) + (3 + 1) and r["over_limit"] == [1]
+    assert r["tokens"]["max"] == 3 + (3 + 1 + 2) + (3 + 1 + 1) + (3 + 1 + 1) and r["over_limit"] == [1]  # each message: 3, its role, its content
     assert any("over the 12-token limit" in w and "lines 1" in w for w in r["warnings"])
 
 
