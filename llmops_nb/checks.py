@@ -10,7 +10,7 @@ from .core import ConfigError, read_jsonl, resolve_path
 
 # %% auto #0
 __all__ = ['DATA_FILES', 'ENDPOINT_SETTINGS', 'NO_ADAPTER', 'check_data', 'read_questions', 'check_docs', 'check_sources',
-           'check_hub_model', 'check_metrics', 'check_endpoints', 'check_adapters', 'contents']
+           'check_hub_model', 'check_metrics', 'check_prices', 'check_endpoints', 'check_adapters', 'contents']
 
 # %% ../nbs/03a_checks.ipynb #637d3467
 DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")
@@ -126,11 +126,19 @@ def check_metrics(params: dict, where: str):
 # %% ../nbs/03a_checks.ipynb #776a768a
 ENDPOINT_SETTINGS = {"evaluate": ("endpoint", "judge"), "rag_eval": ("endpoint", "judge")}
 
+def check_prices(prices: dict, where: str):
+    "Raise a one-line ConfigError unless each price in `prices` is {input, output}: USD per 1M tokens, numbers >= 0."
+    for m, p in (prices or {}).items():
+        if not (isinstance(p, dict) and set(p) == {"input", "output"}
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in p.values())):
+            raise ConfigError(f"{where}: '{m}': {p!r} is not a price; expected {{input: X, output: Y}}, USD per 1M tokens, numbers >= 0")
+
 def check_endpoints(params: dict, where: str):
-    "Raise a one-line ConfigError for a malformed endpoint model spec in the resolved stage `params` (stage -> settings)."
+    "Raise a one-line ConfigError for a malformed endpoint model spec or price in the resolved stage `params` (stage -> settings)."
     from llmops_nb.endpoints import endpoint
     from llmops_nb.openai_ft import FROM_STAGE
     for stage, keys in ENDPOINT_SETTINGS.items():
+        check_prices((params.get(stage) or {}).get("prices"), f"{where}: {stage}.prices")
         for k in keys:
             spec = (params.get(stage) or {}).get(k)
             if stage == "evaluate" and k == "endpoint" and spec == FROM_STAGE:

@@ -11,8 +11,8 @@ from pathlib import Path
 from .core import ConfigError, write_json
 
 # %% auto #0
-__all__ = ['PREFIX', 'OPENAI_URL', 'Endpoint', 'is_endpoint', 'endpoint', 'api_key', 'client', 'request_key', 'cache_folder',
-           'RequestCache', 'EndpointError', 'chat', 'price', 'usage']
+__all__ = ['PREFIX', 'OPENAI_URL', 'VOLATILE', 'Endpoint', 'is_endpoint', 'endpoint', 'api_key', 'client', 'request_key',
+           'cache_folder', 'RequestCache', 'served_as', 'EndpointError', 'chat', 'price', 'usage']
 
 # %% ../nbs/40_endpoints.ipynb #6fec8a9c
 PREFIX = "openai:"
@@ -67,9 +67,10 @@ def client(ep: Endpoint, max_retries: int = 4, timeout: float = 120.0):
     return openai.OpenAI(base_url=ep.base_url or OPENAI_URL, api_key=api_key(ep), max_retries=max_retries, timeout=timeout)
 
 # %% ../nbs/40_endpoints.ipynb #8ebcdfef
-def request_key(ep: Endpoint, body: dict) -> str:
-    "The hash an answer to `body` sent to `ep` is cached under."
-    return hashlib.sha256(json.dumps({"url": ep.base_url or OPENAI_URL, "body": body}, sort_keys=True).encode()).hexdigest()
+def request_key(ep: Endpoint, body: dict, served: dict | None = None) -> str:
+    "The hash an answer to `body` sent to `ep` is cached under; `served` (see `served_as`) is what answers to the name."
+    return hashlib.sha256(json.dumps({"url": ep.base_url or OPENAI_URL, "body": body, **({"served": served} if served else {})},
+                                     sort_keys=True).encode()).hexdigest()
 
 def cache_folder(setting: str = "auto") -> Path | None:
     "The request cache: `auto` (the project cache folder), a folder, or '' (none)."
@@ -90,6 +91,18 @@ class RequestCache:
     def put(self, key: str, value: dict):
         if self.dir is not None: write_json(self.path(key), value)
 
+# %% ../nbs/40_endpoints.ipynb #8bd37689
+VOLATILE = ("created", "permission")  # entry fields that change with no change of model (a restart, each request)
+
+def served_as(cl, ep: Endpoint) -> dict | None:
+    "What answers to `ep.model`: its `GET /models` entry as the server sent it, less `VOLATILE`; None, said in one line, when the endpoint lists no such model."
+    import openai
+    try: entry, why = next((m.model_dump(exclude_unset=True) for m in cl.models.list() if m.id == ep.model), None), "lists no such model"
+    except openai.APIStatusError as e: entry, why = None, f"answered HTTP {e.status_code}"
+    except openai.APIConnectionError as e: entry, why = None, f"failed ({type(e).__name__})"
+    if entry is None: print(f"{ep.label}: GET /models {why}, so cached answers are keyed by the name only; clear request_cache if another model now answers to it")
+    return entry and {k: v for k, v in entry.items() if k not in VOLATILE}
+
 # %% ../nbs/40_endpoints.ipynb #23fda565
 class EndpointError(RuntimeError):
     "An endpoint refused a request after its retries; the message is one line."
@@ -98,9 +111,9 @@ def _body(ep, messages, max_tokens, temperature, top_p, seed) -> dict:
     body = dict(model=ep.model, messages=list(messages), max_completion_tokens=max_tokens, temperature=temperature, top_p=top_p)
     return body if seed is None else {**body, "seed": seed}
 
-def _ask(cl, ep, store, body) -> dict:
+def _ask(cl, ep, store, body, served) -> dict:
     import openai
-    key = request_key(ep, body)
+    key = request_key(ep, body, served)
     if (hit := store.get(key)) is not None: return {**hit, "cached": True, "retries": 0}
     try: raw = cl.chat.completions.with_raw_response.create(**body)
     except openai.APIStatusError as e:
@@ -109,7 +122,8 @@ def _ask(cl, ep, store, body) -> dict:
     except openai.APIConnectionError as e: raise EndpointError(f"{ep.label}: cannot connect ({type(e).__name__}) after retries") from None
     r = raw.parse(); u = r.usage
     rec = dict(answer=(r.choices[0].message.content or "").strip(), finish_reason=r.choices[0].finish_reason, model=r.model,
-               prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0, retries=raw.retries_taken)
+               system_fingerprint=r.system_fingerprint, prompt_tokens=u.prompt_tokens if u else 0,
+               completion_tokens=u.completion_tokens if u else 0, retries=raw.retries_taken)
     store.put(key, rec)
     return {**rec, "cached": False}
 
@@ -123,14 +137,15 @@ def chat(ep: Endpoint, # the model
          concurrency: int = 4, # requests in flight at once
          max_retries: int = 4, # the SDK's retries of 429/5xx/lost connections, with backoff
          timeout: float = 120.0, # seconds per request
-        ) -> list: # one record per conversation: answer, finish_reason, model, prompt_tokens, completion_tokens, retries, cached
+        ) -> list: # one record per conversation: answer, finish_reason, model, system_fingerprint, prompt_tokens, completion_tokens, retries, cached
     "Answers of `ep` to `conversations`, in order: concurrent, retried, cached."
     store = RequestCache(cache_folder(cache))
     bodies = [_body(ep, m, max_tokens, temperature, top_p, seed) for m in conversations]
-    todo = [b for b in bodies if store.get(request_key(ep, b)) is None]
-    cl = client(ep, max_retries, timeout) if todo else None  # all cached: no key needed, nothing sent
+    own = (ep.base_url or OPENAI_URL) != OPENAI_URL  # a server whose names can move (llmops serve's aliases); OpenAI's dated snapshots do not
+    cl = client(ep, max_retries, timeout) if own or any(store.get(request_key(ep, b)) is None for b in bodies) else None  # OpenAI, all cached: nothing sent
+    served = served_as(cl, ep) if own and store.dir else None  # once per call: what answers to the name now
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        return list(pool.map(lambda b: _ask(cl, ep, store, b), bodies))
+        return list(pool.map(lambda b: _ask(cl, ep, store, b, served), bodies))
 
 # %% ../nbs/40_endpoints.ipynb #23966281
 def price(prices: dict, model: str) -> dict | None:

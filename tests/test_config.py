@@ -41,6 +41,11 @@ BAD = [  # (params, --set overrides, expected fragment of the one-line message)
     ({"stages": ["prepare", "evaluate"], "evaluate": {"split": "tset"}}, [], "evaluate: split = 'tset' is unknown; did you mean 'test'?"),
     ({"stages": ["prepare", "evaluate"], "evaluate": {"task": "chat", "metrics": ["rougeL"]}}, [], "evaluate: task = 'chat' is unknown"),
     ({"stages": ["prepare", "finetune"], "finetune": {"lr_scheduler_type": "cosin"}}, [], "finetune: lr_scheduler_type: 'cosin' is not a transformers learning-rate scheduler; did you mean 'cosine'?"),
+    # a price table the stages could not read (they would fail after the paid requests were sent)
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"prices": {"gpt-4.1-mini": 0.4}}}, [], "evaluate.prices: 'gpt-4.1-mini': 0.4 is not a price; expected {input: X, output: Y}"),
+    ({"stages": ["rag_index", "rag_eval"], "rag_eval": {"prices": {"m": {"in": 0.4, "out": 1.6}}}}, [], "rag_eval.prices: 'm': {'in': 0.4, 'out': 1.6} is not a price"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"prices": {"m": {"input": "0.4", "output": 1.6}}}}, [], "evaluate.prices: 'm': {'input': '0.4', 'output': 1.6} is not a price"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"prices": {"m": {"input": -0.4, "output": 1.6}}}}, [], "evaluate.prices: 'm': {'input': -0.4, 'output': 1.6} is not a price"),
 ]
 
 

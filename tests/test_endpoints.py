@@ -1,13 +1,13 @@
 """Endpoint models (issue 15): the project's own server, scored as an endpoint model by the evaluate stage, equals the same
-adapter evaluated in-process (greedy); a second run is served from the request cache; retries and backoff against a
-real HTTP server in front of it that answers 429 and 503 first."""
+adapter evaluated in-process (greedy); a second run is served from the request cache, unless `llmops promote` moved the
+name to another run; retries and backoff against a real HTTP server in front of it that answers 429 and 503 first."""
 import http.server, json, threading, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
 
 openai = pytest.importorskip("openai")
 from test_serve import DOCS, _run  # noqa: E402  (the serve tests' run records: tiny-random and a random LoRA adapter)
-from llmops_nb import endpoints as EP, stages as ST, vectorstore as V  # noqa: E402
+from llmops_nb import endpoints as EP, runs as R, stages as ST, vectorstore as V  # noqa: E402
 from llmops_nb.core import ConfigError, read_jsonl, read_metrics  # noqa: E402
 from llmops_nb.server import serve  # noqa: E402
 
@@ -84,6 +84,28 @@ def test_evaluate_scores_the_server_like_the_adapter_in_process_and_reruns_from_
     assert u2["cost_usd_uncached"] == u["cost_usd"] and m2["endpoint_vs"]["endpoint"] == ev["endpoint"]
 
 
+def test_a_promoted_name_is_asked_again_not_answered_from_the_cache(served, tmp_path):
+    "`llmops serve production` while `llmops promote` moves it: the cache keeps run A's answers for run A, and run B is asked."
+    rr, idx, cache = tmp_path/"runs", served["root"]/"rag_index"/"index", str(tmp_path/"cache")
+    a_rec, b_rec = _run(rr, "20260101-000000-aaaa", 1, idx), _run(rr, "20260101-000001-bbbb", 2, idx)
+    R.promote(a_rec["id"], run_root=rr, echo=lambda *a: None)
+    srv, follow, backend, reqlog = serve("production", rr, port=0, db=tmp_path/"fb.db", max_batch=8, device="cpu", block=False)
+    try:
+        ep = EP.endpoint({"base_url": f"{srv.url}/v1", "model": "production"})
+        convs = [[{"role": "user", "content": q}] for q in ("How long is the battery warranty?", "What is the KB-5?")]
+        a = EP.chat(ep, convs, max_tokens=8, cache=cache)
+        assert EP.chat(ep, convs, max_tokens=8, cache=cache) == [{**r, "cached": True} for r in a]  # the same run: all from the cache
+        R.promote(b_rec["id"], run_root=rr, echo=lambda *a: None)
+        for _ in range(600):
+            if follow.current.run_id == b_rec["id"]: break
+            time.sleep(0.1)
+        b = EP.chat(ep, convs, max_tokens=8, cache=cache)
+        assert not any(r["cached"] for r in b)
+        assert [r["answer"] for r in b] == [r["answer"] for r in EP.chat(ep, convs, max_tokens=8, cache="")] != [r["answer"] for r in a]
+        assert {r["system_fingerprint"] for r in a} == {a_rec["id"]} and {r["system_fingerprint"] for r in b} == {b_rec["id"]}
+    finally: srv.stop(); follow.close(); backend.close(); reqlog.close()
+
+
 def test_retries_back_off_on_429_and_503(served, tmp_path):
     p, ep = served["proxy"], EP.endpoint({"base_url": served["url"], "model": "test-aaaa"})
     conv = [[{"role": "user", "content": "How long is the battery warranty?"}]]
@@ -129,3 +151,14 @@ def test_rag_eval_with_the_server_as_endpoint_equals_the_adapter_in_process(serv
     assert ans["endpoint"] == ans["local"] and any(ans["local"])
     assert m["endpoint"]["model"] == f"test-aaaa at {served['url']}" and m["endpoint"]["usage"]["sent"] == 2 and "usage" not in m["local"]
     assert all(m["endpoint"][k] == m["local"][k] for k in ("rougeL", "token_f1", "groundedness", "hit_at_k"))
+
+
+def test_openai_answers_all_cached_send_nothing_and_need_no_key(tmp_path, monkeypatch):
+    "A rerun whose OpenAI answers are all in the request cache sends nothing (no client is made) and needs no key."
+    from llmops_nb import endpoints as EP
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    ep, conv = EP.endpoint("openai:gpt-4.1-mini-2025-04-14"), [[{"role": "user", "content": "How long is the warranty?"}]]
+    rec = dict(answer="Ten years.", finish_reason="stop", model=ep.model, system_fingerprint=None, prompt_tokens=9, completion_tokens=3, retries=0)
+    EP.RequestCache(tmp_path).put(EP.request_key(ep, EP._body(ep, conv[0], 16, 0.0, 1.0, None)), rec)
+    assert EP.chat(ep, conv, cache=str(tmp_path)) == [{**rec, "cached": True}]
+    with pytest.raises(ConfigError, match="no API key"): EP.chat(ep, [[{"role": "user", "content": "Not cached?"}]], cache=str(tmp_path))
