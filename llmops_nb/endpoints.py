@@ -121,9 +121,10 @@ def _ask(cl, ep, store, body, served) -> dict:
         raise EndpointError(f"{ep.label}: HTTP {e.status_code} after retries: {' '.join(str(msg).split())[:200]}") from None
     except openai.APIConnectionError as e: raise EndpointError(f"{ep.label}: cannot connect ({type(e).__name__}) after retries") from None
     r = raw.parse(); u = r.usage
+    if not r.choices: raise EndpointError(f"{ep.label}: the answer has no choices; expected one chat completion choice")
     rec = dict(answer=(r.choices[0].message.content or "").strip(), finish_reason=r.choices[0].finish_reason, model=r.model,
-               system_fingerprint=r.system_fingerprint, prompt_tokens=u.prompt_tokens if u else 0,
-               completion_tokens=u.completion_tokens if u else 0, retries=raw.retries_taken)
+               system_fingerprint=r.system_fingerprint, prompt_tokens=(u and u.prompt_tokens) or 0,
+               completion_tokens=(u and u.completion_tokens) or 0, retries=raw.retries_taken)  # servers that count no tokens: 0
     store.put(key, rec)
     return {**rec, "cached": False}
 

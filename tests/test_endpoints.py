@@ -162,3 +162,28 @@ def test_openai_answers_all_cached_send_nothing_and_need_no_key(tmp_path, monkey
     EP.RequestCache(tmp_path).put(EP.request_key(ep, EP._body(ep, conv[0], 16, 0.0, 1.0, None)), rec)
     assert EP.chat(ep, conv, cache=str(tmp_path)) == [{**rec, "cached": True}]
     with pytest.raises(ConfigError, match="no API key"): EP.chat(ep, [[{"role": "user", "content": "Not cached?"}]], cache=str(tmp_path))
+
+
+class _Odd(http.server.BaseHTTPRequestHandler):
+    "An OpenAI-compatible server that counts no completion tokens, or answers with no choice at all (server.choices)."
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        choices = [{"index": 0, "message": {"role": "assistant", "content": " Ten years. "}, "finish_reason": "stop"}][:self.server.choices]
+        data = json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": "m", "choices": choices,
+                           "usage": {"prompt_tokens": 7, "completion_tokens": None, "total_tokens": 7}}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(data)))
+        self.end_headers(); self.wfile.write(data)
+
+
+def test_servers_that_count_no_tokens_or_send_no_choice():
+    "No completion-token count is 0 tokens; an answer with no choice is one line (EndpointError), not an IndexError."
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Odd); srv.choices = 1
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ep, conv = EP.endpoint({"base_url": f"http://127.0.0.1:{srv.server_port}/v1", "model": "m"}), [[{"role": "user", "content": "Warranty?"}]]
+        got = EP.chat(ep, conv, cache="", max_retries=0)[0]
+        assert (got["answer"], got["prompt_tokens"], got["completion_tokens"]) == ("Ten years.", 7, 0)
+        srv.choices = 0
+        with pytest.raises(EP.EndpointError, match=r"the answer has no choices; expected one chat completion choice$"): EP.chat(ep, conv, cache="", max_retries=0)
+    finally: srv.shutdown()
