@@ -62,9 +62,9 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
         raise bad(f"'max_tokens' is {req.max_tokens}; this server allows at most {caps.max_tokens}", "max_tokens")
     max_tokens = req.max_tokens or min(caps.default_max_tokens, caps.max_tokens)  # the ceiling holds for requests that give none too
     keep = [m["content"] for m in req.messages if m["role"] == "system"] + [req.messages[-1]["content"]]
-    try:  # characters of the whole conversation (cheap, before any tokenizing); tokens of what is always kept: older turns are fitted below
-        check_input("\n".join(m["content"] for m in req.messages), None, caps.max_input_chars, 0, what="conversation")
-        check_input("\n".join(keep), served.tok, 0, caps.max_input_tokens, what="question with its system messages")
+    try: check_input("\n".join(m["content"] for m in req.messages), None, caps.max_input_chars, 0, what="conversation")  # cheap, before any tokenizing
+    except InputTooLong as e: raise ApiError(413, f"{e}, or start a new conversation (earlier turns count too)", "messages", "input_too_long") from None
+    try: check_input("\n".join(keep), served.tok, 0, caps.max_input_tokens, what="question with its system messages")  # what is always kept: older turns are fitted below
     except InputTooLong as e: raise ApiError(413, str(e), "messages", "input_too_long") from None
     own = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
     system = (SYSTEM + (f"\n\n{own}" if own else "")) if served.rag else (own or served.system)
