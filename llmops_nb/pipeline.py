@@ -12,15 +12,15 @@ import llmops_nb
 from . import stages as ST
 from .core import ConfigError, Lock, files_under, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
 from .kernels import ensure_kernel, malloc_env
-from .params import apply_overrides, check_sets, load_params, read_params, validate
+from .params import HUB_ID, apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
 from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
-__all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'stage_key',
-           'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock', 'StageError',
-           'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+__all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'model_digest',
+           'stage_key', 'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock',
+           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -80,12 +80,20 @@ def stat_digest(p) -> str:
     p = Path(p)
     return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)]).encode()).hexdigest()
 
+def model_digest(name: str, cache_dir=None) -> str | None:
+    "What a model setting stands for: a local folder's `stat_digest`, a hub id's revision in the local Hugging Face cache, else None (a packaged alias)."
+    if resolve_path(name).exists(): return stat_digest(resolve_path(name))
+    if not HUB_ID.match(name): return None
+    from huggingface_hub import try_to_load_from_cache
+    f = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
+    return Path(f).parent.name if isinstance(f, str) else None  # snapshots/<commit>/config.json
+
 def stage_key(stage: str, vals: dict, inputs: dict) -> str:
     "Cache key of `stage` with settings `vals` reading upstream outputs whose content digests are `inputs`."
-    decl, local = ST.parameters(stage), lambda v: isinstance(v, str) and v and resolve_path(v).exists()
-    kind = lambda k: decl.get(k, {}).get("kind")
-    files = {k: sha256_path(resolve_path(v)) if kind(k) in ("path", "path|hub") else stat_digest(resolve_path(v))
-             for k, v in vals.items() if kind(k) in ("path", "path|hub", "model", "embedding") and local(v)}
+    decl = ST.parameters(stage)
+    kind = lambda k: decl.get(k, {}).get("kind") if isinstance(vals[k], str) and vals[k] else None
+    files = {k: sha256_path(resolve_path(v)) for k, v in vals.items() if kind(k) in ("path", "path|hub") and resolve_path(v).exists()}
+    files |= {k: d for k, v in vals.items() if kind(k) in ("model", "embedding") and (d := model_digest(v))}
     blob = dict(stage=stage, nb=hash_notebook(ST.notebook(stage)), code=code_digest(stage), params=vals, files=files, inputs=inputs)
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
