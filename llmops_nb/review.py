@@ -172,6 +172,7 @@ def preference_pairs(df, refused: dict) -> list:
             side = "chosen" if rt == 1 else "rejected"
             if not a: _refuse(refused, "pairs", f"empty_{side}"); continue
             if not _by_model(r): _refuse(refused, "pairs", "not_model_answer"); continue
+            if rt == 1 and _good(r): _refuse(refused, "pairs", "answer_replaced"); continue  # its edit is the good answer, added above
             (good if rt == 1 else bad).setdefault(q, {}).setdefault(_norm(a), (a, []))[1].append(p)
     out = []
     for q in good:
@@ -190,6 +191,7 @@ def kto_examples(df, refused: dict) -> list:
         if not q or rt not in (1, -1): continue
         if not a: _refuse(refused, "kto", "empty_answer"); continue
         if not _by_model(r): _refuse(refused, "kto", "not_model_answer"); continue
+        if rt == 1 and _good(r): _refuse(refused, "kto", "answer_replaced"); continue  # edited or corrected: not what a good answer is
         seen.setdefault((q, _norm(a)), {}).setdefault(rt == 1, {"prompt": q, "completion": a, "label": rt == 1, "provenance": []})["provenance"].append(provenance(r))
     out = []
     for by_label in seen.values():

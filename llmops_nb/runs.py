@@ -11,10 +11,10 @@ from . import stages as ST
 from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, write_json
 
 # %% auto #0
-__all__ = ['PKGS', 'RUN_LOCK', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry', 'resolve',
-           'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers', 'take_run', 'refresh',
-           'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed', 'aliases', 'promote',
-           'flat_params', 'flat_metrics']
+__all__ = ['PKGS', 'RUN_LOCK', 'RESERVED', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry',
+           'resolve', 'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers', 'take_run',
+           'refresh', 'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed', 'aliases',
+           'check_alias', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -200,6 +200,15 @@ def aliases(rec: dict) -> list:
     return sorted(set(rec.get("aliases", [])) | ({"candidate"} if gates_passed(rec) else set()))
 
 # %% ../nbs/18_runs.ipynb #701cdc31
+RESERVED = ("latest", "candidate")  # names `resolve` answers before any alias
+
+def check_alias(alias: str, runs: list) -> str:
+    "`alias`, unless `resolve` would read it as something else (`RESERVED`, or a part of a run's id): a one-line ConfigError."
+    if alias in RESERVED: raise ConfigError(f"alias '{alias}': `{alias}` always names the {'newest run' if alias == 'latest' else 'newest run whose gates passed'}, so it cannot be moved; choose another name, e.g. production or staging")
+    if not alias or any(r["id"].startswith(alias) or r["id"].endswith(alias) for r in runs):
+        raise ConfigError(f"alias '{alias}' is {'empty' if not alias else 'part of a run id'}; choose a name that is not, e.g. production or staging")
+    return alias
+
 def promote(ref, # the run: id, short id, latest, candidate or alias
             alias: str = "production", # the alias to move
             run_root="runs", # folder of runs
@@ -215,6 +224,7 @@ def promote(ref, # the run: id, short id, latest, candidate or alias
         bad = ", ".join(f"{r['stage']}.{r['gate']}" for r in gate_rows(rec) if not r["passed"])
         raise ConfigError(f"run {rec['id']} failed quality gates ({bad}); fix them or use --force")
     root = Path(rec["run_dir"]).parent
+    check_alias(alias, list_runs(root))
     at = now()
     prev = [r for r in list_runs(root) if alias in r.get("aliases", []) and r["id"] != rec["id"]]
     for r in prev:
