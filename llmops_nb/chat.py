@@ -93,22 +93,24 @@ def _review_tab(gr, app, db):
             ed_b = gr.Button("Edit and approve", elem_id="review-edit")
             no_b = gr.Button("Reject", variant="stop", elem_id="review-reject")
         rstatus = gr.Markdown(elem_id="review-status")
+        seen = gr.State()  # the shown row's rated_at: a decision is about what the reviewer read
     def listing(msg=""):  # the pending rows, the first one chosen
         import pandas as pd
         p = pending(db); first = p["ids"][0] if p["ids"] else None
         return (p["counts"], pd.DataFrame(p["rows"], columns=REVIEW_HEADERS),
-                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg)
+                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg, _seen(first))
+    def _seen(i): return next((r["rated_at"] for r in queue("pending", db).to_dict("records") if int(r["id"]) == i), None)
     def _prefill(i):
         r = next((r for r in pending(db)["rows"] if r[0] == i), None)
         return (r[5] or r[2]) if r else ""  # the user's correction, else the answer, to edit
-    def act(i, action, w, a, n):  # recorded: the list moves on; refused: what the reviewer typed stays
-        ok, msg = decide(i, action, w, a, n, db)
-        return listing(msg) if ok else (*[gr.skip()] * 5, msg)
-    lists = [rcounts, table, pick, item, edit, rstatus]
+    def act(i, action, w, a, n, s):  # recorded: the list moves on; refused: what the reviewer typed stays
+        ok, msg = decide(i, action, w, a, n, db, seen=s)
+        return listing(msg) if ok else (*[gr.skip()] * 5, msg, gr.skip())
+    lists = [rcounts, table, pick, item, edit, rstatus, seen]
     for ev in (rtab.select, refresh.click, app.load): ev(listing, None, lists)
-    pick.change(lambda i: (show_row(i, db), _prefill(i)), pick, [item, edit])
+    pick.change(lambda i: (show_row(i, db), _prefill(i), _seen(i)), pick, [item, edit, seen])
     for b, action in ((ok_b, "approve"), (ed_b, "edit"), (no_b, "reject")):
-        b.click(lambda i, w, a, n, action=action: act(i, action, w, a, n), [pick, who, edit, why], lists)
+        b.click(lambda i, w, a, n, s, action=action: act(i, action, w, a, n, s), [pick, who, edit, why, seen], lists)
 
 def chat_app(answerer, db=None, title: str = "Ask the knowledge base", review_tab: bool = True):
     "The Gradio Blocks app over `answerer` (an `Answerer` or any callable with its output), storing feedback in `db`; with `review_tab`, the Review tab."
@@ -197,12 +199,14 @@ def decide(row_id, # the feedback row
            reviewer: str, # who decides
            answer: str = "", # the edited answer (edit)
            note: str = "", # why (reject)
-           db=None) -> tuple:
+           db=None,
+           seen=..., # the row's rated_at when it was shown (see `feedback.review`)
+          ) -> tuple:
     "(recorded, message): the tab's decision recorded with `feedback.review` (who and when), checked like the serve page's."
     if row_id is None: return False, "Choose a pending row first."
     if action == "edit" and not _text(answer).strip(): return False, "Type the answer that should have been given first (or Approve it as it is)."
     body = {"id": int(row_id), "decision": "reject" if action == "reject" else "approve", "reviewer": reviewer or "",
-            "answer": answer if action == "edit" else None, "note": (note or None) if action == "reject" else None}
+            "answer": answer if action == "edit" else None, "note": (note or None) if action == "reject" else None, **({} if seen is ... else {"seen": seen})}
     try: review(db=db, **parse_decision(body))
     except ConfigError as e: return False, f"Not recorded: {md_text(e)}."
     return True, f"#{int(row_id)} {'rejected' if action == 'reject' else 'approved' + (' with your edit' if action == 'edit' else '')} by {md_text(reviewer.strip())}."

@@ -167,7 +167,9 @@ def review(row_id: int, # the feedback row
            reviewer: str, # who decides (a name or an e-mail)
            answer=None, # an edited good answer: the exports use it instead of the user's correction
            note=None, # why (a rejection's reason)
-           db=None):
+           db=None,
+           seen=..., # the row's `rated_at` when the reviewer read it: refused if the user rated or corrected it since
+          ):
     "Record a reviewer's decision on row `row_id` (current state on the row, and one line in the `reviews` trail)."
     if decision not in DECISIONS: raise ConfigError(f"review decision {decision!r}: expected approve, reject or pending")
     if not (isinstance(reviewer, str) and reviewer.strip()): raise ConfigError("review: a reviewer's name is required (who decided)")
@@ -177,13 +179,16 @@ def review(row_id: int, # the feedback row
     with connect(db) as con:
         con.execute("BEGIN IMMEDIATE")
         try:
-            n = con.execute("UPDATE feedback SET review = ?, reviewer = ?, reviewed_at = ?, review_answer = ?, review_note = ? WHERE id = ?",
-                            (state, reviewer.strip(), at, answer, note, row_id)).rowcount
+            same = "" if seen is ... else " AND rated_at IS ?"  # a decision is about what the reviewer read, not what came after
+            n = con.execute(f"UPDATE feedback SET review = ?, reviewer = ?, reviewed_at = ?, review_answer = ?, review_note = ? WHERE id = ?{same}",
+                            (state, reviewer.strip(), at, answer, note, row_id, *(() if seen is ... else (seen,)))).rowcount
+            gone = not n and con.execute("SELECT 1 FROM feedback WHERE id = ?", (row_id,)).fetchone() is None
             if n: con.execute("INSERT INTO reviews (feedback_id, decision, reviewer, at, answer, note) VALUES (?,?,?,?,?,?)",
                               (row_id, state, reviewer.strip(), at, answer, note))
             con.execute("COMMIT")
         except BaseException: con.execute("ROLLBACK"); raise
-    if n == 0: raise ConfigError(f"feedback row {row_id} does not exist in {db_path(db)}")
+    if gone: raise ConfigError(f"feedback row {row_id} does not exist in {db_path(db)}")
+    if n == 0: raise ConfigError(f"feedback row {row_id} was rated or corrected again after you read it; nothing recorded: reload it and decide again")
 
 # %% ../nbs/23_feedback.ipynb #c64a8873
 COLUMNS = ["id", "timestamp", "run_id", "model_id", "adapter_id", "question", "sources", "answer", "rating", "correction",

@@ -80,7 +80,8 @@ def review_session(reviewer: str, # who decides (recorded with every decision)
             answer = ask("the answer that should have been given > ").strip()
             if not answer: out.write("no answer typed: skipped\n"); done["skipped"] += 1; continue
         if c == "r": note = ask("why (optional) > ").strip() or None
-        review(int(r["id"]), "reject" if c == "r" else "approve", reviewer, answer=answer, note=note, db=db)
+        try: review(int(r["id"]), "reject" if c == "r" else "approve", reviewer, answer=answer, note=note, db=db, seen=r["rated_at"])
+        except ConfigError as e: out.write(f"{e}\n"); done["skipped"] += 1; continue  # changed since listed: decided on the next pass
         done["rejected" if c == "r" else "approved"] += 1
     return done | {"left": 0}
 
@@ -100,13 +101,16 @@ def review_rows(status: str = "pending", db=None, limit: int = 200) -> dict:
 MAX_TEXT = 20_000  # characters in an edited answer or a note
 
 def parse_decision(body) -> dict:
-    "A review decision sent by the page: `id`, `decision` (approve, reject, pending), `reviewer`, optional `answer` and `note`."
+    "A review decision sent by the page: `id`, `decision` (approve, reject, pending), `reviewer`, optional `answer`, `note` and `seen` (the row's `rated_at` as shown)."
     if not isinstance(body, dict): raise ConfigError("a review is a JSON object with id, decision and reviewer")
     if not isinstance(body.get("id"), int) or isinstance(body.get("id"), bool): raise ConfigError("'id' must be the feedback row's integer id")
     if body.get("decision") not in DECISIONS: raise ConfigError("'decision' must be approve, reject or pending")
     who = body.get("reviewer")
     if not isinstance(who, str) or not who.strip() or len(who) > 200: raise ConfigError("'reviewer' must be a name of 1 to 200 characters")
     out = {"row_id": body["id"], "decision": body["decision"], "reviewer": who.strip()}
+    if "seen" in body:  # the row's rated_at as the page showed it: a row rated or corrected since is refused
+        if body["seen"] is not None and not isinstance(body["seen"], str): raise ConfigError("'seen' must be the row's rated_at as loaded (text or null)")
+        out["seen"] = body["seen"]
     for k in ("answer", "note"):
         v = body.get(k)
         if v is not None and (not isinstance(v, str) or len(v) > MAX_TEXT): raise ConfigError(f"'{k}' must be text of at most {MAX_TEXT} characters")

@@ -148,7 +148,7 @@ function card(r) {
     const who = $("reviewer").value.trim();
     if (!who) { msg.textContent = "Type your name as reviewer first."; return; }
     sessionStorage.setItem("llmops-reviewer", who);
-    const r2 = await fetch("v1/feedback/review", {method: "POST", headers: headers(), body: JSON.stringify({id: r.id, decision, reviewer: who, answer: edit.value || null, note: why.value || null})});
+    const r2 = await fetch("v1/feedback/review", {method: "POST", headers: headers(), body: JSON.stringify({id: r.id, decision, reviewer: who, answer: edit.value || null, note: why.value || null, seen: r.rated_at ?? null})});
     const b = await r2.json();
     msg.textContent = r2.ok ? "Recorded: " + b.review + " by " + b.reviewer + "." : "Not stored (" + r2.status + "): " + (b.error || {}).message;
     if (r2.ok) c.dataset.review = b.review;
