@@ -30,6 +30,13 @@ class Sampling:
 class Busy(Exception):
     "The engine's queue is full, or it is shutting down."
 
+def _rng(seed) -> torch.Generator:
+    "A request's own generator: `seed`'s, else freshly random; never the process-wide one, which other code seeds."
+    g = torch.Generator()
+    if seed is None: g.seed()
+    else: g.manual_seed(seed)
+    return g
+
 class Request:
     "One answer on its way: prompt, settings, tokens so far, text sent, timings; `cancel()` ends it at the next step."
     _ids = itertools.count()
@@ -37,7 +44,7 @@ class Request:
         self.n, self.model, self.prompt_ids, self.s, self.emit = next(Request._ids), model, list(prompt_ids), sampling, emit
         self.gen, self.text, self.sent, self.finish, self.cancelled, self.error = [], "", 0, None, False, None
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
-        self.rng = torch.Generator().manual_seed(sampling.seed if sampling.seed is not None else torch.seed()) if sampling.temperature > 0 else None
+        self.rng = _rng(sampling.seed) if sampling.temperature > 0 else None
         # the repetition controls count the answer only (as `generation.answer_processors`): the tokens it holds, its n-grams
         self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device) if sampling.repetition_penalty != 1.0 else None
         self.ngrams = {}
@@ -213,6 +220,7 @@ class Engine:
 
     def submit(self, model: Model, prompt_ids, sampling: Sampling, emit) -> Request:
         "Queue a request; `emit(kind, request, text)` is called from the engine thread: 'delta'*, then 'done' or 'error'."
+        if not len(prompt_ids): raise ValueError("an empty prompt: expected at least one token")
         r = Request(model, prompt_ids, sampling, emit)
         with self.cv:
             if self.stopping: raise Busy("the server is shutting down")
@@ -241,27 +249,33 @@ class Engine:
         while True:
             took = self._take()
             if self.stopping and not took and not self.active and not self.queue: return
-            t, live = time.perf_counter(), list(took)
-            try:
-                for model in dict.fromkeys(r.model for r in took):
-                    group = [r for r in took if r.model is model]
-                    dyn, lens, logits = prefill(model, group)
+            t = time.perf_counter()
+            for model in dict.fromkeys(r.model for r in took):
+                group = [r for r in took if r.model is model]
+                try: dyn, lens, logits = prefill(model, group)
+                except Exception as e: self._fail(group, e); continue  # the newcomers' prompt pass: the running batch is untouched
+                try:
                     b = self.batches.get(model) or self.batches.setdefault(model, Batch(model, self.max_batch))
                     b.join(group, dyn, lens)
                     for r, tk in zip(group, choose(group, logits)): self._advance(r, tk)
                     self._sweep(b)
-                for model, b in list(self.batches.items()):
-                    if not b.rows: continue
-                    live = list(b.rows)
+                except Exception as e: self._fail(group, e, model)
+            for model, b in list(self.batches.items()):
+                if not b.rows: continue
+                live = list(b.rows)
+                try:
                     for r, tk in zip(live, choose(live, b.step())): self._advance(r, tk)
                     self._sweep(b); self.steps += 1
-                for model in [m for m, b in self.batches.items() if not b.rows]: del self.batches[model]
-            except Exception as e:  # a failed step fails the requests it held
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                for r in {id(r): r for r in live + [r for b in self.batches.values() for r in b.rows]}.values():
-                    if r.t_done is None: self._finish(r, "error", msg)
-                self.batches.clear()
+                except Exception as e: self._fail(live, e, model)
+            for model in [m for m, b in self.batches.items() if not b.rows]: del self.batches[model]
             self.busy_s += time.perf_counter() - t
+
+    def _fail(self, reqs, e, model=None):
+        "Fail `reqs`, and the rows of `model`'s batch, which a failure inside it may have left half changed; other models' batches go on."
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        rows = list(reqs) + (self.batches.pop(model).rows if model in self.batches else [])
+        for r in {id(r): r for r in rows}.values():
+            if r.t_done is None: self._finish(r, "error", msg)
 
     def _advance(self, r: Request, tok: int):
         "Append `tok` to `r`, send the text that is now certain, and decide whether `r` is finished."
@@ -288,11 +302,12 @@ class Engine:
         text = r.text.rstrip() if final else r.text
         end = len(text)
         if not final:
-            end = len(text.rstrip())  # a stripped answer ends without its trailing spaces: they wait
-            if text.endswith("\ufffd"): end = min(end, len(text) - 1)  # half a character
+            whole = text.rstrip("\ufffd")  # half a character waits: its bytes may be a stop string's next character
+            end = len(whole)
             for st in r.s.stop:  # the start of a possible stop string waits
-                k = next((k for k in range(min(len(st) - 1, len(text)), 0, -1) if text.endswith(st[:k])), 0)
-                end = min(end, len(text) - k)
+                k = next((k for k in range(min(len(st) - 1, len(whole)), 0, -1) if whole.endswith(st[:k])), 0)
+                end = min(end, len(whole) - k)
+            end = len(text[:end].rstrip())  # a stripped answer ends without its trailing spaces: they wait
         if end > r.sent: self._emit(r, "delta", text[r.sent:end]); r.sent = end
         if final: r.text = text[:max(end, r.sent)]
 
