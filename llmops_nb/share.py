@@ -39,7 +39,7 @@ def bundle(rec: dict, # the run record
     for f in sorted(ad.iterdir()):
         if f.is_file() and f.name not in SKIP and f.name != "README.md": shutil.copy2(f, dest/f.name)
     if m is not None: shutil.copytree(m, dest/HUB_MERGED, ignore=shutil.ignore_patterns(*SKIP))
-    write_atomic(dest/"README.md", hub_card(rec))
+    write_atomic(dest/"README.md", hub_card(rec, stage))  # the card of the adapter copied, not of finetune's
     return dest
 
 # %% ../nbs/53_share.ipynb #946a56db

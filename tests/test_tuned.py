@@ -26,7 +26,7 @@ def _record(root: Path, rid: str, stages: dict, index: Path) -> dict:
     st = {s: _adapter_stage(d, s, seed) for s, seed in stages.items()}
     st["rag_index"] = {"status": "done", "out_dir": str(index.parent)}
     params = {s: {"model": "tiny-random"} for s in stages} | {"rag_eval": {"model": "tiny-random", "k": 2, "retrieval": "dense"}}
-    rec = {"id": rid, "name": "t", "status": "done", "run_dir": str(d), "raw": {"model": "tiny-random", "dtype": "float32"},
+    rec = {"id": rid, "name": "t", "status": "done", "run_dir": str(d), "params_file": "params/t.yaml", "raw": {"model": "tiny-random", "dtype": "float32"},
            "config": {"stages": ["prepare", *stages, "rag_index", "rag_eval"], "params": params}, "stages": st}
     R.save_record(rec)
     return rec
@@ -101,3 +101,28 @@ def test_push_shares_the_served_adapter_and_never_a_mismatched_merge(runs, tmp_p
     with pytest.raises(ConfigError, match="shares the kto adapter, but its merged model is finetune's"):
         S.bundle(R.load_record(r["kto"]["id"], root), tmp_path/"kto-merged", merged=True)
     assert not (tmp_path/"kto-merged").exists()  # refused before anything is written
+
+
+def test_push_card_describes_the_shared_adapter(preference_run, runs, tmp_path):
+    "A real finetune + dpo + kto run: `llmops push --out`'s README and the report's MODEL_CARD.md name kto's adapter, its settings and data, and finetune's adapter as its start; an SFT-only run's card names finetune's and no KTO."
+    from conftest import llmops
+    from huggingface_hub import ModelCard
+    from llmops_nb import share as S
+    from llmops_nb.core import md_text
+    rec, (root, r) = preference_run, runs
+    P, m = rec["config"]["params"], R.stage_metrics(rec, "kto")
+    kto, sft = R.output(rec, "kto", "adapter"), R.output(rec, "finetune", "adapter")
+    res = llmops("--run-root", Path(rec["run_dir"]).parent, "push", rec["id"], "--repo", "u/m", "--out", tmp_path/"kto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    readme = (tmp_path/"kto"/"README.md").read_text()
+    assert ModelCard(readme).data.base_model == "tiny-random"
+    for card in (readme, (Path(rec["run_dir"])/"MODEL_CARD.md").read_text()):
+        adapter = next(l for l in card.splitlines() if l.startswith("- Adapter:"))
+        assert f"`{kto}`" in adapter and "KTO" in adapter and f"`{sft}`" in card, adapter  # the shared adapter, and where it started
+        kto_part = card.split("### kto")[1].split("###")[0]
+        for k in ("beta", "learning_rate", "max_steps", "max_examples"): assert f"| {md_text(k)} | `{json.dumps(P['kto'][k])}` |" in kto_part, k
+        assert f"{md_text('n_examples')} {m['n_examples']}" in kto_part and "stand-ins from the sample data" in card  # how many examples, and from where
+        assert "### finetune" in card and f"| {md_text('max_steps')} | `{P['finetune']['max_steps']}` |" in card.split("### finetune")[1]
+    S.push(r["sft"]["id"], "u/m", root, out=tmp_path/"sft", echo=lambda *a: None)
+    card = (tmp_path/"sft"/"README.md").read_text()
+    assert "- Adapter: PEFT LoRA" in card and f"`{Path(r['sft']['run_dir'])/'finetune'/'adapter'}`" in card and "KTO" not in card
