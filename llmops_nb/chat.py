@@ -11,7 +11,6 @@ from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_i
 from .feedback import rate, record, review
 from .review import counts, parse_decision, queue
 from .settings import RagEvalConfig
-from .stores import relevance
 
 # %% auto #0
 __all__ = ['REVIEW_HEADERS', 'run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve', 'pending', 'show_row', 'decide']
@@ -51,6 +50,7 @@ class Answerer:
         t = time.perf_counter()
         with self.lock: r = self.chain.invoke(question)
         ms = (time.perf_counter() - t) * 1000
+        from llmops_nb.stores import relevance  # loaded with the chain in __init__: the review tab's functions do without it
         scores = relevance(self.store, question, max(self.k, len(r["documents"])))  # cosine similarity, whichever the store
         cited = set(r["cited"])
         srcs = [{"source": d.metadata.get("source"), "title": d.metadata.get("title"), "heading": d.metadata.get("heading"),

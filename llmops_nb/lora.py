@@ -10,6 +10,8 @@ import torch
 from peft import IA3Config, LoraConfig, TaskType
 from peft.tuners.lora.layer import Linear as LoraLinear, LoraVariant
 from .core import ConfigError
+from .settings import FinetuneConfig
+from .stages import declared
 
 # %% auto #0
 __all__ = ['PEFT_METHODS', 'LORA_FIELDS', 'linear_module_names', 'target_list', 'check_target_modules', 'peft_config',
@@ -42,7 +44,7 @@ def check_target_modules(model, target_modules):
     if bad: raise ConfigError(f"target_modules {bad} not in model; available linear modules: {', '.join(have)}")
 
 # %% ../nbs/08_lora.ipynb #1092ff12
-PEFT_METHODS = ("lora", "ia3")
+PEFT_METHODS = declared(FinetuneConfig)["peft_method"]["choices"]  # the setting's declaration
 LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig)}
 
 def peft_config(cfg, model):

@@ -11,6 +11,8 @@ import numpy as np
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from .core import ConfigError
+from .settings import RagEvalConfig
+from .stages import declared
 from .documents import embed_text
 
 # %% auto #0
@@ -18,7 +20,7 @@ __all__ = ['MODES', 'corpus', 'bm25', 'HybridRetriever', 'make_retriever', 'load
            'retrieved_sources', 'score_retrieval']
 
 # %% ../nbs/15_retrieval.ipynb #ad8442fc
-MODES = ("dense", "hybrid", "mmr", "diverse")
+MODES = declared(RagEvalConfig)["retrieval"]["choices"]  # the setting's declaration: one list of modes
 
 def _tokens(text: str) -> list: return re.findall(r"\w+|[=!<>%{}\\*+\-/\[\]@^|&~]+", text.lower())
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from .core import ConfigError, resolve_path, write_json
+from .settings import RagIndexConfig
+from .stages import declared
 from . import vectorstore as V
 from .models import embedding_path
 
@@ -14,7 +16,7 @@ from .models import embedding_path
 __all__ = ['STORES', 'POINTER', 'check_store', 'write_pointer', 'update_store', 'open_index', 'relevance']
 
 # %% ../nbs/14b_stores.ipynb #98826f8b
-STORES = ("faiss", "chroma")
+STORES = declared(RagIndexConfig)["store"]["choices"]  # the setting's declaration
 POINTER = "store.json"  # the index folder of an index kept in a database holds only this
 
 def check_store(store: str) -> str:

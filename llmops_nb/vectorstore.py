@@ -12,6 +12,8 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from .core import ConfigError, resolve_path, sha256_path, write_atomic
+from .settings import RagIndexConfig
+from .stages import declared
 from .documents import Skip, chunk_file, embed_text, scan, chunk_id
 from .models import embedding_path, pick_dtype
 
@@ -57,7 +59,7 @@ def embed_texts(emb: Embeddings, texts: list, progress: bool = True) -> np.ndarr
         if old is not None: emb.show_progress = old
 
 # %% ../nbs/14_vectorstore.ipynb #df9aef65
-INDEX_TYPES = ("flat", "hnsw")
+INDEX_TYPES = declared(RagIndexConfig)["index_type"]["choices"]  # the setting's declaration
 
 def make_index(index_type: str, dim: int, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 64):
     "An empty inner-product faiss index of type `flat` (exact) or `hnsw` (approximate)."
