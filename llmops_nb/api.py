@@ -8,8 +8,8 @@ import json, secrets
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['TYPES', 'ROLES', 'UNSUPPORTED', 'DONE', 'ApiError', 'bad', 'ChatRequest', 'content_text', 'parse_chat', 'new_id',
-           'usage', 'completion', 'chunk', 'sse', 'finish_reason', 'parse_feedback']
+__all__ = ['TYPES', 'ROLES', 'UNSUPPORTED', 'KNOWN', 'DONE', 'ApiError', 'bad', 'ChatRequest', 'content_text', 'parse_chat',
+           'new_id', 'usage', 'completion', 'chunk', 'sse', 'finish_reason', 'parse_feedback']
 
 # %% ../nbs/32_api.ipynb #2d021336
 TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
@@ -29,6 +29,9 @@ def bad(message: str, param: str | None = None) -> ApiError: return ApiError(400
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED = {"tools": "tool calls", "functions": "function calls", "tool_choice": "tool calls", "function_call": "function calls",
                "logprobs": "log probabilities", "top_logprobs": "log probabilities", "audio": "audio", "prediction": "predicted outputs"}
+KNOWN = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n",
+         "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "repetition_penalty", "no_repeat_ngram_size", *UNSUPPORTED,
+         "user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}  # the last: nothing in the answer
 
 @dataclass
 class ChatRequest:
@@ -46,6 +49,7 @@ class ChatRequest:
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
+    logit_bias: dict | None = None # {token id: bias}
 
 def content_text(content, where: str) -> str:
     "A message's content as text: a string, or a list of text parts (OpenAI's content parts)."
@@ -64,9 +68,19 @@ def _num(body, k, lo, hi, kind=float, default=None):
     if not lo <= v <= hi: raise bad(f"'{k}' must be between {lo} and {hi}, got {v}", k)
     return kind(v)
 
+def _bias(body) -> dict | None:
+    b = body.get("logit_bias")
+    if b is None: return None
+    if not isinstance(b, dict) or not all(isinstance(k, str) and k.isdigit() and not isinstance(v, bool) and isinstance(v, (int, float)) and -100 <= v <= 100
+                                          for k, v in b.items()):
+        raise bad("'logit_bias' must map token ids to numbers between -100 and 100", "logit_bias")
+    return {int(k): float(v) for k, v in b.items()} or None
+
 def parse_chat(body) -> ChatRequest:
     "The request in `body` (parsed JSON), checked; `ApiError` 400 naming the field otherwise."
     if not isinstance(body, dict): raise bad("the request body must be a JSON object")
+    if (k := next((k for k in body if k not in KNOWN), None)) is not None:
+        raise bad(f"unrecognized request argument '{k}'; this server takes OpenAI's chat-completion fields, repetition_penalty and no_repeat_ngram_size", k)
     if not isinstance(body.get("model"), str) or not body["model"]: raise bad("'model' is required: a model id from GET /v1/models", "model")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs: raise bad("'messages' is required: a non-empty list of {role, content}", "messages")
@@ -92,13 +106,15 @@ def parse_chat(body) -> ChatRequest:
     if not isinstance(stream, bool) and stream is not None: raise bad("'stream' must be true or false", "stream")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict): raise bad("'stream_options' must be an object", "stream_options")
+    if opts and not stream: raise bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
     mt = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"  # OpenAI's new name (LangChain sends it); a null is not given
     return ChatRequest(
         model=body["model"], messages=out, stream=bool(stream), include_usage=bool(opts.get("include_usage")),
         max_tokens=_num(body, mt, 1, 1 << 20, int), temperature=_num(body, "temperature", 0, 2),
         top_p=_num(body, "top_p", 0, 1), seed=_num(body, "seed", -(1 << 63), (1 << 63) - 1, int), stop=tuple(stop or ()),
         presence_penalty=_num(body, "presence_penalty", -2, 2, default=0.0), frequency_penalty=_num(body, "frequency_penalty", -2, 2, default=0.0),
-        repetition_penalty=_num(body, "repetition_penalty", 0.01, 10), no_repeat_ngram_size=_num(body, "no_repeat_ngram_size", 0, 64, int))
+        repetition_penalty=_num(body, "repetition_penalty", 0.01, 10), no_repeat_ngram_size=_num(body, "no_repeat_ngram_size", 0, 64, int),
+        logit_bias=_bias(body))
 
 # %% ../nbs/32_api.ipynb #efe2ac90
 def new_id() -> str: return "chatcmpl-" + secrets.token_hex(12)

@@ -72,6 +72,7 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
          device: str = "auto", # where the hf models run
          dtype: str | None = None, # the hf models' number format (see models.pick_dtype); None: the run's own `dtype` setting
          previous: Deployment | None = None, # a deployment whose base model and index may be reused
+         context: int | None = None, # (vllm) the context vLLM serves when `--max-model-len` shortens it; None: the model's
         ) -> Deployment:
     "The models the run `target` names, ready to serve."
     from llmops_nb.models import load_causal_lm, load_tokenizer, pick_dtype
@@ -85,7 +86,7 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         if engine == "vllm":  # vLLM holds the weights; here the tokenizer (prompts, counts) and the context length
             from transformers import AutoConfig
             from llmops_nb.models import resolve_model
-            ctx = int(getattr(AutoConfig.from_pretrained(resolve_model(p["model"])), "max_position_embeddings", 0) or 2048)
+            ctx = context or int(getattr(AutoConfig.from_pretrained(resolve_model(p["model"])), "max_position_embeddings", 0) or 2048)
             return (names["base"] if adapter is None else f"{rec['id']}-{Path(adapter).parent.name}"), load_tokenizer(p["model"]), ctx
         from llmops_nb.engine import Model
         reuse = old.get(("base", p["model"], None)) if adapter is None else None

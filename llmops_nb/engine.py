@@ -11,14 +11,14 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from .generation import _eos_ids, prepacked
 
 # %% auto #0
-__all__ = ['Sampling', 'Busy', 'Request', 'Model', 'Batch', 'prefill', 'choose', 'Engine']
+__all__ = ['GREEDY_BELOW', 'Sampling', 'Busy', 'Request', 'Model', 'Batch', 'prefill', 'choose', 'Engine']
 
 # %% ../nbs/28_engine.ipynb #7cab22ee
 @dataclass
 class Sampling:
     "How one request decodes: OpenAI's names, and generate's for the repetition controls."
     max_tokens: int = 256 # longest answer, in tokens
-    temperature: float = 0.0 # 0: greedy
+    temperature: float = 0.0 # 0 (below `GREEDY_BELOW`): greedy
     top_p: float = 1.0 # nucleus sampling mass (with temperature > 0)
     seed: int | None = None # seed of this request's sampling (None: a random one)
     stop: tuple = () # strings that end the answer (left out of it)
@@ -26,6 +26,9 @@ class Sampling:
     no_repeat_ngram_size: int = 0 # generate's: no n-gram of this size occurs twice in prompt + answer
     presence_penalty: float = 0.0 # OpenAI's: subtracted once from the scores of tokens already in the answer
     frequency_penalty: float = 0.0 # OpenAI's: subtracted per occurrence in the answer
+    logit_bias: dict | None = None # OpenAI's: {token id: bias added to its score}
+
+GREEDY_BELOW = 1e-5  # lower temperatures decode greedily, as vLLM's: dividing scores by less overflows to inf
 
 class Busy(Exception):
     "The engine's queue is full, or it is shutting down."
@@ -44,7 +47,7 @@ class Request:
         self.n, self.model, self.prompt_ids, self.s, self.emit = next(Request._ids), model, list(prompt_ids), sampling, emit
         self.gen, self.text, self.sent, self.finish, self.cancelled, self.error = [], "", 0, None, False, None
         self.t_submit, self.t_first, self.t_done = time.perf_counter(), None, None
-        self.rng = _rng(sampling.seed) if sampling.temperature > 0 else None
+        self.rng = _rng(sampling.seed) if sampling.temperature >= GREEDY_BELOW else None
         # the repetition controls count the answer only (as `generation.answer_processors`): the tokens it holds, its n-grams
         self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device) if sampling.repetition_penalty != 1.0 else None
         self.ngrams = {}
@@ -165,7 +168,7 @@ def prefill(model: Model, reqs) -> tuple:
     return dyn, lens, out.logits[:, -1, :].float()
 
 def _plain(s: Sampling) -> bool:
-    return s.temperature <= 0 and s.repetition_penalty == 1.0 and s.no_repeat_ngram_size <= 0 and not s.presence_penalty and not s.frequency_penalty
+    return s.temperature < GREEDY_BELOW and not s.logit_bias and s.repetition_penalty == 1.0 and s.no_repeat_ngram_size <= 0 and not s.presence_penalty and not s.frequency_penalty
 
 def choose(reqs, logits: torch.Tensor) -> list:
     "The next token of each request from its row of `logits`: its repetition controls, then greedy or sampled."
@@ -189,7 +192,8 @@ def choose(reqs, logits: torch.Tensor) -> list:
         if (s.presence_penalty or s.frequency_penalty) and r.gen:
             t, c = torch.unique(torch.tensor(r.gen, device=xi.device), return_counts=True)
             xi[t] -= s.frequency_penalty * c.float() + s.presence_penalty
-        if s.temperature <= 0: out[j] = int(xi.argmax()); continue
+        if s.logit_bias: xi[list(s.logit_bias)] += torch.tensor(list(s.logit_bias.values()), dtype=xi.dtype, device=xi.device)
+        if s.temperature < GREEDY_BELOW: out[j] = int(xi.argmax()); continue
         xi = xi / s.temperature
         if s.top_p < 1.0:  # generate's TopPLogitsWarper: drop the least likely tokens holding 1 - top_p of the mass
             srt, idx = torch.sort(xi)

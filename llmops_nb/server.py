@@ -4,7 +4,7 @@
 
 # %% ../nbs/35_server.ipynb #1109510d
 from __future__ import annotations
-import asyncio, hmac, ipaddress, json, logging, os, threading, time
+import asyncio, hmac, ipaddress, json, logging, os, re, secrets, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit
 import anyio
@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request  # at module level: the routes' annotations
 from starlette.responses import StreamingResponse
 
 # %% auto #0
-__all__ = ['log', 'KEY_ENV', 'LOOPBACK', 'is_loopback', 'mask', 'api_key', 'trusted_hosts', 'cross_site', 'Metrics',
+__all__ = ['log', 'KEY_ENV', 'LOOPBACK', 'REQUEST_ID', 'is_loopback', 'mask', 'api_key', 'trusted_hosts', 'cross_site', 'Metrics',
            'unless_gone', 'SSEResponse', 'create_app', 'Running', 'serve']
 
 # %% ../nbs/35_server.ipynb #b246891b
@@ -56,6 +56,8 @@ def trusted_hosts(key: str | None, # the API key (None: no key needed)
                  ) -> list: # `allowed_hosts` for `TrustedHostMiddleware`
     "The `Host` names answered: any with a key (the key protects the server), else loopback names and `hosts`."
     return ["*"] if key else [*LOOPBACK, *(f"[{h}]" if ":" in h else h for h in hosts)]
+
+REQUEST_ID = re.compile(r"[\w.:-]{1,128}")  # an X-Request-Id kept as sent (anything else is replaced: it lands in the log)
 
 def cross_site(headers) -> bool:
     "Whether a browser sent this request from another site: `Sec-Fetch-Site: cross-site`, or an `Origin` that is not this server (its `Host`)."
@@ -160,10 +162,12 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
 
     @app.middleware("http")
     async def _headers(request, call_next):
+        rid = request.headers.get("x-request-id", "")  # a proxy's id, kept; else our own: the SDK shows it as `_request_id`
+        request.state.request_id = rid if REQUEST_ID.fullmatch(rid) else "req_" + secrets.token_hex(12)
         if request.url.path != "/" and cross_site(request.headers):  # the page itself may be opened from a link on another site
             resp = err(ApiError(403, "requests from pages on other sites are refused; use this server's own page or a program", code="cross_site_request"))
         else: resp = await call_next(request)
-        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Content-Type-Options"] = "nosniff"; resp.headers["X-Request-Id"] = request.state.request_id
         if request.url.path in ("/", "/chat.js"): resp.headers["Content-Security-Policy"] = webchat.CSP
         return resp
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(key, hosts))  # outermost: a foreign Host gets 400
@@ -178,7 +182,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
     def note(rec: dict, t0: float, status: int, feedback: dict | None = None, **kw):
         rec.update({"status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 2), **kw})
         reqlog.add(rec, feedback); metrics.observe(rec)
-        log.info("%s %s %s %d %s/%s tokens %.0f ms", rec.get("response_id") or "-", rec.get("model") or "-", "stream" if rec.get("stream") else "",
+        log.info("%s %s %s %s %d %s/%s tokens %.0f ms", rec["request_id"], rec.get("response_id") or "-", rec.get("model") or "-", "stream" if rec.get("stream") else "",
                  status, rec.get("prompt_tokens"), rec.get("completion_tokens"), rec["latency_ms"])
 
     @app.get("/health")
@@ -233,7 +237,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        t0, rec = time.perf_counter(), {"timestamp": _now()}
+        t0, rec = time.perf_counter(), {"timestamp": _now(), "request_id": request.state.request_id}
         try:
             auth(request)
             req = parse_chat(await _json(request, limit))
@@ -343,11 +347,11 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
     from llmops_nb.servelog import RequestLog
     key = api_key(host, api_key_file)
     if engine == "hf":
-        follow = deploy.Follower(target, run_root, device=device)
+        follow = deploy.Follower(target, run_root, name=name, device=device)
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=max_queue))
     elif engine == "vllm":
         from llmops_nb import vllm_engine
-        follow = deploy.Follower(target, run_root, engine="vllm")
+        follow = deploy.Follower(target, run_root, name=name, engine="vllm", context=vllm_engine.max_model_len(vllm_args))
         backend = vllm_engine.VLLMBackend.launch(follow, max_num_seqs=max_batch, extra=vllm_args)
     else: raise ConfigError(f"--engine {engine}: expected hf or vllm")
     reqlog = RequestLog(db)

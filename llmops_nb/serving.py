@@ -19,8 +19,7 @@ class Caps:
     "What one request may ask for."
     max_input_chars: int = 32_000 # characters of all messages together
     max_input_tokens: int = 4096 # tokens of the system messages and the last user message (older turns are dropped to fit)
-    max_tokens: int = 1024 # the most an answer may be, in tokens
-    default_max_tokens: int = 256 # an answer's length when the request gives none (at most `max_tokens`)
+    max_tokens: int = 1024 # the most an answer may be, in tokens (also for requests that give none)
 
 @dataclass
 class Prepared:
@@ -35,7 +34,9 @@ def sampling_for(served, req: ChatRequest, max_tokens: int) -> Sampling:
     "The request's decoding settings over the served model's defaults (the run's repetition controls)."
     d = served.defaults
     pick = lambda v, k, dflt: v if v is not None else d.get(k, dflt)
-    return Sampling(max_tokens=max_tokens, temperature=req.temperature or 0.0, top_p=req.top_p if req.top_p is not None else 1.0,
+    top_p = req.top_p if req.top_p is not None else 1.0
+    temperature = req.temperature if req.temperature is not None else 1.0 if top_p < 1 else 0.0  # nucleus sampling asked for: OpenAI's default
+    return Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logit_bias=req.logit_bias,
                     seed=req.seed, stop=req.stop, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                     repetition_penalty=pick(req.repetition_penalty, "repetition_penalty", 1.0),
                     no_repeat_ngram_size=pick(req.no_repeat_ngram_size, "no_repeat_ngram_size", 0))
@@ -56,16 +57,19 @@ def retrieve(rag: dict, question: str) -> tuple:
     return docs, scores
 
 def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
-    "Caps checked, the prompt built and fitted, the sampling settled: `ApiError` (400, 413) when the request cannot be served."
+    "Caps checked, the prompt built and fitted, the sampling settled: `ApiError` 400 when the request cannot be served."
     from llmops_nb.rag import SYSTEM
     if req.max_tokens and req.max_tokens > caps.max_tokens:
         raise bad(f"'max_tokens' is {req.max_tokens}; this server allows at most {caps.max_tokens}", "max_tokens")
-    max_tokens = req.max_tokens or min(caps.default_max_tokens, caps.max_tokens)  # the ceiling holds for requests that give none too
+    max_tokens = req.max_tokens or caps.max_tokens
+    vocab = getattr(served.model, "vocab", None) or len(served.tok)
+    if req.logit_bias and max(req.logit_bias) >= vocab:
+        raise bad(f"'logit_bias' names token id {max(req.logit_bias)}; this model's ids are 0 to {vocab - 1}", "logit_bias")
     keep = [m["content"] for m in req.messages if m["role"] == "system"] + [req.messages[-1]["content"]]
     try: check_input("\n".join(m["content"] for m in req.messages), None, caps.max_input_chars, 0, what="conversation")  # cheap, before any tokenizing
-    except InputTooLong as e: raise ApiError(413, f"{e}, or start a new conversation (earlier turns count too)", "messages", "input_too_long") from None
+    except InputTooLong as e: raise ApiError(400, f"{e}, or start a new conversation (earlier turns count too)", "messages", "context_length_exceeded") from None
     try: check_input("\n".join(keep), served.tok, 0, caps.max_input_tokens, what="question with its system messages")  # what is always kept: older turns are fitted below
-    except InputTooLong as e: raise ApiError(413, str(e), "messages", "input_too_long") from None
+    except InputTooLong as e: raise ApiError(400, str(e), "messages", "context_length_exceeded") from None
     own = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
     system = (SYSTEM + (f"\n\n{own}" if own else "")) if served.rag else (own or served.system)
     turns = [m for m in req.messages[:-1] if m["role"] != "system"]
@@ -75,7 +79,7 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
     if budget < 1: raise bad(f"'max_tokens' {max_tokens} leaves no room for a prompt in this model's context of {served.context} tokens", "max_tokens")
     encode = lambda text: served.tok(text, add_special_tokens=False)["input_ids"]
     try: ids, _, docs = fit_turns(lambda h, p: render(served, system, h, question, p), encode, budget, turns, docs)
-    except InputTooLong as e: raise ApiError(413, str(e), "messages", "context_length_exceeded") from None
+    except InputTooLong as e: raise ApiError(400, str(e), "messages", "context_length_exceeded") from None
     return Prepared(ids, sampling_for(served, req, max_tokens), question, docs, scores)
 
 def sources(docs: list, scores: dict, answer: str) -> tuple:

@@ -10,7 +10,7 @@ from .api import ApiError
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['log', 'RANKS', 'lora_rank', 'command', 'VLLMRun', 'VLLMBackend']
+__all__ = ['log', 'RANKS', 'lora_rank', 'command', 'max_model_len', 'status_for', 'VLLMRun', 'VLLMBackend']
 
 # %% ../nbs/36_vllm_engine.ipynb #aae465e4
 log = logging.getLogger("llmops_nb.serve")
@@ -38,6 +38,18 @@ def command(dep, port: int, max_num_seqs: int = 16, extra=()) -> list:
         cmd += ["--enable-lora", "--max-lora-rank", str(max(lora_rank(a) for a in loras.values())), "--max-loras", "2"]
         cmd += ["--lora-modules", *[f"{n}={a}" for n, a in loras.items()]]
     return cmd + list(extra)
+
+def max_model_len(extra=()) -> int | None:
+    "The context `--max-model-len` sets among the extra `vllm serve` arguments (None: the model's own), for our prompt fitting."
+    for i, a in enumerate(extra):
+        v = a.split("=", 1)[1] if a.startswith("--max-model-len=") else extra[i + 1] if a == "--max-model-len" and i + 1 < len(extra) else None
+        if v is None: continue
+        if not v.isdigit(): raise ConfigError(f"--vllm-arg --max-model-len {v}: expected a number of tokens")
+        return int(v)
+
+def status_for(code: int) -> int:
+    "Our status for an error vLLM answered: a request it finds invalid is the client's (400); busy is 503; the rest is the server's (500)."
+    return 400 if code in (400, 413, 422) else 503 if code in (429, 503) else 500
 
 # %% ../nbs/36_vllm_engine.ipynb #20c87256
 class VLLMRun:
@@ -109,13 +121,14 @@ class VLLMBackend:
         from openai import APIStatusError
         await self._ensure(served)
         extra = {"repetition_penalty": sampling.repetition_penalty} if sampling.repetition_penalty != 1.0 else {}
+        if sampling.logit_bias: extra["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
         try:
             stream = await self.client.completions.create(
                 model=served.model, prompt=ids, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                 seed=sampling.seed, stop=list(sampling.stop) or None, presence_penalty=sampling.presence_penalty,
                 frequency_penalty=sampling.frequency_penalty, stream=True, stream_options={"include_usage": True}, extra_body=extra)
         except APIStatusError as e:
-            raise ApiError(503 if e.status_code in (429, 503) else 500, f"vLLM answered {e.status_code}: {e.message}", code="backend_error") from None
+            raise ApiError(status_for(e.status_code), f"vLLM answered {e.status_code}: {e.message}", code="backend_error") from None
         return VLLMRun(stream, self)
 
     def load(self) -> dict: return {"active": self.inflight, "waiting": 0}

@@ -116,18 +116,28 @@ def test_error_statuses(server):
         c.chat.completions.create(model="nope", messages=_ask("x"))
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
     assert 'model="nope"' not in urllib.request.urlopen(f"{server['url']}/metrics", timeout=30).read().decode()  # no label per name a client sends
-    with pytest.raises(openai.APIStatusError, match="the limit is 32,000") as e:
+    with pytest.raises(openai.BadRequestError, match="the limit is 32,000") as e:  # OpenAI's status and code: clients know them
         c.chat.completions.create(model="test-aaaa", messages=_ask("x" * 40_000))
-    assert e.value.status_code == 413 and e.value.body["code"] == "input_too_long"
-    with pytest.raises(openai.APIStatusError) as e:  # a prompt that cannot fit the tiny model's 2048-token context
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:  # a prompt that cannot fit the tiny model's 2048-token context
         c.chat.completions.create(model="test-aaaa", messages=_ask("word " * 3000), max_tokens=8)
-    assert e.value.status_code == 413
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="unrecognized request argument 'top_k'"):  # a vLLM extra: refused, not dropped
+        c.chat.completions.create(model="test-aaaa", messages=_ask("x"), extra_body={"top_k": 1})
     bad = urllib.request.Request(f"{server['url']}/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(bad, timeout=30)
     assert e.value.code == 400 and json.loads(e.value.read())["error"]["message"] == "the request body is not valid JSON"
     nested = urllib.request.Request(f"{server['url']}/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000, {"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as e: urllib.request.urlopen(nested, timeout=30)
     assert e.value.code == 400  # too deep to parse is malformed, not a crash
+
+
+def test_served_name(runs):
+    "`llmops serve --name kestrel` serves the run's models as kestrel and kestrel-rag."
+    root, r1, _ = runs
+    srv, follow, backend, reqlog = serve(r1["id"], root/"runs", port=0, db=root/"name.db", name="kestrel", device="cpu", block=False)
+    try: assert [m.id for m in openai.OpenAI(base_url=f"{srv.url}/v1", api_key="loopback").models.list()] == ["tiny-random", "kestrel", "kestrel-rag"]
+    finally: srv.stop(); backend.close(); reqlog.close()
 
 
 def test_api_key_and_busy(runs):
@@ -174,6 +184,9 @@ def test_langchain_chat_openai(server):
     assert msg.content == direct.choices[0].message.content and msg.content
     assert "".join(ch.content for ch in llm.stream(QUESTIONS[2])) == msg.content
     assert msg.response_metadata["model_name"] == "test-aaaa-rag" and msg.usage_metadata["output_tokens"] == 12
+    with pytest.raises(openai.BadRequestError) as e:  # over the cap: OpenAI's 400 and code, which LangChain raises as its invalid-request error
+        llm.invoke("word " * 5000)
+    assert e.value.body["code"] == "context_length_exceeded"
 
 
 def test_64_concurrent_mixed_requests_none_lost(server, tmp_path):
