@@ -4,13 +4,13 @@ Tutorial way: HF Trainer + PEFT LoRA (r=16, all linear layers), fp32 on CPU / bf
 rendered and tokenized, DataCollatorForLanguageModeling padding batches of 8, loss on every token, no packing.
 Ours: llmops_nb.trainer's path with its defaults: completion-only labels, padding-free packing
 (DataCollatorWithFlattening), attention per packed example (sdpa_packed), LM head only at supervised positions and
-inside a chunked cross-entropy that never holds the whole logits (trainer.linear_cross_entropy),
+inside a chunked cross-entropy that never holds the whole logits (loss.linear_cross_entropy),
 no LoRA dropout, LoRA's update added inside the base GEMM (fuse_lora), `dtype: auto` (bf16 mixed precision on GPUs
 and on CPUs with native bf16: fp32 weights and optimizer state, bf16 autocast), optional torch.compile.
 Useful tokens = non-padding tokens. Each method runs in its own process (separate peak memory).
 --ablate also times ours with each of our choices undone, to show what each is worth:
   ours-fp32: dtype float32 (ours before bf16 autocast);  ours-fp32-base: the frozen base kept in fp32 under bf16 autocast;
-  ours-plain-loss: the LM head's whole logits and F.cross_entropy (trainer.LOSS_CHUNK = 0) instead of linear_cross_entropy;
+  ours-plain-loss: the LM head's whole logits and F.cross_entropy (loss.LOSS_CHUNK = 0) instead of linear_cross_entropy;
   ours-bf16-attention: short examples attend in bf16 too (CPU, see packing.CPU_FP32_ATTENTION);
   ours-dropout: lora_dropout 0.05 as the tutorial;  ours-dense-mask: plain sdpa (a dense block-diagonal mask);
   ours-unfused: PEFT's own LoRA sum (scale and add after the thin products);
@@ -156,7 +156,7 @@ def run_tutorial(a):
 def run_ours(a):
     import torch
     from peft import get_peft_model
-    from llmops_nb import labels, lora, packing, trainer
+    from llmops_nb import labels, lora, loss, packing, trainer
     from llmops_nb.models import load_tokenizer, train_dtypes
     from llmops_nb.settings import FinetuneConfig
     cfg = FinetuneConfig(model=a.model, max_length=a.seq_len, pack_length=a.pack_length or a.seq_len,
@@ -167,7 +167,7 @@ def run_ours(a):
     weights, mixed = train_dtypes(cfg.dtype, cfg.device)
     if a.only == "ours-fp32-base": weights = torch.float32
     if a.only == "ours-bf16-attention": packing.CPU_FP32_ATTENTION = 0
-    if a.only == "ours-plain-loss": trainer.LOSS_CHUNK = 0
+    if a.only == "ours-plain-loss": loss.LOSS_CHUNK = 0
     tok = load_tokenizer(a.model)
     base = load_model(a, weights)
     if a.only != "ours-dense-mask": packing.use_packed_attention(base)

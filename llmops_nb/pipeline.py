@@ -284,6 +284,8 @@ def _stage(rec, s, n, outs, force, progress, echo):
         if not must_run:
             raise StageError(f"stage '{s}' is needed by {', '.join(sorted(_needs(rec)[s]))} but {why or 'has no cached result with these params'}; add it to --stages")
         if why: echo(f"  {why}; running {s} again")
+        if st.get("status") == "done" and not ST.stage(s).reads_run:  # what other runs, the cache and aliases may hold: never rewritten
+            raise StageError(f"stage '{s}' finished in run {rec['id']} with other inputs (its code or what it reads changed since); start a new run, which reuses every unchanged stage")
         if bad := inputs_changed(s, outs): raise StageError(f"stage '{s}' not run: {bad}; run that stage again (--stages or --force)")
         st.update(key=key, out_dir=vals["out_dir"], cached_from=None)
         echo(f"{tag}: running -> {vals['out_dir']}")
@@ -361,6 +363,9 @@ def resume(ref, # the run: id, short id, latest or alias
         raw = apply_overrides(rec["raw"], sets)
         cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
         check_sets(sets, cfg)
+        if done := [s for s in cfg["stages"] if rec["stages"][s].get("status") == "done" and not ST.stage(s).reads_run and cfg["params"][s] != rec["config"]["params"][s]]:
+            raise ConfigError(f"--set: {', '.join(done)} finished in run {rec['id']}, and other runs, the stage cache or an alias may use that; "
+                              f"start a new run with the change (llmops run {rec['params_file']} --set ...), which reuses every unchanged stage")
         if cfg["stages"] != rec["config"]["stages"]: raise ConfigError(f"--set: resume keeps the run's stages ({', '.join(rec['config']['stages'])}); start a new run to change them")
         for w in cfg.get("warnings", []): echo(f"warning: {w}")
         cfg["run_root"] = str(Path(rec["run_dir"]).parent)

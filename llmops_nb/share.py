@@ -34,7 +34,7 @@ def bundle(rec: dict, # the run record
     if merged and stage != "finetune":  # finetune's merged model is the SFT one, not the adapter shared here
         raise ConfigError(f"run {rec['id']} shares the {stage} adapter, but its merged model is finetune's (SFT); push without --merged, or merge the {stage} adapter yourself")
     m = output(rec, "finetune", "merged") if merged else None
-    if merged and m is None: raise ConfigError(f"run {rec['id']} has no merged model; run it with finetune.merge=true (llmops resume {rec['id']} --set finetune.merge=true)")
+    if merged and m is None: raise ConfigError(f"run {rec['id']} has no merged model; train it with finetune.merge=true (llmops run {rec['params_file']} --set finetune.merge=true: a new run)")
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(ad.iterdir()):
         if f.is_file() and f.name not in SKIP and f.name != "README.md": shutil.copy2(f, dest/f.name)

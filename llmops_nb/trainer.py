@@ -11,9 +11,10 @@ from peft import get_peft_model
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from . import stages as ST
+from . import loss as LO, stages as ST
 from .core import ConfigError, resolve_path, seed_everything, stage_dir, write_atomic, write_json, write_metrics
 from .labels import tokenize_split
+from .loss import head_skipped, linear_cross_entropy, plain_head
 from .lora import base_fingerprint, casting_layers, check_base, fuse_lora, merge_adapter, peft_config, stable_config
 from .models import load_causal_lm, load_tokenizer, pick_device, public_id, resolve_model, train_dtypes
 from .card import adapter_readme
@@ -22,10 +23,9 @@ from .progress import report
 from .settings import FinetuneConfig
 
 # %% auto #0
-__all__ = ['STAGING', 'LOSS_CHUNK', 'PLAIN_HEADS', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints',
-           'last_checkpoint', 'LinearCrossEntropy', 'linear_cross_entropy', 'plain_head', 'head_skipped',
-           'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb', 'ProgressCallback',
-           'training_args', 'train', 'plot_history']
+__all__ = ['STAGING', 'RESUMABLE', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'changed_settings',
+           'last_checkpoint', 'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb',
+           'ProgressCallback', 'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -85,58 +85,19 @@ def checkpoints(ckpt_dir) -> tuple:
         skipped[p.name] = why
     return None, skipped
 
+RESUMABLE = ("max_steps", "num_train_epochs", "resume", "merge", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
+             "per_device_eval_batch_size", "early_stopping_patience")  # settings a checkpoint may be continued under when they change
+
+def changed_settings(ckpt_dir, cfg) -> str:
+    "The settings `cfg` trains under that differ from those the checkpoints in `ckpt_dir` were written with ('' when none do)."
+    f = Path(ckpt_dir)/"base_model.json"
+    old = (json.loads(f.read_text()) if f.exists() else {}).get("settings") or {}
+    new = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+    return ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if k in old and old[k] != v)
+
 def last_checkpoint(ckpt_dir) -> Path | None:
     "The newest complete `checkpoint-N` folder in `ckpt_dir`, if any."
     return checkpoints(ckpt_dir)[0]
-
-# %% ../nbs/09_trainer.ipynb #cc74d495
-LOSS_CHUNK = 256  # logit rows at a time in `linear_cross_entropy`; 0: the model's own head and F.cross_entropy
-PLAIN_HEADS = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3")  # logits = lm_head(hidden), nothing after (transformers 5)
-
-class LinearCrossEntropy(torch.autograd.Function):
-    "Summed cross-entropy of `h @ w.T` against `t` (-100: ignored), `chunk` rows at a time; the gradient for `h` made on the way."
-    @staticmethod
-    def forward(ctx, h, w, t, chunk):
-        loss, g = 0, torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        for i in range(0, len(h), chunk):
-            z = h[i:i + chunk].to(w.dtype) @ w.t()  # this chunk's logits, then at least fp32
-            z = z.to(torch.promote_types(z.dtype, torch.float32))
-            tc = t[i:i + chunk]; ok = (tc != -100).unsqueeze(1); tc = tc.clamp(min=0).unsqueeze(1)
-            zt, m = z.gather(1, tc), z.amax(1, keepdim=True)
-            s = z.sub_(m).exp_().sum(1, keepdim=True)
-            loss += ((m + s.log() - zt) * ok).sum()
-            if g is not None:  # d loss / d logits = softmax - onehot(t), zero on ignored rows
-                z.div_(s).scatter_add_(1, tc, torch.full_like(s, -1.0)).mul_(ok)
-                g[i:i + chunk] = z.to(w.dtype) @ w
-        ctx.save_for_backward(g)
-        return torch.as_tensor(loss, dtype=torch.promote_types(w.dtype, torch.float32))
-
-    @staticmethod
-    def backward(ctx, dl):
-        g, = ctx.saved_tensors
-        return g * dl.to(g.dtype), None, None, None
-
-def linear_cross_entropy(h, w, t, chunk: int = LOSS_CHUNK):
-    "Summed cross-entropy of the logits `h @ w.T` against targets `t` (-100: ignored), without the whole logits; `w` frozen."
-    if w.requires_grad: raise ValueError("linear_cross_entropy: the head's weight must be frozen (requires_grad=False)")
-    return LinearCrossEntropy.apply(h, w, t, chunk)
-
-def plain_head(model):
-    "The LM head of `model` (PEFT-wrapped or not) when its logits are `hidden @ weight.T` with a frozen weight, else None."
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(m.config, "model_type", None) not in PLAIN_HEADS: return None
-    head = m.get_output_embeddings()
-    return head if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad else None
-
-@contextlib.contextmanager
-def head_skipped(head):
-    "Within: `head` hands back its input, so the model's `logits` are its last hidden states."
-    own = head.__dict__.get("forward")  # a forward someone set on the instance (accelerate's hooks do)
-    head.forward = lambda x: x
-    try: yield
-    finally:
-        if own is None: del head.forward
-        else: head.forward = own
 
 # %% ../nbs/09_trainer.ipynb #20e8643c
 @contextlib.contextmanager
@@ -160,6 +121,18 @@ class CompletionTrainer(Trainer):
         "The factor the Trainer expects on a loss averaged over the tokens of every process."
         return self.accelerator.num_processes if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1 else 1
 
+    def evaluation_loop(self, *args, metric_key_prefix="eval", **kw):
+        "The Trainer's loop, its loss made the mean over every supervised token of the set (the Trainer's mean of per-batch means moved with packing and batch size)."
+        self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        try: out = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kw)
+        finally: sums, self._eval_sums = self._eval_sums, None
+        total, n = self.accelerator.reduce(sums, "sum").tolist()
+        if n and f"{metric_key_prefix}_loss" in out.metrics: out.metrics[f"{metric_key_prefix}_loss"] = total / n
+        return out
+
+    def _eval_add(self, total, n):
+        if getattr(self, "_eval_sums", None) is not None: self._eval_sums += torch.stack([total.detach().double(), n.double()]).to(self._eval_sums.device)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
@@ -174,8 +147,9 @@ class CompletionTrainer(Trainer):
             out = model(**inputs, labels=labels, use_cache=False, **kw)
             self.loss_is_scaled_for_ga = bool(kw)
             loss = out.loss * (self._across() if kw else 1)
+            if not model.training: n = (tgt != -100).sum(); self._eval_add(out.loss * n, n)
             return (loss, out) if return_outputs else loss
-        head = plain_head(self.accelerator.unwrap_model(model)) if LOSS_CHUNK and not return_outputs else None
+        head = plain_head(self.accelerator.unwrap_model(model)) if LO.LOSS_CHUNK and not return_outputs else None
         if getattr(self, "_casting", None) is None: self._casting = casting_layers(model) if self.args.bf16 or self.args.fp16 else []
         with no_input_casts(self._casting), head_skipped(head) if head else contextlib.nullcontext():
             if self._keeps_logits(model):
@@ -189,10 +163,12 @@ class CompletionTrainer(Trainer):
         if head is None: loss = F.cross_entropy(logits.float(), tgt, ignore_index=-100, reduction="sum")
         else:  # `logits` are the last hidden states: the head runs inside the loss
             keep = tgt != -100
-            loss = linear_cross_entropy(logits[keep], head.weight, tgt[keep], LOSS_CHUNK)
+            loss = linear_cross_entropy(logits[keep], head.weight, tgt[keep], LO.LOSS_CHUNK)
         if num_items_in_batch is not None and model.training:  # the mean over the whole accumulated batch's supervised tokens
             loss, self.loss_is_scaled_for_ga = loss / num_items_in_batch * self._across(), True
-        else: loss, self.loss_is_scaled_for_ga = loss / (tgt != -100).sum().clamp(min=1), False
+        else:
+            n = (tgt != -100).sum(); self._eval_add(loss, n)
+            loss, self.loss_is_scaled_for_ga = loss / n.clamp(min=1), False
         return (loss, out) if return_outputs else loss
 
     def _get_output_dir(self, trial):
@@ -347,7 +323,10 @@ def train(cfg: FinetuneConfig, # the stage's settings
         shutil.rmtree(ckpts/STAGING, ignore_errors=True)  # what a crash left mid-save
         for name, why in skipped.items():
             print(f"checkpoint {ckpts/name} is incomplete ({why}): a save was cut short; skipped and removed"); shutil.rmtree(ckpts/name)
-    if last is not None: check_base(ckpts, fp, cfg.model); print(f"resuming from {last}")
+    if last is not None: check_base(ckpts, fp, cfg.model)
+    if last is not None and (why := changed_settings(ckpts, cfg) or (0 < cfg.max_steps < int(last.name.split("-")[-1]) and f"it is past max_steps {cfg.max_steps}")):
+        print(f"{last} was not trained as asked ({why}): training starts over"); last = None
+    if last is not None: print(f"resuming from {last}")
     elif ckpts.exists() and int(os.environ.get("RANK", 0)) == 0: shutil.rmtree(ckpts)
     report_to = _report_to(report_to, run)
     if report_to != "none": os.environ.setdefault("WANDB_DIR", str(out.parent))
@@ -360,7 +339,8 @@ def train(cfg: FinetuneConfig, # the stage's settings
     if val_rows and last is None:  # validation loss before any training: kept in the history (train() resets it)
         thr.initial = [{"eval_loss": trainer.evaluate()["eval_loss"], "epoch": 0.0, "step": 0}]
     if trainer.is_world_process_zero():
-        write_json(ckpts/"base_model.json", {"model": cfg.model, "fingerprint": fp})
+        write_json(ckpts/"base_model.json", {"model": cfg.model, "fingerprint": fp,
+                                             "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}})
 
     if last is not None and 0 < cfg.max_steps <= int(last.name.split("-")[-1]):  # from there the Trainer would take one step past max_steps
         trainer._load_from_checkpoint(str(last)); trainer.state = TrainerState.load_from_json(str(last/TRAINER_STATE_NAME))
