@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse, sys
 
 # %% auto #0
-__all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'DB', 'HEADLINE', 'PRELOADED', 'arg', 'command', 'parser', 'show_status',
-           'cmd_run', 'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc', 'cmd_stages', 'cmd_report',
-           'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push', 'cmd_sync', 'cmd_chat',
-           'cmd_feedback_review', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
+__all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'PORT', 'COUNT', 'DB', 'HEADLINE', 'PRELOADED', 'arg', 'command', 'within',
+           'parser', 'show_status', 'cmd_run', 'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc',
+           'cmd_stages', 'cmd_report', 'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push',
+           'cmd_sync', 'cmd_chat', 'cmd_feedback_review', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -28,6 +28,16 @@ def command(name: str, help: str, *args):
 RUN = "a run id, a unique part of one, latest, candidate or an alias such as production"
 SETS = dict(dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a value: stage.key=value or key=value (repeatable)")
 QUIET = dict(action="store_true", help="no progress bars")
+def within(lo, hi=None, kind=int, what=None):
+    "An argparse type: a `kind` number from `lo` (to `hi`); argparse refuses anything else in one line naming the flag."
+    def f(s):
+        v = kind(s)
+        if not (lo <= v and (hi is None or v <= hi)): raise ValueError(s)  # nan fails too
+        return v
+    f.__name__ = what or f"{kind.__name__} from {lo}" + (f" to {hi}" if hi is not None else "")  # argparse: "invalid <name> value"
+    return f
+
+PORT, COUNT = within(0, 65535, what="port (0 to 65535)"), within(1, what="number (1 or more)")
 DB = "feedback store (default: $LLMOPS_FEEDBACK_DB, else feedback/feedback.db under the project)"
 
 # %% ../nbs/27_cli.ipynb #54e225ac
@@ -132,7 +142,7 @@ def cmd_runs_rm(a):
     remove(a.runs, a.run_root, a.force)
 
 @command("runs gc", "remove old runs nothing uses: no alias, not reused by a kept run, not running",
-         arg("--days", type=float, default=30, help="only runs created more than this many days ago"),
+         arg("--days", type=within(0, kind=float, what="number of days (0 or more)"), default=30, help="only runs created more than this many days ago"),
          arg("--dry-run", action="store_true", help="list what would be removed, remove nothing"))
 def cmd_runs_gc(a):
     from llmops_nb.cleanup import collect
@@ -219,13 +229,13 @@ def cmd_sync(a):
 
 # %% ../nbs/27_cli.ipynb #b53dd7c2
 @command("chat", "web chat over a run's RAG chain; stores answers and ratings, reviewed in its Review tab", arg("run", nargs="?", help=RUN + " (its rag_index and newest adapter are served)"),
-         arg("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)"), arg("--port", type=int, default=7860, help="port"),
+         arg("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it)"), arg("--port", type=PORT, default=7860, help="port"),
          arg("--model", default=None, help="causal LM alias/folder/hub id (default: the run's)"),
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
-         arg("--adapter", default=None, help="PEFT adapter folder (default: the run's dpo or finetune adapter)"),
-         arg("--k", type=int, default=None, help="passages retrieved per question (default: the run's rag_eval k)"), arg("--max-new-tokens", type=int, default=128, help="longest answer"),
-         arg("--max-chars", type=int, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
-         arg("--max-tokens", type=int, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
+         arg("--adapter", default=None, help="PEFT adapter folder (default: the adapter the run serves: kto, then dpo, then finetune)"),
+         arg("--k", type=COUNT, default=None, help="passages retrieved per question (default: the run's rag_eval k)"), arg("--max-new-tokens", type=COUNT, default=128, help="longest answer"),
+         arg("--max-chars", type=COUNT, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
+         arg("--max-tokens", type=COUNT, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
 def cmd_chat(a):
     import os
@@ -276,15 +286,15 @@ def cmd_monitor(a):
 @command("serve", "serve a run over an OpenAI-compatible API (/v1) with a chat page, health, metrics; an alias is followed when promoted",
          arg("target", help=RUN + "; an alias is followed: `llmops promote` moves the server to the new run"),
          arg("--host", default="127.0.0.1", help="address to bind; anything but loopback needs an API key ($LLMOPS_API_KEY or --api-key-file)"),
-         arg("--port", type=int, default=8000, help="port"),
+         arg("--port", type=PORT, default=8000, help="port"),
          arg("--engine", choices=["hf", "vllm"], default="hf", help="hf: the batching engine in this process; vllm: a vLLM server (GPU, pip install vllm)"),
          arg("--name", default=None, help="served name of the tuned model (NAME and NAME-rag); default: the alias, else the run's name and id end"),
          arg("--api-key-file", default=None, help="file holding the API key (else $LLMOPS_API_KEY); never a params file"),
-         arg("--max-batch", type=int, default=16, help="requests decoded together"),
-         arg("--max-queue", type=int, default=256, help="requests allowed to wait for a batch row; beyond that, 503"),
-         arg("--max-tokens", type=int, default=1024, help="the longest answer a request may ask for"),
-         arg("--max-input-chars", type=int, default=32_000, help="characters of all messages of a request (413 beyond)"),
-         arg("--max-input-tokens", type=int, default=4096, help="tokens of a request's system messages and last question (413 beyond); older turns are dropped to fit the context"),
+         arg("--max-batch", type=COUNT, default=16, help="requests decoded together"),
+         arg("--max-queue", type=within(0), default=256, help="requests allowed to wait for a batch row; beyond that, 503"),
+         arg("--max-tokens", type=COUNT, default=1024, help="the longest answer a request may ask for"),
+         arg("--max-input-chars", type=COUNT, default=32_000, help="characters of all messages of a request (400 beyond)"),
+         arg("--max-input-tokens", type=COUNT, default=4096, help="tokens of a request's system messages and last question (400 beyond); older turns are dropped to fit the context"),
          arg("--device", default="auto", help="auto, cpu, cuda (engine hf)"), arg("--db", default=None, help=DB),
          arg("--vllm-arg", dest="vllm_args", action="append", default=[], metavar="ARG", help="extra argument for `vllm serve` (repeatable)"),
          arg("--allowed-host", dest="hosts", action="append", default=[], metavar="NAME", help="another Host name a keyless server answers to, e.g. a reverse proxy's (repeatable; with an API key any name is answered)"))
@@ -316,6 +326,7 @@ def main(argv=None) -> int:
         a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2
     except StageError as e: print(f"llmops: {e}", file=sys.stderr); return 1
+    except KeyboardInterrupt as e: print(f"llmops: {e or 'interrupted'}", file=sys.stderr); return 130  # Ctrl-C: one line, the shell's status
     except BrokenPipeError: _quiet_stdout()  # `llmops list | head`: the reader left, say nothing more
     except OSError as e: print(f"llmops: {' '.join(str(e).split())}", file=sys.stderr); return 1  # a full disk, a permission: one line
     return 0

@@ -58,7 +58,7 @@ def load_metric(name: str, **kwargs):
     return _LOADED[key]
 
 # %% ../nbs/12_evaluation.ipynb #bc80b833
-PAIRWISE = {"bleu": ("bleu", {"smooth": True}), "sacrebleu": ("score", {}), "chrf": ("score", {}),
+PAIRWISE = {"bleu": ("bleu", {"smooth": True}), "sacrebleu": ("score", {"use_effective_order": True}), "chrf": ("score", {}),  # sentence scores as sacrebleu makes them
             "exact_match": ("exact_match", {}), "token_f1": ("token_f1", {})}
 
 def metric_keys(name: str) -> list:

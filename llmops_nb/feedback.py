@@ -106,16 +106,21 @@ def connect(db=None):
     "A fresh connection to the store (created and migrated on first use), closed on exit."
     p = db_path(db)
     p.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(p, timeout=BUSY_MS / 1000, isolation_level=None)  # autocommit; explicit BEGIN for multi-statement writes
+    try: con = sqlite3.connect(p, timeout=BUSY_MS / 1000, isolation_level=None)  # autocommit; explicit BEGIN for multi-statement writes
+    except sqlite3.Error as e: raise ConfigError(f"feedback store {p}: cannot open it ({e}); expected an SQLite database file") from None
     try:
         con.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
         key = str(p)
         if key not in _ready:
             with _ready_lock:
                 if key not in _ready:
-                    con.execute("PRAGMA journal_mode = WAL")  # persistent: set once per file
-                    if migrate(con) > SCHEMA_VERSION:
-                        raise ConfigError(f"feedback store {p} has a newer schema than this llmops_nb knows; upgrade the package")
+                    try:
+                        con.execute("PRAGMA journal_mode = WAL")  # persistent: set once per file
+                        if migrate(con) > SCHEMA_VERSION:
+                            raise ConfigError(f"feedback store {p} has a newer schema than this llmops_nb knows; upgrade the package")
+                    except sqlite3.DatabaseError as e:
+                        if "locked" in str(e): raise
+                        raise ConfigError(f"feedback store {p} is not a readable SQLite database ({e}); restore it or use another (--db)") from None
                     _ready.add(key)
         con.row_factory = sqlite3.Row
         yield con

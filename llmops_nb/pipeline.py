@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
-import ast, hashlib, json, os, sys, tempfile, time
+import ast, hashlib, json, os, shutil, sys, tempfile, time
 import contextlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +20,7 @@ from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manif
 # %% auto #0
 __all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'model_digest',
            'stage_key', 'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock',
-           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+           'Interrupted', 'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -146,6 +146,9 @@ def key_lock(run_root, stage: str, key: str) -> Lock:
     return Lock(resolve_path(run_root)/".cache"/"locks"/f"{stage}-{key}.lock")
 
 # %% ../nbs/19_pipeline.ipynb #10e97b1e
+class Interrupted(KeyboardInterrupt):
+    "Ctrl-C during a run: says how to go on (the command line prints it as one line)."
+
 class StageError(RuntimeError):
     "A stage failed; the message is one line."
 
@@ -242,8 +245,10 @@ def _link(src: Path, dst: Path):
 
 def _take_cached(rec, s, key, hit):
     run_dir, st = Path(rec["run_dir"]), rec["stages"][s]
+    for p in (run_dir/s, run_dir/f"{s}.ipynb"):  # links to an older hit, and what an interrupted or failed attempt left: replaced
+        if p.is_symlink() or (p.exists() and st.get("status") != "done"): shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     st.update(status="cached", key=key, out_dir=hit["out_dir"], notebook=hit["notebook"], cached_from=hit["run_id"],
-              metrics=read_metrics(hit["out_dir"]), duration_s=0.0)
+              metrics=read_metrics(hit["out_dir"]), duration_s=0.0, error=None)
     _link(Path(hit["out_dir"]), run_dir/s); _link(Path(hit["notebook"]), run_dir/f"{s}.ipynb")
     for v in st["metrics"].values():  # files a stage wrote at the top of its run (report.html, ...)
         if isinstance(v, str) and Path(v).parent == Path(hit["out_dir"]).parent and Path(v).is_file():
@@ -314,6 +319,8 @@ def _walk(rec: dict, lock: Lock, force=False, progress=True, echo=print) -> dict
         if rec.get("status") == "running":
             rec.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=_one_line(e), finished=now())
             _save_quietly(rec)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+            raise Interrupted(f"run {rec['id']} interrupted; `llmops resume {rec['id']}` continues from where it stopped") from None
         raise
     finally: lock.release()
 

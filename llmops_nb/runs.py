@@ -12,9 +12,9 @@ from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, w
 
 # %% auto #0
 __all__ = ['PKGS', 'RUN_LOCK', 'RESERVED', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry',
-           'resolve', 'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers', 'take_run',
-           'refresh', 'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed', 'aliases',
-           'check_alias', 'promote', 'flat_params', 'flat_metrics']
+           'registry_lock', 'resolve', 'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers',
+           'take_run', 'refresh', 'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed',
+           'aliases', 'check_alias', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -48,18 +48,28 @@ def save_record(rec: dict) -> Path:
     return write_json(Path(rec["run_dir"])/"run.json", rec, indent=2)
 
 def list_runs(run_root="runs") -> list:
-    "Run records under `run_root`, oldest first (unreadable records skipped)."
+    "Run records under `run_root`, oldest first (unreadable records, and files that are no run record, skipped)."
     root, out = resolve_path(run_root), []
     for p in sorted(root.glob("*/run.json")) if root.exists() else []:
-        try: out.append(json.loads(p.read_text()))
+        try: r = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError): continue
+        if isinstance(r, dict) and {"id", "run_dir", "stages"} <= r.keys(): out.append(r)
     return out
 
 # %% ../nbs/18_runs.ipynb #cad277d4
 def registry(run_root="runs") -> dict:
     "alias -> {run_id, at, artifact, previous} (`registry.json` under the run root)."
     p = resolve_path(run_root)/"registry.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    try: reg = json.loads(p.read_text()) if p.exists() else {}
+    except (OSError, ValueError) as e: reg = e
+    if not isinstance(reg, dict):  # one line, not a traceback in every command that resolves a run
+        raise ConfigError(f"{p}: not a readable alias registry ({reg if isinstance(reg, Exception) else type(reg).__name__}); "
+                          "each run's run.json keeps its promotions: fix or remove the file, then promote again")
+    return reg
+
+def registry_lock(run_root="runs") -> Lock:
+    "The lock `promote` holds while it changes the registry and the records of the runs an alias leaves."
+    return Lock(resolve_path(run_root)/".cache"/"locks"/"registry.lock")
 
 def resolve(ref, run_root="runs") -> Path:
     "The folder of the run `ref` names: a folder, an id, a unique id prefix or suffix, `latest`, `candidate` or an alias."
@@ -196,8 +206,9 @@ def gates_passed(rec: dict):
     return all(r["passed"] for r in rows) if rows else None
 
 def aliases(rec: dict) -> list:
-    "Aliases of a run: those recorded in run.json, plus `candidate` when its gates passed."
-    return sorted(set(rec.get("aliases", [])) | ({"candidate"} if gates_passed(rec) else set()))
+    "Aliases of a run: those the registry gives it, plus `candidate` when its gates passed."
+    reg = registry(Path(rec["run_dir"]).parent)  # the truth: a record saved by a process that loaded it before a promote is stale
+    return sorted({a for a, v in reg.items() if v.get("run_id") == rec["id"]} | ({"candidate"} if gates_passed(rec) else set()))
 
 # %% ../nbs/18_runs.ipynb #701cdc31
 RESERVED = ("latest", "candidate")  # names `resolve` answers before any alias
@@ -216,7 +227,6 @@ def promote(ref, # the run: id, short id, latest, candidate or alias
             echo=print, # where the messages go
            ) -> dict: # the run record
     "Move `alias` to the run `ref` names (its run record, the registry, and W&B when online)."
-    from llmops_nb import tracking
     rec = load_record(ref, run_root)
     if rec["status"] != "done": raise ConfigError(f"run {rec['id']} is {rec['status']}; only a finished run can be promoted")
     ok = gates_passed(rec)
@@ -224,21 +234,27 @@ def promote(ref, # the run: id, short id, latest, candidate or alias
         bad = ", ".join(f"{r['stage']}.{r['gate']}" for r in gate_rows(rec) if not r["passed"])
         raise ConfigError(f"run {rec['id']} failed quality gates ({bad}); fix them or use --force")
     root = Path(rec["run_dir"]).parent
+    lock = registry_lock(root); lock.acquire(wait=True, alias=alias)  # two promotes at once: one after the other, none lost
+    try: _promote(rec, alias, ok, force, root, echo)
+    finally: lock.release()
+    return rec
+
+def _promote(rec, alias, ok, force, root, echo):
+    from llmops_nb import tracking
     check_alias(alias, list_runs(root))
-    at = now()
-    prev = [r for r in list_runs(root) if alias in r.get("aliases", []) and r["id"] != rec["id"]]
+    rec.update(load_record(rec["run_dir"]))  # as it is now, under the lock
+    at, reg = now(), registry(root)
+    prev = [r for r in list_runs(root) if (alias in r.get("aliases", []) or reg.get(alias, {}).get("run_id") == r["id"]) and r["id"] != rec["id"]]
     for r in prev:
-        r["aliases"].remove(alias); r.setdefault("promotions", []).append(dict(alias=alias, removed=at, moved_to=rec["id"])); save_record(r)
+        r["aliases"] = sorted(set(r.get("aliases", [])) - {alias}); r.setdefault("promotions", []).append(dict(alias=alias, removed=at, moved_to=rec["id"])); save_record(r)
     rec["aliases"] = sorted(set(rec.get("aliases", [])) | {alias})
     rec.setdefault("promotions", []).append(dict(alias=alias, added=at, gates_passed=ok, forced=bool(force and ok is False)))
     save_record(rec)
-    reg = registry(root)
     reg[alias] = dict(run_id=rec["id"], at=at, artifact=tracking.adapter_artifact(rec), previous=[r["id"] for r in prev])
     write_json(root/"registry.json", reg)
     echo(f"'{alias}' -> run {rec['id']}" + (f" (was {', '.join(r['id'] for r in prev)})" if prev else "") + f"; recorded in {root/'registry.json'}")
     if tracking.wandb_mode() == "online": tracking.set_alias(rec, alias, echo)
     else: echo(f"W&B offline: the alias is recorded locally only; `llmops sync {rec['id']}` sets it on the adapter artifact in W&B once you are logged in")
-    return rec
 
 # %% ../nbs/18_runs.ipynb #906cf20e
 def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)

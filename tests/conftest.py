@@ -24,7 +24,7 @@ def preference_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_cli(tmp_path_factory):
-    "params/smoke.yaml run once through the CLI into a temp runs folder, with one quality gate (shared by test_pipeline and test_report): (the finished process, run.json)."
+    "params/smoke.yaml run once through the CLI into a temp runs folder, with a second quality gate (shared by test_pipeline and test_report): (the finished process, run.json)."
     root = tmp_path_factory.mktemp("smoke")/"runs"
     r = llmops("--run-root", root, "run", ROOT/"params"/"smoke.yaml", "--set", 'evaluate.gates={"rougeL": 0.0}', "--quiet")  # --run-root over the file's run_root
     assert r.returncode == 0, r.stderr[-3000:]

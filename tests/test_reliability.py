@@ -279,6 +279,19 @@ def test_run_lock_refuses_a_second_resume_and_a_killed_run_is_interrupted_then_t
     assert rec["interruptions"][0]["pid"] == p.pid and rec["stages"]["prepare"]["status"] == "done"
 
 
+def test_ctrl_c_is_one_line_and_leaves_the_run_resumable(params, tmp_path):
+    f = params({"model": "tiny-random", "wandb": {"mode": "disabled"}, "stages": ["prepare", "finetune"], "prepare": {"max_examples": 30},
+                "finetune": {"max_steps": 400, "save_steps": 400, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})
+    p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    rec = wait_for(lambda: next((r for r in runs.list_runs(tmp_path/"runs") if r["stages"]["finetune"].get("status") == "running"), None))
+    time.sleep(3)
+    os.killpg(p.pid, signal.SIGINT)                                 # what Ctrl-C in a terminal sends: the runner and its kernel
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"llmops: run {rec['id']} interrupted; `llmops resume {rec['id']}` continues from where it stopped", err
+    assert runs.load_record(rec["run_dir"])["status"] == "interrupted"
+
+
 def test_two_identical_runs_execute_each_stage_once(params, tmp_path):
     kb = write_kb(tmp_path/"kb")
     f = params({"wandb": {"mode": "disabled"}, "stages": ["prepare", "rag_index"], "prepare": {"max_examples": 20},

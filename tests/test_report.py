@@ -66,9 +66,9 @@ def test_report_sections(smoke_run):
     text = soup.get_text(" ")
     assert not soup.select(".jp-CodeCell .jp-InputArea") and "R.show_" not in text   # code hidden
     assert not soup.find_all("script", src=re.compile(r"^https?://"))          # readable offline
-    assert smoke_run["id"] in text and "1/1 quality gates passed" in text
+    assert smoke_run["id"] in text and "2/2 quality gates passed" in text
     first = soup.find("h2").find_next("p").get_text(" ", strip=True)   # the summary leads with the answer (issue 19)
-    assert first.startswith("Verdict: 1/1 quality gates passed") and "evaluate.rougeL" in first, first
+    assert first.startswith("Verdict: 2/2 quality gates passed") and "evaluate.rougeL" in first and "rag_eval.hit_at_k" in first, first
     assert "ROUGE-L " in text and " -> " in text and "(as this report was rendered)" in text   # headline numbers in words; finished filled in
     fold = soup.find("details")                                                # the parameter appendix, folded
     assert fold is not None and not fold.has_attr("open") and "finetune.max_steps" in fold.get_text(), fold

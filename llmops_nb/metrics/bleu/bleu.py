@@ -37,8 +37,8 @@ def compute_bleu(reference_corpus, translation_corpus, max_order=4, smooth=False
     if smooth: precisions = [(m+1.)/(p+1.) for m, p in zip(matches, possible)]
     else: precisions = [m/p if p > 0 else 0.0 for m, p in zip(matches, possible)]
     geo_mean = math.exp(sum(math.log(p)/max_order for p in precisions)) if min(precisions) > 0 else 0
-    ratio = float(trans_len)/ref_len
-    bp = 1. if ratio > 1.0 else math.exp(1-1./ratio)
+    ratio = trans_len/ref_len if ref_len else math.inf if trans_len else 0.0  # empty answers (and references): no crash
+    bp = 1. if ratio > 1.0 else math.exp(1-1./ratio) if ratio else 0.0
     return geo_mean*bp, precisions, bp, ratio, trans_len, ref_len
 
 class Bleu(evaluate.Metric):
