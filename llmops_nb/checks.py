@@ -59,20 +59,18 @@ def read_questions(path) -> list:
 
 def check_docs(docs, where: str) -> list:
     "The documents of knowledge-base folder `docs`; a folder with none, or none readable as text, is a one-line error naming them."
-    from llmops_nb.documents import LOADERS  # suffix -> kind; documents is light enough (no torch)
+    from llmops_nb.documents import LOADERS, Skip, read_file  # documents is light enough (no torch)
     root = resolve_path(docs)
     if not root.is_dir(): raise ConfigError(f"{where}: '{docs}' is not a folder; expected a folder of .md/.txt/.html/.pdf documents")
     found = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in LOADERS
              and not any(s.startswith(".") for s in p.relative_to(root).parts)]
     if not found: raise ConfigError(f"{where}: '{docs}' holds no .md/.txt/.html/.pdf files; expected a folder of documents")
     bad = []
-    for p in found:
-        if LOADERS[p.suffix.lower()] not in ("markdown", "text"): return found  # HTML and PDF: read (and judged) by the stage
-        try:
-            if p.read_bytes().decode("utf-8").strip(): return found
-            bad.append(f"{p.relative_to(root)} (empty)")
-        except UnicodeDecodeError: bad.append(f"{p.relative_to(root)} (not UTF-8)")
-    raise ConfigError(f"{where}: '{docs}' has no readable document: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; expected UTF-8 text")
+    for p in found:  # read as the stage reads it (HTML and PDF parsed too) until one has text
+        try: read_file(p); return found
+        except Skip as e: bad.append(f"{p.relative_to(root)} ({str(e).replace(' text', '')})")
+    raise ConfigError(f"{where}: '{docs}' has no readable document: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; "
+                      "expected UTF-8 text, HTML or PDF with text in it")
 
 def check_sources(questions, docs, where: str) -> list:
     "Warnings (one line each) for question sources that name no file of the knowledge base `docs`."

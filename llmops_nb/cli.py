@@ -4,7 +4,7 @@
 
 # %% ../nbs/27_cli.ipynb #dc84ea26
 from __future__ import annotations
-import argparse, sys
+import argparse, contextlib, sys
 
 # %% auto #0
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'PORT', 'COUNT', 'DB', 'HEADLINE', 'PRELOADED', 'arg', 'command', 'within',
@@ -110,14 +110,23 @@ def cmd_run(a):
     from llmops_nb import pipeline
     stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
     sets = [*a.sets, f"run_root={a.run_root}"] if a.run_root_given else a.sets
-    rec = pipeline.run(a.params, sets, stages, a.force, progress=not a.quiet)
+    with _failed_shown(): rec = pipeline.run(a.params, sets, stages, a.force, progress=not a.quiet)
     show_status(rec); _next_steps(rec)
+
+@contextlib.contextmanager
+def _failed_shown():
+    "A failed run (a stage's error, a quality gate) still ends with its stage lines and the gates' verdict, then the error."
+    from llmops_nb.pipeline import StageError
+    try: yield
+    except StageError as e:
+        if getattr(e, "rec", None): show_status(e.rec)
+        raise
 
 @command("resume", "continue a failed run from its failed stage (--set changes a parameter first)", arg("run", help=RUN),
          arg("--set", **SETS), arg("--quiet", **QUIET))
 def cmd_resume(a):
     from llmops_nb import pipeline
-    rec = pipeline.resume(a.run, a.run_root, a.sets, progress=not a.quiet)
+    with _failed_shown(): rec = pipeline.resume(a.run, a.run_root, a.sets, progress=not a.quiet)
     show_status(rec); _next_steps(rec)
 
 @command("status", "the stages of a run", arg("run", nargs="?", default="latest", help=RUN))

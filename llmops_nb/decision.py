@@ -11,7 +11,7 @@ from .summary import name, num
 __all__ = ['QUALITY', 'is_quality', 'headline_keys', 'paired', 'page']
 
 # %% ../nbs/54_decision.ipynb #78c95fa5
-QUALITY = ("evaluate/base/", "evaluate/tuned/", "evaluate/delta/", "rag_eval/hit_at", "rag_eval/mrr_at",
+QUALITY = ("evaluate/base/", "evaluate/tuned/", "evaluate/delta/", "evaluate/corpus/", "rag_eval/hit_at", "rag_eval/mrr_at",  # corpus: corpus-level BLEU, chrF
            "evaluate/dpo_vs_sft/dpo/", "evaluate/dpo_vs_sft/delta/", "evaluate/kto_vs_sft/kto/", "evaluate/kto_vs_sft/delta/",  # preference adapter, and - SFT
            "rag_eval/rougeL", "rag_eval/token_f1", "rag_eval/semantic_similarity", "rag_eval/groundedness",
            "finetune/training_summary/val_loss", "finetune/training_summary/train_loss", "dpo/", "kto/")

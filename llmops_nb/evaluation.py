@@ -4,16 +4,18 @@
 
 # %% ../nbs/12_evaluation.ipynb #011e52e6
 from __future__ import annotations
+import math
 from pathlib import Path
 import numpy as np
 from . import metrics as _metrics
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'PAIRWISE', 'default_metrics',
-           'metrics_dir', 'metric_names', 'metric_path', 'load_metric', 'metric_keys', 'score_examples',
-           'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError', 'gate_metrics',
-           'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes', 'plot_comparison']
+__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'SQUAD', 'PAIRWISE', 'MIN_BOOT',
+           'default_metrics', 'metrics_dir', 'metric_names', 'metric_path', 'load_metric', 'metric_keys',
+           'score_examples', 'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError',
+           'gate_metrics', 'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes',
+           'plot_comparison']
 
 # %% ../nbs/12_evaluation.ipynb #d9e925e7
 TASK_METRICS = {
@@ -58,8 +60,10 @@ def load_metric(name: str, **kwargs):
     return _LOADED[key]
 
 # %% ../nbs/12_evaluation.ipynb #bc80b833
+SQUAD = {"regexes_to_ignore": [r"(?i)\b(a|an|the)\b", r"\s+"], "ignore_case": True, "ignore_punctuation": True}  # SQuAD's normalisation, as token F1's
+
 PAIRWISE = {"bleu": ("bleu", {"smooth": True}), "sacrebleu": ("score", {"use_effective_order": True}), "chrf": ("score", {}),  # sentence scores as sacrebleu makes them
-            "exact_match": ("exact_match", {}), "token_f1": ("token_f1", {})}
+            "exact_match": ("exact_match", SQUAD), "token_f1": ("token_f1", {})}
 
 def metric_keys(name: str) -> list:
     "Score keys that metric `name` produces."
@@ -112,12 +116,20 @@ def answer_and_score(model, tokenizer, prompts, references, metrics, desc="gener
     return answers, scores
 
 # %% ../nbs/12_evaluation.ipynb #dcb71f55
+MIN_BOOT = 5  # fewer examples: Student's t interval (a bootstrap of 2 to 4 values cannot reach its coverage)
+
 def bootstrap_ci(x, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple:
-    "(mean, low, high): the mean of `x` and its percentile-bootstrap (1-alpha) interval."
-    x = np.asarray(x, dtype=float)
-    if len(x) == 0: return float("nan"), float("nan"), float("nan")
-    means = x[np.random.default_rng(seed).integers(0, len(x), (n_boot, len(x)))].mean(1)
-    return float(x.mean()), float(np.quantile(means, alpha/2)), float(np.quantile(means, 1 - alpha/2))
+    "(mean, low, high): the mean of `x` and its (1-alpha) interval: the expanded percentile bootstrap, Student's t under `MIN_BOOT` examples."
+    from scipy import stats
+    x, n = np.asarray(x, dtype=float), len(x)
+    if n == 0: return float("nan"), float("nan"), float("nan")
+    if n == 1: return float(x[0]), -math.inf, math.inf  # one example says nothing of the spread
+    t = stats.t.ppf(alpha / 2, n - 1)
+    if n < MIN_BOOT:
+        h = -t * x.std(ddof=1) / math.sqrt(n); return float(x.mean()), float(x.mean() - h), float(x.mean() + h)
+    a = 2 * stats.norm.cdf(math.sqrt(n / (n - 1)) * t)  # Hesterberg's expansion: the plain percentile interval is too narrow for small n
+    means = x[np.random.default_rng(seed).integers(0, n, (n_boot, n))].mean(1)
+    return float(x.mean()), float(np.quantile(means, a / 2)), float(np.quantile(means, 1 - a / 2))
 
 def compare(base: dict, # per-example scores {key: [..]} of the base model
             tuned: dict | None = None, # those of the tuned model, paired example by example (None: base only)

@@ -28,6 +28,8 @@ def daily_stats(df, threshold: float = SIM_THRESHOLD):
                         "latency_p50": g["latency_ms"].quantile(0.5), "latency_p95": g["latency_ms"].quantile(0.95),
                         "no_source_share": g["nosrc"].mean()})
     out.insert(2, "thumbs_down_rate", g["down"].sum() / out["rated"].replace(0, np.nan))
+    out = out.reindex(pd.date_range(out.index.min(), out.index.max(), freq="D", name="day"))  # a quiet day is a row of zeros, not a gap
+    out[["questions", "rated"]] = out[["questions", "rated"]].fillna(0).astype(int)
     return out[cols]
 
 def top_downvoted(df, n: int = 10):

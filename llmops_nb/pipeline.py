@@ -319,6 +319,7 @@ def _walk(rec: dict, lock: Lock, force=False, progress=True, echo=print) -> dict
         if rec.get("status") == "running":
             rec.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=_one_line(e), finished=now())
             _save_quietly(rec)
+        if isinstance(e, StageError): e.rec = rec  # the command line shows the stages and gates of a failed run too
         if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
             raise Interrupted(f"run {rec['id']} interrupted; `llmops resume {rec['id']}` continues from where it stopped") from None
         raise

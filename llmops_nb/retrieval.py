@@ -95,7 +95,13 @@ def load_questions(path, limit: int = 0) -> list:
     return qs[:limit] if limit else qs
 
 # %% ../nbs/15_retrieval.ipynb #f91e7772
-def _hit(src, expected) -> bool: return Path(src).name in {Path(e).name for e in expected}
+def _same(a, b) -> bool:
+    "Whether paths `a` and `b` name the same file as far as both go: `faq/README.md` is not `install/README.md`, `README.md` may be either."
+    a, b = Path(a).parts, Path(b).parts
+    n = min(len(a), len(b))
+    return n > 0 and a[-n:] == b[-n:]
+
+def _hit(src, expected) -> bool: return any(_same(src, e) for e in expected)
 
 def hit_at_k(retrieved: list, expected: list, k: int):
     "1.0 if one of the first `k` retrieved sources is expected, else 0.0; None without expectations."

@@ -95,7 +95,10 @@ def gates_line(rec: dict) -> str:
     rows = runs.gate_rows(rec)
     if not rows: return "gates: none set (add `gates:` to evaluate or rag_eval to decide automatically)"
     bad = [r for r in rows if not r["passed"]]
-    def show(r): return f"{r['stage']}.{r['gate']} {num(r['value'])} {'>=' if r['kind'] == 'min' else '<='} {num(r['threshold'])}"
+    def show(r):
+        v, t = num(r["value"]), num(r["threshold"])
+        if v == t and r["value"] != r["threshold"]: v, t = f"{r['value']:.6g}", f"{r['threshold']:.6g}"  # a failed 0.19996 is not shown as 0.200
+        return f"{r['stage']}.{r['gate']} {v} {'>=' if r['kind'] == 'min' else '<='} {t}"
     if not bad: return f"gates: all {len(rows)} passed ({'; '.join(map(show, rows))})"
     return f"gates: {len(bad)} of {len(rows)} FAILED ({'; '.join(map(show, bad))})"
 

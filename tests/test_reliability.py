@@ -232,7 +232,10 @@ def test_resume_with_set_fixes_a_parameter(params, tmp_path, capsys):
     bad = tmp_path/"bad.jsonl"; bad.write_text("\n".join(DATA.read_text().splitlines()[:30]) + "\n")
     f = params({"wandb": {"mode": "disabled"}, "stages": ["prepare"], "prepare": {"data": str(bad)}})
     rec = P.run(f, **QUIET)
-    bad.write_text('{"instruction": "x"}\n')                 # the data file went bad after the run started
+    r = llmops("--run-root", tmp_path/"runs", "resume", rec["id"], "--set", "prepare.max_examples=20")
+    assert r.returncode == 2 and "prepare finished in run" in one_line(r)   # a finished stage is not rewritten: the cache holds it
+    rec["status"], rec["stages"]["prepare"]["status"] = "failed", "failed"; runs.save_record(rec)   # as if prepare had failed ...
+    bad.write_text('{"instruction": "x"}\n')                 # ... on a data file that went bad after the run started
     r = llmops("--run-root", tmp_path/"runs", "resume", rec["id"], "--set", "prepare.max_examples=2.5")
     assert r.returncode == 2 and "max_examples = 2.5 is float, expected int" in one_line(r)   # checked like `run`
     r = llmops("--run-root", tmp_path/"runs", "resume", rec["id"], "--set", f"prepare.data={DATA}", "--set", "prepare.max_examples=20", "--quiet")
