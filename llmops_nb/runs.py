@@ -27,7 +27,7 @@ def git_info() -> dict:
     "Commit and dirty flag of the project checkout, when there is one."
     def git(*a):
         return subprocess.run(["git", *a], cwd=project_root(), capture_output=True, text=True, timeout=10).stdout.strip()
-    try: return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    try: return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no"))}  # no index.lock: a git killed by the timeout must not leave one in the user's repository
     except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
 
 PKGS = ("llmops_nb", "torch", "transformers", "peft", "trl", "datasets", "evaluate", "accelerate", "langchain-core",
