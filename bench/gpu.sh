@@ -54,7 +54,7 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=cs
 # 1. fine-tuning throughput against the targets, ours vs the tutorial (HF Trainer + PEFT, bf16, padded batches of 8),
 #    random-init Llama shapes: 135m with 32 packed rows of 2048 tokens a step (the lever against per-step overhead),
 #    1b with 8, each with Liger's kernels too where installed; then where a 135m step's time goes (host against device)
-FT=(--device cuda --seq-len 2048 --steps 20 --model "${MODEL:-smollm2-135m-instruct}")  # --model: only its tokenizer
+FT=(--device cuda --seq-len 2048 --steps 20 --warmup 3 --model "${MODEL:-smollm2-135m-instruct}")  # --model: only its tokenizer
 LIGER=$($PY -c "import liger_kernel" 2>/dev/null && echo --methods tutorial,ours,ours-liger)
 step finetune_135m_rows32 240 "$PY" bench/finetune.py "${FT[@]}" --rows 32 --shape 135m --repeat "$REPEAT" $LIGER --out "$OUT/finetune_135m_rows32.json"
 step finetune_1b 240 "$PY" bench/finetune.py "${FT[@]}" --rows 8 --shape 1b --repeat "$REPEAT" $LIGER --out "$OUT/finetune_1b.json"

@@ -287,7 +287,7 @@ def _stage(rec, s, n, outs, force, progress, echo):
             _take_cached(rec, s, key, hit); echo(f"{tag}: unchanged since run {hit['run_id']}, skipped")
             return hit["out_dir"]
         if not must_run:
-            raise StageError(f"stage '{s}' is needed by {', '.join(sorted(_needs(rec)[s]))} but {why or 'has no cached result with these params'}; add it to --stages")
+            raise StageError(f"stage '{s}' is needed by {', '.join(sorted(_needs(rec)[s]))} but {why or 'has no cached result with these params'}; add it to --stages of a new run (llmops run ... --stages {','.join([s, *only])})")
         if why: echo(f"  {why}; running {s} again")
         if st.get("status") == "done" and not ST.stage(s).reads_run:  # what other runs, the cache and aliases may hold: never rewritten
             raise StageError(f"stage '{s}' finished in run {rec['id']} with other inputs (its code or what it reads changed since); start a new run, which reuses every unchanged stage")
