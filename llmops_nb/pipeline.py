@@ -267,7 +267,7 @@ def _stage_vals(rec, s, outs) -> dict:
 def _hold_key(lock: Lock, rec, s, tag, echo):
     "Take the stage key's lock, waiting (and saying for whom) when another run executes the same stage."
     if lock.acquire(run=rec["id"], stage=s): return
-    who = lock.holder() or {}
+    who = lock.holder() or (time.sleep(0.1) or lock.holder()) or {}  # the holder may be between truncating its note and writing it
     echo(f"{tag}: waiting for run {who.get('run', '?')} (pid {who.get('pid', '?')}), which is running {s} with the same inputs")
     lock.acquire(wait=True, run=rec["id"], stage=s)
 

@@ -62,6 +62,8 @@ def prepare(served, req: ChatRequest, caps: Caps) -> Prepared:
     if req.max_tokens and req.max_tokens > caps.max_tokens:
         raise bad(f"'max_tokens' is {req.max_tokens}; this server allows at most {caps.max_tokens}", "max_tokens")
     max_tokens = req.max_tokens or caps.max_tokens
+    if req.no_repeat_ngram_size and isinstance(served.model, str):  # vLLM serves it (`served.model` is its name): it has no such control
+        raise bad("'no_repeat_ngram_size' is not supported by this server's vLLM engine", "no_repeat_ngram_size")
     vocab = getattr(served.model, "vocab", None) or len(served.tok)
     if req.logit_bias and max(req.logit_bias) >= vocab:
         raise bad(f"'logit_bias' names token id {max(req.logit_bias)}; this model's ids are 0 to {vocab - 1}", "logit_bias")
