@@ -253,6 +253,7 @@ def _promote(rec, alias, ok, force, root, echo):
     reg[alias] = dict(run_id=rec["id"], at=at, artifact=tracking.adapter_artifact(rec), previous=[r["id"] for r in prev])
     write_json(root/"registry.json", reg)
     echo(f"'{alias}' -> run {rec['id']}" + (f" (was {', '.join(r['id'] for r in prev)})" if prev else "") + f"; recorded in {root/'registry.json'}")
+    if ok is None: echo(f"warning: run {rec['id']} set no quality gates, so nothing checked it before this promotion (add `gates:` to evaluate or rag_eval)")
     if tracking.wandb_mode() == "online": tracking.set_alias(rec, alias, echo)
     else: echo(f"W&B offline: the alias is recorded locally only; `llmops sync {rec['id']}` sets it on the adapter artifact in W&B once you are logged in")
 
