@@ -68,7 +68,7 @@ def check_docs(docs, where: str) -> list:
     bad = []
     for p in found:  # read as the stage reads it (HTML and PDF parsed too) until one has text
         try: read_file(p); return found
-        except Skip as e: bad.append(f"{p.relative_to(root)} ({str(e).replace(' text', '')})")
+        except Skip as e: bad.append(f"{p.relative_to(root)} ({e})")
     raise ConfigError(f"{where}: '{docs}' has no readable document: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''}; "
                       "expected UTF-8 text, HTML or PDF with text in it")
 

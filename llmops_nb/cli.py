@@ -115,7 +115,7 @@ def cmd_run(a):
 
 @contextlib.contextmanager
 def _failed_shown():
-    "A failed run (a stage's error, a quality gate) still ends with its stage lines and the gates' verdict, then the error."
+    "A failed run (a stage's error, a quality gate) still ends with its line per stage, then the error."
     from llmops_nb.pipeline import StageError
     try: yield
     except StageError as e:

@@ -51,6 +51,8 @@ class Request:
         # the repetition controls count the answer only (as `generation.answer_processors`): the tokens it holds, its n-grams
         self.seen = torch.zeros(model.vocab, dtype=torch.bool, device=model.device) if sampling.repetition_penalty != 1.0 else None
         self.ngrams = {}
+        b = sampling.logit_bias  # as tensors once, not at every step
+        self.bias = (torch.tensor(list(b), device=model.device), torch.tensor(list(b.values()), device=model.device)) if b else None
 
     def cancel(self): self.cancelled = True
 
@@ -192,7 +194,7 @@ def choose(reqs, logits: torch.Tensor) -> list:
         if (s.presence_penalty or s.frequency_penalty) and r.gen:
             t, c = torch.unique(torch.tensor(r.gen, device=xi.device), return_counts=True)
             xi[t] -= s.frequency_penalty * c.float() + s.presence_penalty
-        if s.logit_bias: xi[list(s.logit_bias)] += torch.tensor(list(s.logit_bias.values()), dtype=xi.dtype, device=xi.device)
+        if r.bias is not None: xi[r.bias[0]] += r.bias[1].to(xi.dtype)
         if s.temperature < GREEDY_BELOW: out[j] = int(xi.argmax()); continue
         xi = xi / s.temperature
         if s.top_p < 1.0:  # generate's TopPLogitsWarper: drop the least likely tokens holding 1 - top_p of the mass

@@ -119,7 +119,7 @@ def connect(db=None):
                         if migrate(con) > SCHEMA_VERSION:
                             raise ConfigError(f"feedback store {p} has a newer schema than this llmops_nb knows; upgrade the package")
                     except sqlite3.DatabaseError as e:
-                        if "locked" in str(e): raise
+                        if isinstance(e, sqlite3.OperationalError): raise  # busy or locked: not damage
                         raise ConfigError(f"feedback store {p} is not a readable SQLite database ({e}); restore it or use another (--db)") from None
                     _ready.add(key)
         con.row_factory = sqlite3.Row

@@ -241,10 +241,11 @@ def promote(ref, # the run: id, short id, latest, candidate or alias
 
 def _promote(rec, alias, ok, force, root, echo):
     from llmops_nb import tracking
-    check_alias(alias, list_runs(root))
+    runs = list_runs(root)
+    check_alias(alias, runs)
     rec.update(load_record(rec["run_dir"]))  # as it is now, under the lock
     at, reg = now(), registry(root)
-    prev = [r for r in list_runs(root) if (alias in r.get("aliases", []) or reg.get(alias, {}).get("run_id") == r["id"]) and r["id"] != rec["id"]]
+    prev = [r for r in runs if (alias in r.get("aliases", []) or reg.get(alias, {}).get("run_id") == r["id"]) and r["id"] != rec["id"]]
     for r in prev:
         r["aliases"] = sorted(set(r.get("aliases", [])) - {alias}); r.setdefault("promotions", []).append(dict(alias=alias, removed=at, moved_to=rec["id"])); save_record(r)
     rec["aliases"] = sorted(set(rec.get("aliases", [])) | {alias})

@@ -41,11 +41,11 @@ def command(dep, port: int, max_num_seqs: int = 16, extra=()) -> list:
 
 def max_model_len(extra=()) -> int | None:
     "The context `--max-model-len` sets among the extra `vllm serve` arguments (None: the model's own), for our prompt fitting."
-    for i, a in enumerate(extra):
-        v = a.split("=", 1)[1] if a.startswith("--max-model-len=") else extra[i + 1] if a == "--max-model-len" and i + 1 < len(extra) else None
-        if v is None: continue
-        if not v.isdigit(): raise ConfigError(f"--vllm-arg --max-model-len {v}: expected a number of tokens")
-        return int(v)
+    import argparse
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False); p.add_argument("--max-model-len")
+    v = p.parse_known_args(list(extra))[0].max_model_len  # `--max-model-len N` and `--max-model-len=N`, as vLLM's own parser reads them
+    if v is not None and not v.isdigit(): raise ConfigError(f"--vllm-arg --max-model-len {v}: expected a number of tokens")
+    return int(v) if v is not None else None
 
 def status_for(code: int) -> int:
     "Our status for an error vLLM answered: a request it finds invalid is the client's (400); busy is 503; the rest is the server's (500)."

@@ -373,7 +373,7 @@ def test_knowledge_base_without_readable_documents_names_them(params, tmp_path, 
     for name in KB: (tmp_path/"kb"/name).write_bytes(("R\xe9sum\xe9: " + KB[name]).encode("cp1252"))  # saved by an old Windows editor
     assert main(["run", str(f)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "has no readable document: battery.md (not UTF-8), charger.md (not UTF-8), island.md (not UTF-8)" in err and err.count("\n") == 0, err
+    assert "has no readable document: battery.md (not UTF-8 text), charger.md (not UTF-8 text), island.md (not UTF-8 text)" in err and err.count("\n") == 0, err
     assert not (tmp_path/"runs").exists()
 
 
