@@ -34,3 +34,13 @@ def test_outputs_are_current(tmp_path):
     O.run(src, dest)
     text = lambda fn: [(i, O._text(o)) for i, o in outputs(fn)]
     assert text(src) and text(dest) == text(src)
+
+
+def test_every_notebook_is_valid_nbformat():
+    "Every notebook validates against nbformat's schema: GitHub, nbconvert and JupyterLab refuse an invalid one (a cell_type of 'md', say), where nbdev does not."
+    import nbformat
+    bad = []
+    for p in sorted((ROOT/"nbs").rglob("*.ipynb")):
+        try: nbformat.validate(nbformat.read(p, as_version=4))
+        except nbformat.ValidationError as e: bad.append(f"{p.relative_to(ROOT)}: {e.message[:120]}")
+    assert not bad, bad
