@@ -37,7 +37,8 @@ run: install                  ## the default pipeline (override: make run PARAMS
 test: dev                     ## every notebook (nbdev_test), then pytest
 	# two notebooks at a time on two cores: one torch thread each, or they fight over the cores
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/pytest -q --durations=15 tests
+	# pytest the same way: two workers, one torch thread each; a module's tests share a worker (tests/conftest.py)
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 smoke: install                ## the whole pipeline on a tiny random model, in a minute or two
 	$(BIN)/llmops run params/smoke.yaml

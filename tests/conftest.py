@@ -53,6 +53,16 @@ def pytest_configure(config):
     if hasattr(config.option, "asyncio_mode"): config.option.asyncio_mode = "auto"
 
 
+SHARED_RUNS = {"smoke_cli", "preference_run"}  # session fixtures: the tests that use them share one xdist worker
+
+def pytest_collection_modifyitems(config, items):
+    # `make test` runs pytest on two workers (`-n 2 --dist loadgroup`): a module's tests stay on one worker, so each
+    # module-scoped fixture (a server, a run) is built once; the tests that read one shared run go with each other
+    for it in items:
+        group = "shared-runs" if SHARED_RUNS & set(it.fixturenames) else it.path.stem
+        it.add_marker(pytest.mark.xdist_group(group))
+
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's chromium, driven by Playwright
 
 @pytest.fixture
