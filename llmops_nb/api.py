@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, secrets
 from dataclasses import dataclass, field
+from .limits import MAX_MESSAGES, MAX_NOTE_CHARS
 
 # %% auto #0
 __all__ = ['TYPES', 'ROLES', 'UNSUPPORTED', 'KNOWN', 'DONE', 'ApiError', 'bad', 'ChatRequest', 'content_text', 'parse_chat',
@@ -84,6 +85,8 @@ def parse_chat(body) -> ChatRequest:
     if not isinstance(body.get("model"), str) or not body["model"]: raise bad("'model' is required: a model id from GET /v1/models", "model")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs: raise bad("'messages' is required: a non-empty list of {role, content}", "messages")
+    if len(msgs) > MAX_MESSAGES:  # OpenAI's words: the SDKs and their users know them
+        raise bad(f"Invalid 'messages': array too long. Expected an array with maximum length {MAX_MESSAGES}, but got an array with length {len(msgs)} instead.", "messages")
     out = []
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
@@ -158,6 +161,7 @@ def parse_feedback(body) -> dict:
     for k in ("correction", "comment"):
         if body.get(k) is not None:
             if not isinstance(body[k], str): raise bad(f"'{k}' must be a string", k)
+            if len(body[k]) > MAX_NOTE_CHARS: raise bad(f"'{k}' is {len(body[k]):,} characters long; the limit is {MAX_NOTE_CHARS:,}: shorten it", k)
             out[k] = body[k]
     if len(out) == 1: raise bad("give a rating, a correction or a comment", "rating")
     return out

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .core import md_code, md_text
+from .core import interval, md_code, md_text
 from .runs import _num, aliases, gate_rows, gates_passed, output, stage_metrics, stage_out
 from .summary import preference
 
@@ -54,7 +54,7 @@ def _card_evaluation(rec, stage=None) -> list:
     if rows:
         by = {}
         for r in rows:
-            by.setdefault(r["metric"], {})[r["group"]] = f"{r['mean']:.4f}" + (f" [{r['low']:.4f}, {r['high']:.4f}]" if _num(r["low"]) else "")
+            by.setdefault(r["metric"], {})[r["group"]] = f"{r['mean']:.4f}" + interval(r["low"], r["high"], ".4f")
         L += ["Means with 95% bootstrap intervals on the test split.", "", "| metric | base | tuned | delta |", "|---|---|---|---|"]
         L += [f"| {k} | {v.get('base', '')} | {v.get('tuned', '')} | {v.get('delta', '')} |" for k, v in by.items()]
     else: L += ["No evaluation in this run."]
@@ -63,7 +63,7 @@ def _card_evaluation(rec, stage=None) -> list:
         A, B = stage.upper(), pr[0]["against"].upper()
         L += ["", f"`tuned` is finetune's SFT adapter; the {A} adapter described here against {B}, paired per example:", "",
               f"| metric | {B} | {A} | {A} - {B} [95% interval] | verdict |", "|---|---|---|---|---|"]
-        L += [f"| {md_text(r['metric'])} | {_fmt(r['sft'])} | {_fmt(r['value'])} | {_fmt(r['delta'])} [{_fmt(r['low'])}, {_fmt(r['high'])}] | {r['verdict']} |" for r in pr]
+        L += [f"| {md_text(r['metric'])} | {_fmt(r['sft'])} | {_fmt(r['value'])} | {_fmt(r['delta'])}{interval(r['low'], r['high'], '+.4f')} | {r['verdict']} |" for r in pr]
     rg = stage_metrics(rec, "rag_eval")
     if rg:
         L += ["", "Retrieval-augmented answers (`rag_eval`): " + ", ".join(f"{k} {_fmt(v)}" for k, v in rg.items()

@@ -27,19 +27,23 @@ def run_inputs(ref, run_root="runs") -> dict:
 # %% ../nbs/25_chat.ipynb #754c8676
 class Answerer:
     "question -> {answer, sources, cited, top_similarity, latency_ms, note} over a RAG chain, questions capped; `meta` holds run/model/adapter ids."
-    def __init__(self, index, model: str = "tiny-random", adapter=None, k: int = RagEvalConfig.k, mode: str = RagEvalConfig.retrieval,
-                 max_new_tokens: int = 128, run_id=None, max_chars: int = MAX_CHARS, max_tokens: int = MAX_TOKENS, dtype: str = "auto", gen: dict | None = None):
+    def __init__(self, index, model: str = RagEvalConfig.model, adapter=None, k: int = RagEvalConfig.k, mode: str = RagEvalConfig.retrieval,
+                 max_new_tokens: int | None = None, run_id=None, max_chars: int = MAX_CHARS, max_tokens: int = MAX_TOKENS,
+                 dtype: str = RagEvalConfig.dtype, gen: dict | None = None):
+        "`gen`: generate's settings (`generation.gen_kwargs`; the run's rag_eval ones in `from_run`), rag_eval's declared defaults for those it leaves out; `max_new_tokens`, when given, replaces gen's."
         from llmops_nb import rag, stores
+        from llmops_nb.generation import gen_kwargs
         self.store = stores.open_index(index)
-        llm = rag.hf_llm(model, adapter, dtype=dtype, max_new_tokens=max_new_tokens, **(gen or {}))
+        self.gen = {**gen_kwargs(RagEvalConfig()), **(gen or {}), **({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens})}
+        llm = rag.hf_llm(model, adapter, dtype=dtype, **self.gen)
         self.chain, self.llm, self.tok = rag.qa_chain(self.store, llm=llm, k=k, mode=mode), llm, llm.tok  # llm: the weights it answers with
         self.k, self.mode, self.lock, self.max_chars, self.max_tokens = k, mode, threading.Lock(), max_chars, max_tokens
         self.meta = {"run_id": run_id, "model_id": str(model), "adapter_id": str(adapter) if adapter else None}
 
     @classmethod
     def from_run(cls, ref=None, run_root="runs", model=None, index=None, adapter=None, k=None, **kw):
-        "From a run's outputs and the retrieval and generation settings its rag_eval scored; `model`, `index`, `adapter` and `k` override them (or replace the run)."
-        got = run_inputs(ref, run_root) if ref else {"index": None, "adapter": None, "model": "tiny-random", "run_id": None}
+        "From a run's outputs and the retrieval and generation settings its rag_eval scored; `model`, `index`, `adapter`, `k` and `max_new_tokens` override them (or replace the run)."
+        got = run_inputs(ref, run_root) if ref else {"index": None, "adapter": None, "model": RagEvalConfig.model, "run_id": None}
         index = index or got["index"]
         if index is None: raise ConfigError("no index: give a RUN whose run built one (rag_index), or --index FOLDER")
         run = {key: got[key] for key in ("mode", "dtype", "gen") if key in got}
@@ -124,7 +128,8 @@ def chat_app(answerer, db=None, title: str = "Ask the knowledge base", review_ta
         except InputTooLong as e: return None, "", "", f"Not asked: {e}."  # nothing stored, nothing generated
         rid = record(q, r["answer"], r["sources"], latency_ms=r["latency_ms"], top_similarity=r["top_similarity"], db=db, **meta)
         note = f" ({r['note']})" if r.get("note") else ""
-        return rid, r["answer"] or "_(empty answer)_", format_sources(r["sources"]), f"Answered in {r['latency_ms']:.0f} ms (#{rid}){note}. Was it helpful?"
+        answer = md_text(r["answer"]) if r["answer"] else "_(empty answer)_"  # the model's text (from a prompt-injectable KB) as text: no image fetched, no link
+        return rid, answer, format_sources(r["sources"]), f"Answered in {r['latency_ms']:.0f} ms (#{rid}){note}. Was it helpful?"
     def vote(rid, v):
         if rid is None: return "Ask a question first."
         rate(rid, v, db=db); return f"Thanks, recorded {'👍' if v == 1 else '👎'} for #{rid}. A correction helps even more."

@@ -16,6 +16,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from .core import ConfigError, resolve_path
 from .documents import Skip, chunk_file, embed_text, scan
+from .settings import RagIndexConfig
 from .vectorstore import EMBED_TEXT, embed_texts, get_embeddings, unit
 
 # %% auto #0
@@ -88,7 +89,7 @@ def check_collection(name: str) -> str:
 # %% ../nbs/14a_chroma.ipynb #1f5cd380
 class ChromaStore(Chroma):
     "LangChain's Chroma over a server collection, embedding `embed_text` (title, headings, text) with cosine distance."
-    def __init__(self, embedding: Embeddings, collection: str = "llmops-kb", client=None, url: str = "", meta: dict | None = None):
+    def __init__(self, embedding: Embeddings, collection: str = RagIndexConfig.collection, client=None, url: str = "", meta: dict | None = None):
         super().__init__(collection_name=check_collection(collection), embedding_function=embedding,
                          client=client or connect(url), collection_metadata={"hnsw:space": "cosine"})
         self.meta = {"store": "chroma", "collection": collection, **(meta or {})}
@@ -162,10 +163,10 @@ def _open(client, name, want: dict) -> tuple:
 
 def build_index(docs, # folder of documents
                 url: str = "", # the Chroma server (see `connect`)
-                collection: str = "llmops-kb", # collection name
-                embedding_model: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
-                chunk_size: int = 800, # characters per chunk
-                chunk_overlap: int = 100, # characters shared by neighbouring chunks
+                collection: str = RagIndexConfig.collection, # collection name
+                embedding_model: str = RagIndexConfig.embedding_model, # sentence-transformers alias, folder or hub id
+                chunk_size: int = RagIndexConfig.chunk_size, # characters per chunk
+                chunk_overlap: int = RagIndexConfig.chunk_overlap, # characters shared by neighbouring chunks
                 embeddings: Embeddings | None = None, # a LangChain Embeddings to use instead of embedding_model
                 client=None, # a chromadb client instead of `url`
                ) -> tuple: # (ChromaStore, stats like vectorstore.build_index's)

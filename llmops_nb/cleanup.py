@@ -22,7 +22,15 @@ def held_by(rec: dict, reg: dict) -> list:
     "The aliases that name run `rec`, in the registry `reg` or its own record."
     return sorted({a for a, v in reg.items() if v.get("run_id") == rec["id"]} | set(rec.get("aliases", [])))
 
-def _why_not(rec, runs, reg, force) -> str:
+def _outside(rec: dict, root: Path) -> str:
+    "Why run `rec`'s folder is not one to delete: a link, or not a folder directly in the run root `root`; '' when it is."
+    d = Path(rec["run_dir"])
+    if d.is_symlink() or not d.is_dir(): return f"{d} is {'a link' if d.is_symlink() else 'not a folder'}, not a run folder (remove it by hand if you mean it)"
+    if d.resolve().parent != root.resolve(): return f"its folder {d} is not in the run root {root} (give that run root with --run-root)"
+    return ""
+
+def _why_not(rec, runs, reg, force, root) -> str:
+    if why := _outside(rec, root): return why
     if al := held_by(rec, reg): return f"it is '{', '.join(al)}' (move the alias with `llmops promote OTHER_RUN --alias {al[0]}` first)"
     if (u := users(rec, runs)) and not force: return f"run {', '.join(u)} reuses its stages (--force removes it all the same)"
     if (h := run_lock(rec).holder()): return f"process {h.get('pid', '?')} on {h.get('host', '?')} is running it"
@@ -30,6 +38,7 @@ def _why_not(rec, runs, reg, force) -> str:
 
 def _drop(rec: dict, root: Path) -> int:
     "Remove run `rec`'s folder and the cache entries that point into it; returns the bytes freed."
+    if why := _outside(rec, root): raise ConfigError(f"run {rec['id']} not removed: {why}")  # checked again right before the delete
     d = Path(rec["run_dir"])
     size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and not p.is_symlink())
     for c in (root/".cache").glob("*.json") if (root/".cache").exists() else []:
@@ -47,11 +56,11 @@ def remove(refs, # runs: ids, short ids, latest or folders
           ) -> list: # the ids removed
     "Remove the runs `refs` name (all checked first: one that cannot go stops them all, with a one-line reason)."
     recs = [load_record(r, run_root) for r in ([refs] if isinstance(refs, str) else refs)]
-    root = Path(recs[0]["run_dir"]).parent if recs else resolve_path(run_root)
+    root = resolve_path(run_root)
     runs, reg, ids = list_runs(root), registry(root), {r["id"] for r in recs}
     for rec in recs:
         keep = [r for r in runs if r["id"] not in ids]
-        if why := _why_not(rec, keep, reg, force): raise ConfigError(f"run {rec['id']} not removed: {why}")
+        if why := _why_not(rec, keep, reg, force, root): raise ConfigError(f"run {rec['id']} not removed: {why}")
     freed = sum(_drop(rec, root) for rec in recs)
     echo(f"removed {len(recs)} run(s): {', '.join(r['id'] for r in recs)} ({freed / 1e6:.1f} MB)")
     return [r["id"] for r in recs]
@@ -76,7 +85,7 @@ def collect(run_root="runs", # folder of runs
         changed = False
         for r in runs:
             keep = [x for x in runs if x["id"] not in gone]
-            if r["id"] not in gone and r["id"] not in cand and _age_days(r) > days and not _why_not(r, keep, reg, False): gone.add(r["id"]); changed = True
+            if r["id"] not in gone and r["id"] not in cand and _age_days(r) > days and not _why_not(r, keep, reg, False, root): gone.add(r["id"]); changed = True
     todo = [r for r in runs if r["id"] in gone]
     if dry_run: echo(f"would remove {len(todo)} run(s) older than {days:g} days: {', '.join(r['id'] for r in todo) or 'none'}")
     elif todo: remove([r["run_dir"] for r in todo], root, force=True, echo=echo)

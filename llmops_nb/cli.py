@@ -242,7 +242,7 @@ def cmd_sync(a):
          arg("--model", default=None, help="causal LM alias/folder/hub id (default: the run's)"),
          arg("--index", default=None, help="index folder (default: the run's rag_index output)"),
          arg("--adapter", default=None, help="PEFT adapter folder (default: the adapter the run serves: kto, then dpo, then finetune)"),
-         arg("--k", type=COUNT, default=None, help="passages retrieved per question (default: the run's rag_eval k)"), arg("--max-new-tokens", type=COUNT, default=128, help="longest answer"),
+         arg("--k", type=COUNT, default=None, help="passages retrieved per question (default: the run's rag_eval k)"), arg("--max-new-tokens", type=COUNT, default=None, help="longest answer, in tokens (default: the run's rag_eval max_new_tokens)"),
          arg("--max-chars", type=COUNT, default=4000, help="longest question, in characters (limits.MAX_CHARS)"),
          arg("--max-tokens", type=COUNT, default=1024, help="longest question, in tokens (limits.MAX_TOKENS)"),
          arg("--db", default=None, help=DB))
@@ -280,15 +280,25 @@ def cmd_feedback_export(a):
     print("left out: " + ", ".join(f"{n} {s}" for s, n in r["left_out"].items()) + " (review them: `llmops feedback review`)")
     for out, why in r["refused"].items(): print(f"refused from {out}: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in why.items()))
 
+def _plain(df):
+    "`df` with its text (cells and index) as `review.plain` shows it: a model name or question a client sent cannot drive the terminal."
+    from pandas.api.types import is_string_dtype  # object or str columns
+    from llmops_nb.review import plain
+    df = df.copy()
+    for c in df.columns:
+        if is_string_dtype(df[c]): df[c] = df[c].map(plain)
+    if is_string_dtype(df.index): df.index = df.index.map(plain)
+    return df
+
 @command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps; served requests per model (+ plots, W&B)",
          arg("--out", default=None, help="output folder (default feedback/monitor)"), arg("--db", default=None, help=DB),
          arg("--threshold", type=float, default=0.4, help="similarity below which a retrieved chunk counts as unrelated"))
 def cmd_monitor(a):
     from llmops_nb.monitor import monitor
     r = monitor(a.out, db=a.db, threshold=a.threshold)
-    print(r["daily"].round(3).to_string() if len(r["daily"]) else "no feedback yet")
-    if len(r["top_downvoted"]): print("\nmost downvoted:\n" + r["top_downvoted"].to_string(index=False))
-    if len(r.get("serving", [])): print("\nserving, per model:\n" + r["serving"].round(3).to_string())
+    print(_plain(r["daily"].round(3)).to_string() if len(r["daily"]) else "no feedback yet")
+    if len(r["top_downvoted"]): print("\nmost downvoted:\n" + _plain(r["top_downvoted"]).to_string(index=False))
+    if len(r.get("serving", [])): print("\nserving, per model:\n" + _plain(r["serving"].round(3)).to_string())
     print(f"\nplot: {r['figure']}")
 
 # %% ../nbs/27_cli.ipynb #15963756
@@ -299,6 +309,7 @@ def cmd_monitor(a):
          arg("--engine", choices=["hf", "vllm"], default="hf", help="hf: the batching engine in this process; vllm: a vLLM server (GPU, pip install vllm)"),
          arg("--name", default=None, help="served name of the tuned model (NAME and NAME-rag); default: the alias, else the run's name and id end"),
          arg("--api-key-file", default=None, help="file holding the API key (else $LLMOPS_API_KEY); never a params file"),
+         arg("--review-key-file", default=None, help="file holding the reviewer key (else $LLMOPS_REVIEW_KEY), needed to list and decide feedback; without one, review answers this machine's clients only"),
          arg("--max-batch", type=COUNT, default=16, help="requests decoded together"),
          arg("--max-queue", type=within(0), default=256, help="requests allowed to wait for a batch row; beyond that, 503"),
          arg("--max-tokens", type=COUNT, default=1024, help="the longest answer a request may ask for"),
@@ -313,7 +324,7 @@ def cmd_serve(a):
     from llmops_nb.serving import Caps
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(a.target, a.run_root, a.host, a.port, a.engine, a.name, a.db, a.api_key_file, a.max_batch, a.max_queue,
-          Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args), hosts=tuple(a.hosts))
+          Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args), hosts=tuple(a.hosts), review_key_file=a.review_key_file)
 
 # %% ../nbs/27_cli.ipynb #ab3d9404
 PRELOADED = {cmd_serve, cmd_chat}  # long-lived commands that restart themselves on malloc_env's allocator

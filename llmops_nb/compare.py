@@ -4,7 +4,7 @@
 
 # %% ../nbs/22_compare.ipynb #25ce6c20
 from __future__ import annotations
-import html, itertools, json, os
+import itertools, json, os
 from datetime import datetime, timezone
 from pathlib import Path
 from .core import ConfigError, resolve_path, write_atomic, write_json
@@ -13,8 +13,8 @@ from .decision import page
 from .params import read_yaml
 
 # %% auto #0
-__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare_html', 'compare', 'check_metric', 'load_sweep', 'sweep_points',
-           'point_sets', 'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
+__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare', 'check_metric', 'load_sweep', 'sweep_points', 'point_sets',
+           'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
 
 # %% ../nbs/22_compare.ipynb #84f7ecfa
 def compare_tables(recs: list):
@@ -30,16 +30,6 @@ def compare_tables(recs: list):
     metrics = pd.DataFrame({i: [m.get(k) for k in mk] for i, m in zip(ids, M)}, index=mk).rename_axis("metric")
     for i in ids[1:]: metrics[f"delta {i}"] = metrics[i] - metrics[ids[0]]
     return params, metrics
-
-def compare_html(params, metrics, title="Run comparison", runs_html="") -> str:
-    "A standalone HTML page of the two comparison tables (after `runs_html`, e.g. a list of the runs)."
-    css = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
-           "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}")
-    fmt = lambda df: df.to_html(na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{css}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{runs_html}<h2>Parameters that differ</h2>"
-            + (fmt(params) if len(params) else "<p>None: the runs used the same parameters.</p>")
-            + f"<h2>Metrics</h2><p>delta columns: value minus the first run's.</p>{fmt(metrics)}</body></html>")
 
 def compare(run_ids, # two or more runs (ids, short ids or aliases)
             run_root="runs", # folder of runs

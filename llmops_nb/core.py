@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3dba7820
 from __future__ import annotations
-import hashlib, html, json, os, re, socket, tempfile, time
+import hashlib, html, json, math, os, re, socket, tempfile, time
 from pathlib import Path
 try: import fcntl
 except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (see Lock)
@@ -12,7 +12,7 @@ except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (se
 # %% auto #0
 __all__ = ['ConfigError', 'project_root', 'resolve_path', 'write_atomic', 'write_json', 'write_jsonl', 'read_jsonl',
            'files_under', 'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code',
-           'seed_everything']
+           'interval', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #b445cfb5
 class ConfigError(ValueError):
@@ -187,6 +187,16 @@ def md_code(x, table: bool = False) -> str:
     if table: s = s.replace("|", "\\|")
     n = max((len(m) for m in re.findall(r"`+", s)), default=0) + 1
     return f"{'`' * n} {s} {'`' * n}" if n > 1 else f"`{s}`"
+
+# %% ../nbs/00_core.ipynb #b7d2e4f6
+def interval(low, high, # the bounds (None or an infinite bound: no interval)
+             fmt: str = ".3f", # format of each bound
+             scale: tuple | None = None, # (min, max) the values can take, e.g. a judge's (1, 5)
+            ) -> str:
+    "` [low, high]` to print after a mean, clipped to `scale`; '' when a bound is missing or not finite."
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)): return ""
+    if scale: low, high = max(low, scale[0]), min(high, scale[1])
+    return f" [{low:{fmt}}, {high:{fmt}}]"
 
 # %% ../nbs/00_core.ipynb #f2daf410
 def seed_everything(seed: int = 42):

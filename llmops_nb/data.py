@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json
 from pathlib import Path
 from .core import ConfigError, project_root, read_jsonl, resolve_path, stage_dir
+from .settings import PrepareConfig
 from .stages import output
 
 # %% auto #0
@@ -122,7 +123,7 @@ def load_records(source, # a data file, a datasets folder or a hub dataset id
     return datasets.Dataset.from_dict({"messages": out})
 
 # %% ../nbs/05_data.ipynb #7d03c54d
-def held_out(n: int, val_size: float = 0.1, test_size: float = 0.1) -> tuple:
+def held_out(n: int, val_size: float = PrepareConfig.val_size, test_size: float = PrepareConfig.test_size) -> tuple:
     "(validation, test) record counts for `n` records: a split asked for gets at least one, and one record at least is left to train on."
     n_test, n_val = round(n * test_size), round(n * val_size)
     n_test, n_val = (max(1, x) if share else 0 for x, share in ((n_test, test_size), (n_val, val_size)))  # a split asked for is never empty
@@ -131,7 +132,7 @@ def held_out(n: int, val_size: float = 0.1, test_size: float = 0.1) -> tuple:
                           f"({n_val} held out for validation, {n_test} for the test); give at least {1 + n_val + n_test} records, or set prepare.val_size and prepare.test_size to 0")
     return n_val, n_test
 
-def split_dataset(ds, val_size: float = 0.1, test_size: float = 0.1, seed: int = 42):
+def split_dataset(ds, val_size: float = PrepareConfig.val_size, test_size: float = PrepareConfig.test_size, seed: int = PrepareConfig.seed):
     "DatasetDict(train, validation, test), shuffled with `seed`."
     import datasets
     if not 0 <= val_size < 1 or not 0 <= test_size < 1 or val_size + test_size >= 1:
@@ -152,11 +153,11 @@ def fingerprint(dd) -> str:
 # %% ../nbs/05_data.ipynb #21789640
 def prepare(source, # a data file, a datasets folder or a hub dataset id
             out_dir="", # the stage folder (empty: a temporary one)
-            val_size=0.1, # share held out for validation
-            test_size=0.1, # share held out for the test
-            seed=42, # seed of the shuffle before splitting
-            system_prompt="", # system message put first in every conversation (empty: none)
-            max_examples=0, # use only this many records (0: all)
+            val_size=PrepareConfig.val_size, # share held out for validation
+            test_size=PrepareConfig.test_size, # share held out for the test
+            seed=PrepareConfig.seed, # seed of the shuffle before splitting
+            system_prompt=PrepareConfig.system_prompt, # system message put first in every conversation (empty: none)
+            max_examples=PrepareConfig.max_examples, # use only this many records (0: all)
             split=None, # the split of a hub dataset or DatasetDict folder to read
             columns=None, # field prepare reads -> your column, e.g. {"prompt": "question", "completion": "answer"}
            ) -> dict: # fingerprint, source, out_dir and split sizes
@@ -175,9 +176,9 @@ def load_prepared(prepare_dir):
     p = output("prepare", prepare_dir, "dataset")
     return datasets.load_from_disk(str(p))
 
-SAMPLE = "data/instructions.jsonl"
+SAMPLE = PrepareConfig.data  # the shipped sample data: prepare's default
 SAMPLE_SYSTEM = "You are the Kestrel Home support assistant. Answer briefly and precisely."
 
-def prepare_sample(out_dir="", max_examples=0) -> Path:
+def prepare_sample(out_dir="", max_examples=PrepareConfig.max_examples) -> Path:
     "Run `prepare` on the shipped sample data; returns the stage folder."
     return Path(prepare(project_root()/SAMPLE, out_dir, system_prompt=SAMPLE_SYSTEM, max_examples=max_examples)["out_dir"])

@@ -5,14 +5,15 @@
 # %% ../nbs/31_deploy.ipynb #ecce2a9b
 from __future__ import annotations
 import logging, threading, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from .core import ConfigError
 from . import runs as R
-from .settings import Generation
+from . import stages as ST
 
 # %% auto #0
-__all__ = ['log', 'base_name', 'run_parts', 'model_names', 'Served', 'Deployment', 'load', 'Follower']
+__all__ = ['log', 'SAMPLING', 'base_name', 'stage_settings', 'run_parts', 'model_names', 'Served', 'Deployment', 'load',
+           'Follower']
 
 # %% ../nbs/31_deploy.ipynb #9e469342
 log = logging.getLogger("llmops_nb.serve")
@@ -21,16 +22,23 @@ def base_name(model: str) -> str:
     "The served name of a base model: a packaged alias as it is, else the last part of its folder or hub id."
     return Path(str(model).rstrip("/")).name or str(model)
 
+def stage_settings(rec: dict, stage: str):
+    "The settings dataclass `stage` of run `rec` ran with: the run's resolved params over the declared defaults (all of them when the run left the stage out)."
+    cls, got = ST.stage(stage).config, rec.get("config", {}).get("params", {}).get(stage, {})
+    return cls(**{f.name: got[f.name] for f in fields(cls) if f.name in got})
+
+SAMPLING = ("repetition_penalty", "no_repeat_ngram_size")  # the run's settings `engine.Sampling` takes as they are (generate's names and meaning)
+
 def run_parts(rec: dict) -> dict:
-    "What a run serves: base `model` and `adapter` (`runs.tuned`: the last adapter stage's, or None), `index` (or None), and the settings it ran with."
+    "What a run serves: base `model` and `adapter` (`runs.tuned`: the last adapter stage's, or None), `index` (or None), and the settings it ran with: `gen` / `rag_gen` are evaluate's / rag_eval's `generation.gen_kwargs`, `k` and `mode` rag_eval's."
+    from llmops_nb.generation import gen_kwargs
     params = rec.get("config", {}).get("params", {})
     t = R.tuned(rec)
     model, adapter = t["model"], t["adapter"]
-    gen = lambda stage: {k: params.get(stage, {}).get(k, getattr(Generation, k)) for k in ("repetition_penalty", "no_repeat_ngram_size")}
-    rag = params.get("rag_eval", {})
+    ev, rag = stage_settings(rec, "evaluate"), stage_settings(rec, "rag_eval")
     return {"model": model, "adapter": adapter, "index": R.output(rec, "rag_index", "index"), "run_id": rec["id"],
-            "system": params.get("prepare", {}).get("system_prompt", ""), "k": rag.get("k", 4), "mode": rag.get("retrieval", "hybrid"),
-            "gen": gen("evaluate"), "rag_gen": gen("rag_eval"),
+            "system": stage_settings(rec, "prepare").system_prompt, "k": rag.k, "mode": rag.retrieval,
+            "gen": gen_kwargs(ev), "rag_gen": gen_kwargs(rag),
             "dtype": next((params[s]["dtype"] for s in ("rag_eval", "evaluate") if "dtype" in params.get(s, {})), rec.get("raw", {}).get("dtype", "auto"))}
 
 def model_names(rec: dict, target: str, name: str | None = None, run_root="runs") -> dict:
@@ -48,9 +56,10 @@ class Served:
     tok: object # the tokenizer (prompts, token counts)
     context: int # the model's context length, in tokens
     lineage: dict # base model, adapter folder, run id
-    defaults: dict = field(default_factory=dict) # `engine.Sampling` defaults from the run's settings
+    defaults: dict = field(default_factory=dict) # `engine.Sampling` defaults from the run's settings (`SAMPLING`)
     system: str = "" # system message for requests that bring none
     rag: dict | None = None # store, retriever, k, mode (the rag model)
+    gen: dict = field(default_factory=dict) # every generate setting the run scored this model with (`run_parts`: evaluate's, rag_eval's for the rag model)
 
     def card(self, created: int) -> dict:
         "The model's entry in `GET /v1/models` (OpenAI's fields, plus its kind and lineage)."
@@ -96,12 +105,12 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         if adapter: lm = lm.merge_and_unload().to(pick_dtype(dt, device))  # merged in fp32, rounded once
         m = Model(lm, tok, names["tuned" if adapter else "base"])
         return m, tok, m.context
-    models = {}
+    models, sampling = {}, lambda gen: {k: gen[k] for k in SAMPLING}
     m, tok, ctx = served("base", None)
-    models[names["base"]] = Served(names["base"], "base", m, tok, ctx, lineage(None), p["gen"], p["system"])
+    models[names["base"]] = Served(names["base"], "base", m, tok, ctx, lineage(None), sampling(p["gen"]), p["system"], gen=p["gen"])
     if p["adapter"]:
         m, tok, ctx = served("tuned", p["adapter"])
-        models[names["tuned"]] = Served(names["tuned"], "tuned", m, tok, ctx, lineage(p["adapter"]), p["gen"], p["system"])
+        models[names["tuned"]] = Served(names["tuned"], "tuned", m, tok, ctx, lineage(p["adapter"]), sampling(p["gen"]), p["system"], gen=p["gen"])
     if p["index"]:
         from llmops_nb.retrieval import make_retriever
         from llmops_nb.stores import open_index
@@ -109,7 +118,7 @@ def load(target: str, # a run id, short id, latest, candidate or registry alias
         store = prev["store"] if prev else open_index(p["index"])
         rag = {"index": str(p["index"]), "store": store, "retriever": make_retriever(store, p["mode"], p["k"]), "k": p["k"], "mode": p["mode"]}
         models[names["rag"]] = Served(names["rag"], "rag", m, tok, ctx, {**lineage(p["adapter"]), "index": str(p["index"]),
-                                      "retrieval": p["mode"], "k": p["k"]}, p["rag_gen"], "", rag)
+                                      "retrieval": p["mode"], "k": p["k"]}, sampling(p["rag_gen"]), "", rag, p["rag_gen"])
     log.info("run %s: serving %s", rec["id"], ", ".join(models))
     return Deployment(str(target), rec["id"], models)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib, re, tempfile
 from pathlib import Path
 from langchain_core.documents import Document
-from .core import ConfigError, resolve_path
+from .core import ConfigError, resolve_path, sha256_path
 
 # %% auto #0
-__all__ = ['LOADERS', 'HEADERS', 'example_kb', 'Skip', 'read_file', 'chunk_file', 'chunk_id', 'embed_text', 'file_hash', 'scan']
+__all__ = ['LOADERS', 'HEADERS', 'example_kb', 'Skip', 'read_file', 'chunk_file', 'chunk_id', 'embed_text', 'scan']
 
 # %% ../nbs/13_documents.ipynb #606f0277
 def example_kb(folder=None) -> Path:
@@ -75,8 +75,8 @@ def read_file(p) -> tuple:
 # %% ../nbs/13_documents.ipynb #7d58e1eb
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3")]
 
-def chunk_file(p, root, chunk_size: int = 800, chunk_overlap: int = 100) -> list:
-    "The chunks (LangChain `Document`s) of file `p` inside folder `root`."
+def chunk_file(p, root, chunk_size: int, chunk_overlap: int) -> list:
+    "The chunks (LangChain `Document`s) of file `p` inside folder `root`; `chunk_size` and `chunk_overlap` in characters (the rag_index settings)."
     from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
     p, root = Path(p), Path(root)
     kind, title, secs = read_file(p)
@@ -109,8 +109,6 @@ def embed_text(d: Document) -> str:
     return f"{head}\n{d.page_content}" if head else d.page_content
 
 # %% ../nbs/13_documents.ipynb #57206c19
-def file_hash(p) -> str: return hashlib.sha256(Path(p).read_bytes()).hexdigest()
-
 def scan(folder) -> tuple:
     "({relative path: sha256} of supported files, [unsupported relative paths]) below `folder`."
     root = resolve_path(folder)
@@ -119,6 +117,6 @@ def scan(folder) -> tuple:
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if not p.is_file() or any(s.startswith(".") for s in rel.parts): continue
-        if p.suffix.lower() in LOADERS: files[rel.as_posix()] = file_hash(p)
+        if p.suffix.lower() in LOADERS: files[rel.as_posix()] = sha256_path(p)
         else: other.append(rel.as_posix())
     return files, other

@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 import numpy as np
 from . import metrics as _metrics
-from .core import ConfigError
+from .core import ConfigError, interval
 
 # %% auto #0
-__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'SQUAD', 'PAIRWISE', 'MIN_BOOT',
+__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'PAIRWISE', 'MIN_BOOT',
            'default_metrics', 'metrics_dir', 'metric_names', 'metric_path', 'load_metric', 'metric_keys',
            'score_examples', 'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError',
            'gate_metrics', 'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes',
@@ -60,10 +60,8 @@ def load_metric(name: str, **kwargs):
     return _LOADED[key]
 
 # %% ../nbs/12_evaluation.ipynb #bc80b833
-SQUAD = {"regexes_to_ignore": [r"(?i)\b(a|an|the)\b", r"\s+"], "ignore_case": True, "ignore_punctuation": True}  # SQuAD's normalisation, as token F1's
-
 PAIRWISE = {"bleu": ("bleu", {"smooth": True}), "sacrebleu": ("score", {"use_effective_order": True}), "chrf": ("score", {}),  # sentence scores as sacrebleu makes them
-            "exact_match": ("exact_match", SQUAD), "token_f1": ("token_f1", {})}
+            "exact_match": ("exact_match", {"squad": True}), "token_f1": ("token_f1", {})}  # exact match normalised as token F1 is (SQuAD's)
 
 def metric_keys(name: str) -> list:
     "Score keys that metric `name` produces."
@@ -191,9 +189,9 @@ def check_gates(metrics: dict, # flat {name: value}, e.g. gate_metrics(compare(.
 
 # %% ../nbs/12_evaluation.ipynb #a3c1e7d2
 def summary_table(summary: dict, keys, groups=("base", "tuned", "delta")):
-    "DataFrame metric x group of 'mean [low, high]' strings from `compare`'s output."
+    "DataFrame metric x group of 'mean [low, high]' strings from `compare`'s output (no interval from one example)."
     import pandas as pd
-    cell = lambda g, k: f"{summary[g][k]:.4g} [{summary[g + '_ci'][k][0]:.4g}, {summary[g + '_ci'][k][1]:.4g}]"
+    cell = lambda g, k: f"{summary[g][k]:.4g}" + interval(*summary[g + "_ci"][k], fmt=".4g")
     return pd.DataFrame({g: {k: cell(g, k) for k in keys} for g in groups if g in summary})
 
 # %% ../nbs/12_evaluation.ipynb #490b749f

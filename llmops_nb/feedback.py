@@ -12,7 +12,7 @@ from .core import ConfigError, project_root, resolve_path, write_jsonl
 
 # %% auto #0
 __all__ = ['DEFAULT_DB', 'BUSY_MS', 'MIGRATIONS', 'SCHEMA_VERSION', 'DECISIONS', 'COLUMNS', 'db_path', 'schema_version',
-           'migrate', 'connect', 'record', 'rate', 'review', 'load', 'as_dataset']
+           'migrate', 'connect', 'record', 'rate', 'review', 'load']
 
 # %% ../nbs/23_feedback.ipynb #b566d329
 DEFAULT_DB = "feedback/feedback.db"
@@ -209,20 +209,3 @@ def load(db=None):
     df["rating"] = df["rating"].astype("Int64")
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
     return df
-
-def as_dataset(db=None):
-    "The store as a `datasets.Dataset` (timestamps as ISO strings, `sources` as a list of dicts)."
-    import datasets
-    df = load(db)
-    recs = df.assign(timestamp=df["timestamp"].map(lambda t: t.isoformat()),
-                     rating=df["rating"].astype(object).where(df["rating"].notna(), None)).to_dict("records")
-    recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in recs]
-    feats = datasets.Features({**{c: datasets.Value("string") for c in COLUMNS}, "id": datasets.Value("int64"),
-                               "rating": datasets.Value("int8"), "latency_ms": datasets.Value("float64"),
-                               "top_similarity": datasets.Value("float64"),
-                               "sources": datasets.List({"source": datasets.Value("string"), "title": datasets.Value("string"),
-                                                         "heading": datasets.Value("string"), "score": datasets.Value("float64"),
-                                                         "cited": datasets.Value("bool")})})
-    recs = [{**r, "sources": [{k: s.get(k) for k in ("source", "title", "heading", "score", "cited")} for s in r["sources"]]}
-            for r in recs]
-    return datasets.Dataset.from_dict({c: [r[c] for r in recs] for c in COLUMNS}, features=feats)

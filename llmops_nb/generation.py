@@ -5,13 +5,15 @@
 # %% ../nbs/11_generation.ipynb #57716933
 from __future__ import annotations
 import contextlib
+from dataclasses import fields
 import torch
 from .core import ConfigError
 from .progress import report
+from .settings import Generation, Seeded
 
 # %% auto #0
-__all__ = ['split_conversation', 'chat_prompts', 'prepacked', 'merged', 'AnswerOnly', 'answer_processors', 'generate',
-           'base_model', 'with_adapters', 'use_adapter']
+__all__ = ['GEN_FIELDS', 'split_conversation', 'chat_prompts', 'prepacked', 'merged', 'AnswerOnly', 'answer_processors',
+           'generate', 'base_model', 'gen_kwargs', 'with_adapters', 'use_adapter']
 
 # %% ../nbs/11_generation.ipynb #2fd9b3f5
 def split_conversation(messages) -> tuple:
@@ -104,15 +106,15 @@ def _eos_ids(model, tokenizer) -> list:
 def generate(model, # a causal LM, or a PeftModel (its active adapter merged for the call)
              tokenizer, # the model's tokenizer
              prompts, # prompts already rendered with the chat template
-             batch_size: int = 8, # prompts per batch, longest first
-             max_new_tokens: int = 64, # longest answer, in tokens
-             do_sample: bool = False, # sample instead of greedy decoding
-             temperature: float = 1.0, # sampling temperature (with do_sample)
-             top_p: float = 1.0, # nucleus sampling mass (with do_sample)
-             repetition_penalty: float = 1.0, # scores of tokens already in the answer divided (or multiplied) by it; 1: off
-             no_repeat_ngram_size: int = 0, # no n-gram of this many tokens occurs twice in the answer; 0: off
+             batch_size: int = Generation.batch_size, # prompts per batch, longest first
+             max_new_tokens: int = Generation.max_new_tokens, # longest answer, in tokens
+             do_sample: bool = Generation.do_sample, # sample instead of greedy decoding
+             temperature: float = Generation.temperature, # sampling temperature (with do_sample)
+             top_p: float = Generation.top_p, # nucleus sampling mass (with do_sample)
+             repetition_penalty: float = 1.0, # scores of tokens already in the answer divided (or multiplied) by it; 1: off (unlike the stages' setting: off unless asked for)
+             no_repeat_ngram_size: int = 0, # no n-gram of this many tokens occurs twice in the answer; 0: off (as repetition_penalty)
              num_return_sequences: int = 1, # answers per prompt
-             seed: int = 42, # seed of the sampling
+             seed: int = Seeded.seed, # seed of the sampling
              progress: bool = True, # show a progress bar
              desc: str = "generate", # the progress bar's label
              prepack: bool = True, # weights packed for the batch's row count (CPU: fp32 by MKL, bf16 by oneDNN)
@@ -148,6 +150,13 @@ def generate(model, # a causal LM, or a PeftModel (its active adapter merged for
 def base_model(model):
     "Context in which a `PeftModel` answers as its base model (adapter disabled, nothing merged); no-op otherwise."
     return model.disable_adapter() if hasattr(model, "peft_config") else contextlib.nullcontext()
+
+# %% ../nbs/11_generation.ipynb #46264312
+GEN_FIELDS = tuple(f.name for f in (*fields(Generation), *fields(Seeded)))  # generate's names
+
+def gen_kwargs(cfg) -> dict:
+    "generate's settings from a stage's settings `cfg` (a dataclass with the `Generation` group and a seed)."
+    return {k: getattr(cfg, k) for k in GEN_FIELDS}
 
 # %% ../nbs/11_generation.ipynb #72e4be6d
 def with_adapters(model: str, adapters: dict, device="auto", dtype="auto") -> tuple:

@@ -4,29 +4,44 @@
 
 # %% ../nbs/19a_kernels.ipynb #6adb9385
 from __future__ import annotations
-import ctypes.util, functools, json, os, sys
+import ctypes.util, functools, os, shutil, sys
 from pathlib import Path
-from .core import ConfigError, write_json
+from .core import ConfigError, Lock
 
 # %% auto #0
-__all__ = ['KERNEL', 'TCMALLOC', 'ensure_kernel', 'malloc_env']
+__all__ = ['KERNEL', 'QUIET', 'TCMALLOC', 'ensure_kernel', 'malloc_env']
 
 # %% ../nbs/19a_kernels.ipynb #6f7d2a1c
 KERNEL = "llmops-nb"
+QUIET = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
+
+def _runs_this(argv) -> bool:
+    "Whether kernelspec `argv` starts this interpreter: the same file called from the same folder (which is what picks the venv)."
+    try: return Path(argv[0]).parent.resolve() == Path(sys.executable).parent.resolve() and os.path.samefile(argv[0], sys.executable)
+    except OSError: return False  # the interpreter it names is gone
+
+def _current(name) -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try: argv = KernelSpecManager().get_kernel_spec(name).argv
+    except NoSuchKernel: return False
+    return _runs_this(argv) and QUIET in argv
 
 def ensure_kernel(name=KERNEL) -> str:
-    "Name of a kernelspec that runs this interpreter, installed into sys.prefix if needed."
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    quiet = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
+    "Name of a kernelspec that runs this interpreter, installed into sys.prefix if needed (under a lock, renamed into place whole)."
+    if _current(name): return name
+    from ipykernel.kernelspec import write_kernel_spec
+    kernels = Path(sys.prefix)/"share"/"jupyter"/"kernels"
+    lock = Lock(kernels/f".{name}.lock")
+    lock.acquire(wait=True)
     try:
-        argv = KernelSpecManager().get_kernel_spec(name).argv
-        if argv[0] == sys.executable and quiet in argv: return name
-    except NoSuchKernel: pass
-    from ipykernel.kernelspec import install
-    d = Path(install(kernel_name=name, display_name="Python 3 (llmops-nb)", prefix=sys.prefix))
-    spec = json.loads((d/"kernel.json").read_text())
-    spec["argv"].append(quiet)
-    write_json(d/"kernel.json", spec)
+        if _current(name): return name  # another process installed it while this one waited
+        dest, new, old = kernels/name, kernels/f".{name}-new-{os.getpid()}", kernels/f".{name}-old-{os.getpid()}"
+        for d in (new, old): shutil.rmtree(d, ignore_errors=True)  # left by a process killed mid-install
+        write_kernel_spec(new, {"display_name": "Python 3 (llmops-nb)"}, extra_arguments=[QUIET],
+                          python_arguments=["-Xfrozen_modules=off"])  # as ipykernel's install: no debugger warning about frozen modules
+        if dest.exists(): dest.rename(old)
+        new.rename(dest); shutil.rmtree(old, ignore_errors=True)
+    finally: lock.release()
     return name
 
 # %% ../nbs/19a_kernels.ipynb #b2d4f6a1

@@ -7,13 +7,14 @@ from __future__ import annotations
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['MAX_CHARS', 'MAX_TOKENS', 'MAX_NOTE_CHARS', 'InputTooLong', 'check_input', 'context_length', 'prompt_budget',
-           'fit_prompt', 'fit_turns']
+__all__ = ['MAX_CHARS', 'MAX_TOKENS', 'MAX_NOTE_CHARS', 'MAX_MESSAGES', 'InputTooLong', 'check_input', 'context_length',
+           'prompt_budget', 'fit_prompt', 'fit_turns']
 
 # %% ../nbs/11a_limits.ipynb #586455cc
 MAX_CHARS = 4000   # characters of a question (about 1,000 tokens of English)
 MAX_TOKENS = 1024  # tokens of a question
 MAX_NOTE_CHARS = 4000  # characters of a correction or comment a user leaves
+MAX_MESSAGES = 2048  # messages in one request (the cap OpenAI's error names; unverified here): the caps above count characters, and each message costs a render
 
 class InputTooLong(ConfigError):
     "A user's input over a cap; the message is one line the user can act on."
@@ -68,11 +69,21 @@ def fit_turns(render, # render(history, passages) -> the prompt text
               passages=(), # retrieved passages: dropped from the end, one always kept
               ) -> tuple: # (prompt ids, history kept, passages kept)
     "The prompt within `budget` tokens: without the oldest turns, then without the last passages; `InputTooLong` when the question alone is too long."
-    h, p = list(history), list(passages)
-    while True:
-        ids = encode(render(h, p))
-        if len(ids) <= budget: return ids, h, p
-        if h: h = h[2:]
-        elif len(p) > 1: p = p[:-1]
-        else: raise InputTooLong(f"prompt is {len(ids)} tokens long even without earlier turns" + (" and with one passage" if p else "")
-                           + f"; this model leaves room for {budget} (its context minus max_tokens)")
+    h, p, seen = list(history), list(passages), {}
+    def ids(k):  # the prompt without the 2k oldest messages
+        if k not in seen: seen[k] = encode(render(h[2 * k:], p))
+        return seen[k]
+    lo, hi = 0, (len(h) + 1) // 2  # drop none .. all pairs
+    if len(ids(lo)) <= budget: return ids(lo), h, p
+    if len(ids(hi)) <= budget:  # the fewest pairs to drop, by bisection: the prompt only shrinks as turns go (log n renders, not n)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if len(ids(mid)) <= budget: hi = mid
+            else: lo = mid
+        return ids(hi), h[2 * hi:], p
+    h, x = [], ids(hi)  # too long even without the earlier turns: the last passages go, one always kept
+    while len(x) > budget:
+        if len(p) <= 1: raise InputTooLong(f"prompt is {len(x)} tokens long even without earlier turns" + (" and with one passage" if p else "")
+                                           + f"; this model leaves room for {budget} (its context minus max_tokens)")
+        p = p[:-1]; x = encode(render(h, p))
+    return x, h, p

@@ -11,9 +11,10 @@ from . import checks, settings as S, stages as ST
 from .core import ConfigError, resolve_path
 
 # %% auto #0
-__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'HUB_ID', 'DATA_EXT',
-           'ENDPOINT_STAGES', 'find_secret', 'near', 'check_model', 'check_path', 'check_index', 'check_scheduler',
-           'check_value', 'validate', 'apply_overrides', 'read_yaml', 'read_params', 'check_sets', 'load_params']
+__all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'URL', 'SECRET_QUERY', 'HUB_ID',
+           'DATA_EXT', 'ENDPOINT_STAGES', 'find_secret', 'near', 'check_model', 'check_path', 'check_index',
+           'check_scheduler', 'check_value', 'validate', 'apply_overrides', 'read_yaml', 'read_params', 'check_sets',
+           'load_params']
 
 # %% ../nbs/03_params.ipynb #921f092b
 GLOBALS = dict(seed=int, model=str, embedding_model=str, dtype=str, run_root=str, stages=list, wandb=dict, name=str)
@@ -25,6 +26,19 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # %% ../nbs/03_params.ipynb #be850d57
 SECRET = re.compile(r"(api_?key|secret|passw(or)?d|^(hf|wandb|access|auth|api)?_?token$)", re.I)  # not max_new_tokens
 SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,})|^[0-9a-f]{40}$")  # HF, OpenAI; W&B keys are 40 hex
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+SECRET_QUERY = ("key", "api_key", "apikey", "api-key", "token", "access_token", "auth", "auth_token", "id_token", "refresh_token", "secret",
+                "client_secret", "password", "passwd", "pwd", "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+                "x-goog-signature", "x-goog-credential")  # query parameters that carry a credential (lower case)
+
+def _url_secret(v: str) -> str:
+    "What in a URL inside `v` is a credential ('' when none): user:password@ before the host, or a query parameter named like a secret."
+    from urllib.parse import parse_qsl, urlsplit
+    for m in URL.finditer(v):
+        u = urlsplit(m.group())
+        if "@" in u.netloc: return "credentials before its host (user:password@)"
+        if bad := [k for k, _ in parse_qsl(u.query, keep_blank_values=True) if k.lower() in SECRET_QUERY]: return f"a secret in its query ('{bad[0]}')"
+    return ""
 
 def find_secret(v, where: str):
     "Raise a one-line ConfigError when `v` (any nesting of dicts, lists and strings) holds something that looks like a secret."
@@ -37,6 +51,9 @@ def find_secret(v, where: str):
         for i, x in enumerate(v): find_secret(x, f"{where}[{i}]")
     elif isinstance(v, str) and SECRET_VALUE.search(v):
         raise ConfigError(f"{where}: the value looks like it contains a secret; {msg}")
+    elif isinstance(v, str) and (what := _url_secret(v)):  # it would be copied into run.json, the notebooks, the report, the model card
+        raise ConfigError(f"{where}: the URL carries {what}; a credential goes in an environment variable "
+                          "($CHROMA_TOKEN for store_url, api_key_env: NAME for an endpoint), never in a params file that gets logged")
 
 # %% ../nbs/03_params.ipynb #6efcfb77
 def near(key, options) -> str:

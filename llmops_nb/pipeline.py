@@ -19,8 +19,8 @@ from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manif
 
 # %% auto #0
 __all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'model_digest',
-           'stage_key', 'input_digests', 'inputs_changed', 'cache_lookup', 'cache_get', 'cache_put', 'key_lock',
-           'Interrupted', 'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+           'stage_key', 'input_digests', 'inputs_changed', 'cache_lookup', 'cache_put', 'key_lock', 'Interrupted',
+           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -130,12 +130,6 @@ def cache_lookup(run_root, stage: str, key: str) -> tuple:
     if not isinstance(hit, dict) or not isinstance(hit.get("out_dir"), str): return None, f"cache entry {p.name} is unreadable"
     why = verify(hit["out_dir"])
     return (None, f"the cached {stage} of run {hit.get('run_id')} cannot be reused: {why}") if why else (hit, "")
-
-def cache_get(run_root, stage: str, key: str, echo=print) -> dict | None:
-    "The cache entry of `stage` with `key` whose outputs still match their manifest, or None (saying why through `echo`)."
-    hit, why = cache_lookup(run_root, stage, key)
-    if why: echo(f"  {why}; running {stage} again")
-    return hit
 
 def cache_put(run_root, stage: str, key: str, entry: dict):
     "Record `entry` (run_id, out_dir, notebook) for `stage` with `key`, atomically."

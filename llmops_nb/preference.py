@@ -8,11 +8,11 @@ import dataclasses, json
 from pathlib import Path
 from . import stages as ST
 from .core import ConfigError, read_jsonl, resolve_path
-from .settings import KtoConfig, Preference, PreferenceConfig
+from .settings import KtoConfig, Preference, PreferenceConfig, PrepareConfig
 
 # %% auto #0
-__all__ = ['HISTORY', 'load_pairs', 'load_kto', 'sample_pairs', 'sample_kto', 'check_examples', 'check_adapter_base', 'trl_args',
-           'dpo_args', 'kto_args', 'train_preference', 'train_dpo', 'train_kto']
+__all__ = ['HISTORY', 'load_pairs', 'load_kto', 'sample_pairs', 'sample_kto', 'stage_rows', 'check_examples',
+           'check_adapter_base', 'trl_args', 'dpo_args', 'kto_args', 'train_preference', 'train_dpo', 'train_kto']
 
 # %% ../nbs/26_preference.ipynb #5933e1b4
 def load_pairs(path) -> list:
@@ -44,16 +44,26 @@ def _instructions(n, source):
         import llmops_nb; p = Path(llmops_nb.__file__).resolve().parents[1]/source
     return [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines() if l.strip()][:n + 1]
 
-def sample_pairs(n: int = 16, source="data/instructions.jsonl") -> list:
+def sample_pairs(n: int, source=PrepareConfig.data) -> list:
     "`n` stand-in pairs from instruction data: its answer chosen, the next record's answer rejected."
     recs = _instructions(n, source)
     return [{"prompt": a["instruction"], "chosen": a["output"], "rejected": b["output"]} for a, b in zip(recs, recs[1:])]
 
-def sample_kto(n: int = 8, source="data/instructions.jsonl") -> list:
+def sample_kto(n: int, source=PrepareConfig.data) -> list:
     "`n` stand-in KTO examples: alternately a record's own answer (desirable) and the next record's (undesirable)."
     recs = _instructions(n, source)
     return [{"prompt": a["instruction"], "completion": (a if i % 2 == 0 else b)["output"], "label": i % 2 == 0}
             for i, (a, b) in enumerate(zip(recs, recs[1:]))]
+
+def stage_rows(stage: str, # dpo or kto
+               cfg: Preference, # its settings (PreferenceConfig or KtoConfig)
+              ) -> list:
+    "What the stage trains on: its file's rows (`pairs` / `examples`), else stand-ins from the sample data; the first `max_pairs` / `max_examples` (0: all; stand-ins: the declared default's count)."
+    dpo = stage == "dpo"
+    path, cap = (cfg.pairs, cfg.max_pairs) if dpo else (cfg.examples, cfg.max_examples)
+    if not path: return (sample_pairs if dpo else sample_kto)(cap or (PreferenceConfig.max_pairs if dpo else KtoConfig.max_examples))
+    rows = (load_pairs if dpo else load_kto)(path)
+    return rows[:cap] if cap else rows
 
 # %% ../nbs/26_preference.ipynb #74adc38c
 def check_examples(stage: str, # "dpo" or "kto"

@@ -16,7 +16,7 @@ from .generation import generate
 from .limits import fit_prompt, prompt_budget
 from .retrieval import hit_at_k, make_retriever, mrr_at_k
 from langchain_core.vectorstores import VectorStore
-from .settings import Generation as GenerationSettings
+from .settings import CausalLM, Generation as GenerationSettings, Precision, RagEvalConfig, Seeded
 from .stores import open_index
 from .vectorstore import embed_texts
 
@@ -43,14 +43,15 @@ class LocalLLM(BaseLLM):
     "LangChain LLM over `generation.generate`: a batch of prompts is generated longest first, `batch_size` at a time."
     lm: Any
     tok: Any
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    repetition_penalty: float = GenerationSettings.repetition_penalty  # the shared setting's default, for callers that give none (the chat)
+    # the shared settings' defaults, for callers that give none; a stage passes its own (`generation.gen_kwargs`)
+    batch_size: int = GenerationSettings.batch_size
+    max_new_tokens: int = GenerationSettings.max_new_tokens
+    do_sample: bool = GenerationSettings.do_sample
+    temperature: float = GenerationSettings.temperature
+    top_p: float = GenerationSettings.top_p
+    repetition_penalty: float = GenerationSettings.repetition_penalty
     no_repeat_ngram_size: int = GenerationSettings.no_repeat_ngram_size
-    seed: int = 42
+    seed: int = Seeded.seed
 
     @property
     def _llm_type(self) -> str: return "llmops-nb"
@@ -61,7 +62,7 @@ class LocalLLM(BaseLLM):
                        no_repeat_ngram_size=self.no_repeat_ngram_size, seed=self.seed, progress=False, desc="rag")
         return LLMResult(generations=[[Generation(text=t)] for t in out])
 
-def hf_llm(model: str = "tiny-random", adapter=None, device="auto", dtype="auto", **gen) -> LocalLLM:
+def hf_llm(model: str = CausalLM.model, adapter=None, device="auto", dtype: str = Precision.dtype, **gen) -> LocalLLM:
     "A LangChain LLM (generated text only, the evaluate stage's `generate`) for a causal LM alias/path/hub id (+ adapter, merged); `gen`: LocalLLM's generation settings."
     from llmops_nb.models import load_causal_lm
     from llmops_nb.models import pick_dtype
@@ -97,13 +98,13 @@ class AnswerStep(Runnable):
         return [{**x, "documents": docs, "note": note, "answer": a} for x, (_, docs, note), a in zip(xs, fitted, answers)]
 
 def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangChain VectorStore
-             model: str = "tiny-random", # causal LM alias, folder or hub id (ignored with `llm`)
+             model: str = CausalLM.model, # causal LM alias, folder or hub id (ignored with `llm`)
              adapter=None, # PEFT adapter folder, merged into the model
-             k: int = 4, # passages retrieved
+             k: int = RagEvalConfig.k, # passages retrieved
              mode: str = "dense", # retrieval mode: dense, hybrid, mmr or diverse
              llm=None, # a LocalLLM to answer with, instead of loading `model`
              gen: dict | None = None, # LocalLLM generation settings (max_new_tokens, batch_size, ...)
-             dtype: str = "auto", # the model's number format (see models.pick_dtype)
+             dtype: str = Precision.dtype, # the model's number format (see models.pick_dtype)
              **retriever_kw): # fetch_k, lambda_mult
     "LCEL chain question -> {answer, sources, cited, documents, note}; note says when passages were left out to fit the model's context."
     store = index if isinstance(index, VectorStore) else open_index(index)
@@ -116,7 +117,7 @@ def qa_chain(index, # an index folder (FAISS files or a store.json), or a LangCh
 def endpoint_answers(store, # a LangChain VectorStore (an open index)
                      questions: list, # question strings
                      ep, # an endpoints.Endpoint
-                     k: int = 4, # passages retrieved
+                     k: int = RagEvalConfig.k, # passages retrieved
                      mode: str = "dense", # retrieval mode
                      **ask, # endpoints.chat settings (max_tokens, temperature, cache, concurrency, max_retries)
                     ) -> tuple: # (results shaped like qa_chain's, the endpoint's request records)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import html, json, os
 from pathlib import Path
 from .card import intervals, _model
-from .core import md_code, md_text
+from .core import interval, md_code, md_text
+from .judge import SCALE
 from .runs import _num, flat_params, gate_rows, gates_passed, load_record, output, stage_metrics, stage_out
 
 # %% auto #0
@@ -36,12 +37,17 @@ def _cell(v): return f"{v:.4g}" if isinstance(v, float) else ("" if v is None el
 
 def _verdict_style(v): return "color:#1a7f37" if v in ("pass", "better") else ("color:#c62828;font-weight:bold" if v in ("FAIL", "worse") else "")
 
+def _style(df):
+    "`df.style` with its HTML ids from its content, not pandas' random uuid: a rerun notebook keeps its stored outputs."
+    import hashlib
+    return df.style.set_uuid(hashlib.sha1(df.to_csv().encode()).hexdigest()[:8])
+
 def _table(data):
     "Display rows (a list of dicts, index hidden) or a DataFrame (index shown); floats to 4 significant digits."
     import pandas as pd
     from IPython.display import display
     df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-    st = (df.style.format(_cell, na_rep="", escape="html").format_index(escape="html", axis=0)
+    st = (_style(df).format(_cell, na_rep="", escape="html").format_index(escape="html", axis=0)
           .format_index(escape="html", axis=1).map(_verdict_style))  # data never becomes markup: cells, index and headers escaped
     display(st if isinstance(data, pd.DataFrame) else st.hide(axis="index"))
 
@@ -113,7 +119,7 @@ def show_parameters(rec: dict):
     import pandas as pd
     from IPython.display import HTML, display
     rows = pd.DataFrame([{"parameter": k, "value": _short(v)} for k, v in flat_params(rec).items()])
-    body = rows.style.format(_cell, na_rep="", escape="html").format_index(escape="html", axis=1).hide(axis="index").to_html()  # escaped like every table
+    body = _style(rows).format(_cell, na_rep="", escape="html").format_index(escape="html", axis=1).hide(axis="index").to_html()  # escaped like every table
     display(HTML(f"<details><summary>{len(rows)} parameters (click to show)</summary>{body}</details>"))
 
 # %% ../nbs/20_report.ipynb #2784b7cc
@@ -153,8 +159,7 @@ def show_evaluation(rec: dict):
     fig.suptitle("base vs tuned (bars: mean, whiskers: 95% interval)", fontsize=10); fig.tight_layout()
     _fig(fig)
     wide = df.pivot_table(index="metric", columns="group", values=["mean", "low", "high"], aggfunc="first")
-    tab = pd.DataFrame({g: [f"{wide.loc[k, ('mean', g)]:.4f}" + (f" [{wide.loc[k, ('low', g)]:.4f}, {wide.loc[k, ('high', g)]:.4f}]"
-                                                              if _num(wide.loc[k, ("low", g)]) else "")
+    tab = pd.DataFrame({g: [f"{wide.loc[k, ('mean', g)]:.4f}" + interval(wide.loc[k, ("low", g)], wide.loc[k, ("high", g)], ".4f")
                             if ("mean", g) in wide.columns and _num(wide.loc[k, ("mean", g)]) else "" for k in wide.index]
                         for g in ("base", "tuned", "delta") if ("mean", g) in wide.columns}, index=wide.index)
     _table(tab.rename_axis("metric (mean [95% interval])"))
@@ -171,7 +176,7 @@ def show_preference(rec: dict):
         rs = [r for r in rows if r["adapter"] == s]; a, p = rs[0]["against"].upper(), s.upper()
         _md(f"**{md_text(p)} vs {md_text(a)}**: both adapters on the same test examples, the difference paired per example with its 95% bootstrap interval (lower perplexity is better).")
         _table([{"metric": SU.name(r["metric"]), a: r["sft"], p: r["value"],
-                 f"{p} - {a} [95% interval]": f"{r['delta']:+.4f}" + (f" [{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] is not None else ""),
+                 f"{p} - {a} [95% interval]": f"{r['delta']:+.4f}" + interval(r["low"], r["high"], "+.4f"),
                  "verdict": r["verdict"]} for r in rs])
 
 # %% ../nbs/20_report.ipynb #cefed473
@@ -266,10 +271,9 @@ def show_feedback(rec: dict, db=None):
 
 # %% ../nbs/20_report.ipynb #4bfa4b17
 def _graded(e: dict) -> str:
-    "A judge summary as `mean [low, high]` ('' when no verdict was readable)."
+    "A judge summary as `mean [low, high]`, the interval on the grades' scale (none from one verdict; '' when no verdict was readable)."
     if not _num(e.get("mean")): return ""
-    lo, hi = e.get("ci") or (None, None)
-    return f"{e['mean']:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if _num(lo) and _num(hi) else "")
+    return f"{e['mean']:.2f}" + interval(*(e.get("ci") or (None, None)), fmt=".2f", scale=SCALE)
 
 def judge_grades(j: dict) -> dict:
     "name -> summary of each grade in a stage's judge entry: evaluate's correctness per model, rag_eval's correctness and faithfulness."

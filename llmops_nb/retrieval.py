@@ -16,8 +16,8 @@ from .stages import declared
 from .documents import embed_text
 
 # %% auto #0
-__all__ = ['MODES', 'corpus', 'bm25', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k',
-           'retrieved_sources', 'score_retrieval']
+__all__ = ['MODES', 'corpus', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k', 'retrieved_sources',
+           'score_retrieval']
 
 # %% ../nbs/15_retrieval.ipynb #ad8442fc
 MODES = declared(RagEvalConfig)["retrieval"]["choices"]  # the setting's declaration: one list of modes
@@ -33,10 +33,6 @@ def corpus(store, fresh: bool = False) -> tuple:
         docs = list(store.docs)
         hit = store._llmops_bm25 = (key, docs, BM25Okapi([_tokens(embed_text(d)) for d in docs]) if docs else None)
     return hit[1], hit[2]
-
-def bm25(store):
-    "A BM25 index over the store's chunks (see `corpus`)."
-    return corpus(store)[1]
 
 def _one_per_source(ids: list, by_id: dict) -> list:
     "`ids` reordered: the first id of each source, then the others, each group in its own order."

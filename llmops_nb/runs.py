@@ -48,12 +48,12 @@ def save_record(rec: dict) -> Path:
     return write_json(Path(rec["run_dir"])/"run.json", rec, indent=2)
 
 def list_runs(run_root="runs") -> list:
-    "Run records under `run_root`, oldest first (unreadable records, and files that are no run record, skipped)."
+    "Run records under `run_root`, oldest first (unreadable records, and files that are no run record, skipped); `run_dir` is the folder each was found in."
     root, out = resolve_path(run_root), []
     for p in sorted(root.glob("*/run.json")) if root.exists() else []:
         try: r = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError): continue
-        if isinstance(r, dict) and {"id", "run_dir", "stages"} <= r.keys(): out.append(r)
+        if isinstance(r, dict) and {"id", "run_dir", "stages"} <= r.keys(): out.append({**r, "run_dir": str(p.parent)})
     return out
 
 # %% ../nbs/18_runs.ipynb #cad277d4
@@ -92,10 +92,12 @@ def resolve(ref, run_root="runs") -> Path:
     raise ConfigError(f"run '{ref}': no such run, alias or id in {root}; `llmops list` shows the runs")
 
 def load_record(ref, run_root="runs") -> dict:
-    "The run record of the run `ref` names (see `resolve`)."
+    "The run record of the run `ref` names (see `resolve`); its `run_dir` is the folder its run.json is in."
     p = resolve(ref, run_root)/"run.json"
-    try: return json.loads(p.read_text())
+    try: rec = json.loads(p.read_text())
     except json.JSONDecodeError as e: raise ConfigError(f"{p}: not valid JSON ({e.msg}); the record is damaged") from None
+    if not isinstance(rec, dict): raise ConfigError(f"{p}: not a run record (a JSON {type(rec).__name__}); the record is damaged")
+    return {**rec, "run_dir": str(p.parent)}  # where it was found, never the recorded field: a copied or edited record must not point writes and deletes elsewhere
 
 # %% ../nbs/18_runs.ipynb #c4b201cc
 RUN_LOCK = ".lock"

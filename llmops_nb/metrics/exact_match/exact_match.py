@@ -11,6 +11,7 @@ import string
 import datasets
 import evaluate
 import numpy as np
+import llmops_nb.metrics.token_f1.token_f1 as token_f1
 
 class ExactMatch(evaluate.Metric):
     "Fraction of exact matches, as the Hub's `exact_match`: key exact_match (0-1)"
@@ -19,12 +20,14 @@ class ExactMatch(evaluate.Metric):
             description="Exact match rate (0-1), offline copy of the Hub's `exact_match`.",
             citation="",
             inputs_description="predictions: list of str; references: list of str; regexes_to_ignore=None, "
-                               "ignore_case=False, ignore_punctuation=False, ignore_numbers=False",
+                               "ignore_case=False, ignore_punctuation=False, ignore_numbers=False, squad=False",
             features=datasets.Features({"predictions": datasets.Value("string", id="sequence"),
                                         "references": datasets.Value("string", id="sequence")}))
 
     def _compute(self, predictions, references, regexes_to_ignore=None, ignore_case=False,
-                 ignore_punctuation=False, ignore_numbers=False):
+                 ignore_punctuation=False, ignore_numbers=False, squad=False):
+        if squad:  # SQuAD's order: punctuation before articles, which regexes_to_ignore cannot express
+            predictions, references = [token_f1.squad_normalize(x) for x in predictions], [token_f1.squad_normalize(x) for x in references]
         for rx in regexes_to_ignore or []:
             predictions = [re.sub(rx, "", x) for x in predictions]
             references = [re.sub(rx, "", x) for x in references]
