@@ -24,7 +24,9 @@ class ApiError(Exception):
 
     def body(self) -> dict: return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-def bad(message: str, param: str | None = None) -> ApiError: return ApiError(400, message, param)
+def bad(message: str, param: str | None = None) -> ApiError:
+    "A 400 `invalid_request_error` about `param`, as OpenAI words it."
+    return ApiError(400, message, param)
 
 # %% ../nbs/32_api.ipynb #96ed44cb
 ROLES = ("system", "developer", "user", "assistant")
@@ -120,9 +122,12 @@ def parse_chat(body) -> ChatRequest:
         logit_bias=_bias(body))
 
 # %% ../nbs/32_api.ipynb #efe2ac90
-def new_id() -> str: return "chatcmpl-" + secrets.token_hex(12)
+def new_id() -> str:
+    "A completion id in OpenAI's form (`chatcmpl-` and 24 hex digits)."
+    return "chatcmpl-" + secrets.token_hex(12)
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    "A response's `usage` object."
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 def completion(rid: str, created: int, model: str, text: str, finish: str, usage_: dict, fingerprint: str | None = None, **extra) -> dict:
@@ -139,7 +144,9 @@ def chunk(rid: str, created: int, model: str, delta: dict | None, finish: str | 
     if usage_ is not ...: out["usage"] = usage_
     return {**out, **extra}
 
-def sse(obj) -> bytes: return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+def sse(obj) -> bytes:
+    "`obj` as one server-sent event of a stream (compact JSON)."
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 DONE = b"data: [DONE]\n\n"
 

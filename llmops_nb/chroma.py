@@ -82,6 +82,7 @@ def connect(url: str):
                           "expected a running server, e.g. `chroma run --path DIR --port 8000`") from None
 
 def check_collection(name: str) -> str:
+    "`name` when Chroma accepts it as a collection name, else a one-line `ConfigError` with its rules."
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"collection '{name}' is not a valid Chroma collection name; expected 3-512 characters from a-z A-Z 0-9 . _ -, starting and ending with a letter or digit")
     return name

@@ -100,7 +100,9 @@ def chunk_file(p, root, chunk_size: int, chunk_overlap: int) -> list:
     if not docs: raise Skip("empty")
     return docs
 
-def chunk_id(src, pos, text): return hashlib.sha1(f"{src}\0{pos}\0{text}".encode()).hexdigest()[:16]
+def chunk_id(src, pos, text):
+    "A chunk's id from its source, position and text: the same chunk keeps its id across reindexing."
+    return hashlib.sha1(f"{src}\0{pos}\0{text}".encode()).hexdigest()[:16]
 
 def embed_text(d: Document) -> str:
     "What gets embedded (and BM25-indexed) for a chunk: its title and heading path, then its text."

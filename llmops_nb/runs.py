@@ -17,7 +17,9 @@ __all__ = ['PKGS', 'RUN_LOCK', 'RESERVED', 'now', 'new_run_id', 'git_info', 'ver
            'aliases', 'check_alias', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
-def now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def now() -> str:
+    "The time now in UTC, ISO 8601 to the second (what records store)."
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 def new_run_id() -> str:
     "Sortable, unique run id: UTC time plus a random suffix."

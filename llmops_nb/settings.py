@@ -23,10 +23,12 @@ def setting(default, help: str | None = None, kind: str = "", choices: tuple = (
 # %% ../nbs/01_settings.ipynb #9c3fd8b7
 @dataclass
 class Seeded:
+    "The seed of a stage's randomness (data order, initialisation, sampling)."
     seed: int = setting(42, "random seed")
 
 @dataclass
 class CausalLM:
+    "The causal LM a stage loads."
     model: str = setting("tiny-random", "causal LM: packaged alias, local folder or hub id", "model")
 
 @dataclass

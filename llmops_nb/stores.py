@@ -20,6 +20,7 @@ STORES = declared(RagIndexConfig)["store"]["choices"]  # the setting's declarati
 POINTER = "store.json"  # the index folder of an index kept in a database holds only this
 
 def check_store(store: str) -> str:
+    "`store` when it is one of `STORES`, else a one-line `ConfigError`."
     if store not in STORES: raise ConfigError(f"store '{store}' is not known; expected one of {', '.join(STORES)}")
     return store
 
