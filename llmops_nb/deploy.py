@@ -61,9 +61,14 @@ class Served:
     rag: dict | None = None # store, retriever, k, mode (the rag model)
     gen: dict = field(default_factory=dict) # every generate setting the run scored this model with (`run_parts`: evaluate's, rag_eval's for the rag model)
 
+    def shown(self) -> dict:
+        "The lineage as clients see it: stage outputs as `RUN/stage/folder`, a local base model by its folder's name; no path of this machine."
+        short = lambda v: "/".join(Path(v).parts[-3:]) if isinstance(v, str) and Path(v).is_absolute() else v
+        return {k: base_name(v) if k == "base" and Path(str(v)).is_absolute() else short(v) for k, v in self.lineage.items()}
+
     def card(self, created: int) -> dict:
-        "The model's entry in `GET /v1/models` (OpenAI's fields, plus its kind and lineage)."
-        return {"id": self.id, "object": "model", "created": created, "owned_by": "llmops-nb", "kind": self.kind, "lineage": self.lineage}
+        "The model's entry in `GET /v1/models` (OpenAI's fields, plus its kind and lineage as `shown`)."
+        return {"id": self.id, "object": "model", "created": created, "owned_by": "llmops-nb", "kind": self.kind, "lineage": self.shown()}
 
 @dataclass
 class Deployment:

@@ -305,12 +305,12 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
             if st["status"] == 499: return Response(status_code=499)  # nobody is left to read it
             text = "".join(parts)
             srcs = ended(text, st["reason"])
-            extra = {"lineage": served.lineage, **({"sources": srcs} if served.rag else {})}
+            extra = {"lineage": served.shown(), **({"sources": srcs} if served.rag else {})}
             return completion(rid, created, req.model, text, st["reason"], usage(len(prep.ids), run.completion_tokens), fp, **extra)
         async def events():
             parts, st, u = [], {"status": 499, "reason": None, "error": "client disconnected", "recorded": False}, None if req.include_usage else ...
             try:
-                yield sse(chunk(rid, created, req.model, {"role": "assistant", "content": ""}, None, fp, u, lineage=served.lineage))
+                yield sse(chunk(rid, created, req.model, {"role": "assistant", "content": ""}, None, fp, u, lineage=served.shown()))
                 async for kind, text in run.events():
                     if kind == "delta": parts.append(text); yield sse(chunk(rid, created, req.model, {"content": text}, None, fp, u))
                     elif kind == "done": st["reason"] = finish_reason(text)
