@@ -179,6 +179,11 @@ def _atomic_notebooks():
         from papermill.iorw import papermill_io
         _IO.append(NotebookIO()); papermill_io.register("/", _IO[0])  # handlers are tried newest first, by prefix
 
+def _unobserved(loop, ctx):
+    "asyncio's report of an error nobody awaited, less a cell's: after Ctrl-C the cell's task ends unawaited, and its error is the interruption the run reports in one line."
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+    if not isinstance(ctx.get("exception"), (CellExecutionError, DeadKernelError)): loop.default_exception_handler(ctx)
+
 # %% ../nbs/19_pipeline.ipynb #2624367b
 def execute_stage(rec: dict, # the run record (updated in place)
                   stage: str, # the stage to execute
@@ -189,7 +194,8 @@ def execute_stage(rec: dict, # the run record (updated in place)
                  ):
     "Execute `stage` of run `rec` with parameters `vals`, then write its manifest; updates `rec` in place."
     import papermill as pm
-    _atomic_notebooks()
+    from jupyter_core.utils import ensure_event_loop
+    _atomic_notebooks(); ensure_event_loop().set_exception_handler(_unobserved)  # the loop papermill's client runs its cells on
     run_dir = Path(rec["run_dir"])
     st = rec["stages"][stage]
     out, nb_out = Path(st["out_dir"]), run_dir/f"{stage}.ipynb"

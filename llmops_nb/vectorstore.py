@@ -11,7 +11,7 @@ import numpy as np
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
-from .core import ConfigError, resolve_path, sha256_path, write_atomic
+from .core import ConfigError, Lock, resolve_path, sha256_path, write_atomic
 from .settings import RagIndexConfig
 from .stages import declared
 from .documents import Skip, chunk_file, embed_text, scan, chunk_id
@@ -354,18 +354,20 @@ def sample_index(docs=RagIndexConfig.docs, embedding_model: str = RagIndexConfig
     root = resolve_path(docs)
     key = hashlib.sha1(json.dumps([str(root), embedding_model, chunk_size, chunk_overlap]).encode()).hexdigest()[:12]
     d = cache_dir()/"rag"/key
-    prev = d if (d/"meta.json").exists() else None
-    if prev:
-        files, _ = scan(root)
-        meta = json.loads((d/"meta.json").read_text())
-        want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                    embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""))
-        if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
-    tmp = d.with_name(f"{key}.tmp{os.getpid()}")
-    store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev, dtype=dtype)
-    if d.exists(): shutil.rmtree(d, ignore_errors=True)
-    try: tmp.rename(d)
-    except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
+    lock = Lock(d.with_name(f"{key}.lock")); lock.acquire(wait=True)  # one builder at a time: a second would replace the folder the first is reading
+    try:
+        prev = d if (d/"meta.json").exists() else None
+        if prev:
+            files, _ = scan(root)
+            meta = json.loads((d/"meta.json").read_text())
+            want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                        embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""))
+            if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
+        tmp = d.with_name(f"{key}.tmp{os.getpid()}")
+        store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev, dtype=dtype)
+        if d.exists(): shutil.rmtree(d, ignore_errors=True)
+        tmp.rename(d)
+    finally: lock.release()
     return d
 
 # %% ../nbs/14_vectorstore.ipynb #d3570faf

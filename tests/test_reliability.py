@@ -6,7 +6,7 @@ process whose files may not grow (RLIMIT_FSIZE; Python ignores SIGXFSZ, so write
 import json, os, resource, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
-from conftest import llmops, ROOT
+from conftest import llmops, missing, ROOT
 from llmops_nb import kernels as K, pipeline as P, runs, stages as ST
 from llmops_nb.core import ConfigError
 
@@ -287,7 +287,8 @@ def test_ctrl_c_is_one_line_and_leaves_the_run_resumable(params, tmp_path):
                 "finetune": {"max_steps": 400, "save_steps": 400, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})
     p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     rec = wait_for(lambda: next((r for r in runs.list_runs(tmp_path/"runs") if r["stages"]["finetune"].get("status") == "running"), None))
-    time.sleep(3)
+    steps = Path(rec["run_dir"])/".progress"/"finetune.json"       # what the stage reports: training has begun, the kernel is busy
+    wait_for(lambda: steps.exists() and json.loads(steps.read_text() or "{}").get("done", 0) >= 1)
     os.killpg(p.pid, signal.SIGINT)                                 # what Ctrl-C in a terminal sends: the runner and its kernel
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
@@ -487,8 +488,8 @@ def test_every_page_shows_data_as_text(xss_pages):
 
 
 def _browser():
-    if not Path(CHROMIUM).exists(): pytest.skip(f"no chromium at {CHROMIUM}")
-    pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists(): missing(f"no chromium at {CHROMIUM}")
+    pytest.importorskip("playwright.sync_api")  # a dev requirement
     from playwright.sync_api import sync_playwright
     return sync_playwright()
 

@@ -255,8 +255,8 @@ def test_client_gives_up_on_a_completion(server):
     with pytest.raises(openai.APITimeoutError):
         impatient.chat.completions.create(model="test-aaaa", messages=_ask("Tell me a long story."), max_tokens=1000)
     t = time.time()
-    while (eng.active or eng.waiting) and time.time() - t < 3: time.sleep(0.05)
-    assert (eng.active, eng.waiting) == (0, 0)  # 1000 tokens take several times longer here
+    while (eng.active or eng.waiting) and time.time() - t < 30: time.sleep(0.05)
+    assert (eng.active, eng.waiting) == (0, 0)  # the row is free (a generous wait: completion_tokens < 1000 below shows it was cut)
     server["log"].flush()
     req = SL.load_requests(server["db"])
     gone = req[(req["stream"] == 0) & (req["status"] == 499)]
