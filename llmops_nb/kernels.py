@@ -9,10 +9,11 @@ from pathlib import Path
 from .core import ConfigError, Lock
 
 # %% auto #0
-__all__ = ['KERNEL', 'QUIET', 'TCMALLOC', 'ensure_kernel', 'malloc_env']
+__all__ = ['KERNEL', 'SHUTDOWN', 'QUIET', 'TCMALLOC', 'ensure_kernel', 'malloc_env']
 
 # %% ../nbs/19a_kernels.ipynb #6f7d2a1c
 KERNEL = "llmops-nb"
+SHUTDOWN = "immediate"  # how nbclient stops a kernel once the notebook ran: its cells have written and flushed everything (W&B's finish too), and a graceful stop waited ~2 s per stage for torch and W&B to tear down
 QUIET = "--IPKernelApp.log_level=CRITICAL"  # the kernel's own log stays off the terminal (transport warnings, "KeyboardInterrupt caught" on shutdown): a failure is one line
 
 def _runs_this(argv) -> bool:

@@ -50,8 +50,8 @@ def to_html(nb, exclude_input=True) -> str:
 def execute(nb, cwd, timeout=600):
     "Execute notebook `nb` in folder `cwd` with the project's kernel; returns it."
     from nbclient import NotebookClient
-    from llmops_nb.kernels import ensure_kernel
-    NotebookClient(nb, timeout=timeout, kernel_name=ensure_kernel(), resources={"metadata": {"path": str(cwd)}}).execute()
+    from llmops_nb.kernels import SHUTDOWN, ensure_kernel
+    NotebookClient(nb, timeout=timeout, kernel_name=ensure_kernel(), shutdown_kernel=SHUTDOWN, resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
 # %% ../nbs/20a_page.ipynb #1ef6c559

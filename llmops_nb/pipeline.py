@@ -11,7 +11,7 @@ from pathlib import Path
 import llmops_nb
 from . import stages as ST
 from .core import ConfigError, Lock, files_under, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
-from .kernels import ensure_kernel, malloc_env
+from .kernels import SHUTDOWN, ensure_kernel, malloc_env
 from .params import HUB_ID, apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
 from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
@@ -216,7 +216,7 @@ def execute_stage(rec: dict, # the run record (updated in place)
         watch = Watcher(stage, env["LLMOPS_PROGRESS"], nb_out, echo) if progress else contextlib.nullcontext()
         with _env(**env), watch:  # papermill's own bar only counted cells: the watcher shows the cells and what the stage reports
             pm.execute_notebook(str(ST.notebook(stage)), str(nb_out), parameters=vals, cwd=str(out),
-                                kernel_name=ensure_kernel(), progress_bar=False)
+                                kernel_name=ensure_kernel(), progress_bar=False, shutdown_kernel=SHUTDOWN)
         write_manifest(stage, out)
     except BaseException as e:
         stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
