@@ -5,7 +5,7 @@ process whose files may not grow (RLIMIT_FSIZE; Python ignores SIGXFSZ, so write
 """
 import json, os, resource, signal, subprocess, sys, time
 from pathlib import Path
-import pytest, yaml
+import psutil, pytest, yaml
 from conftest import llmops, missing, ROOT
 from llmops_nb import kernels as K, pipeline as P, runs, stages as ST
 from llmops_nb.core import ConfigError
@@ -257,17 +257,20 @@ def wait_for(cond, timeout=300, every=0.2):
 def test_run_lock_refuses_a_second_resume_and_a_killed_run_is_interrupted_then_taken_over(params, tmp_path):
     from llmops_nb.trainer import last_checkpoint
     f = params({"model": "tiny-random", "wandb": {"mode": "disabled"}, "stages": ["prepare", "finetune"], "prepare": {"max_examples": 30},
-                "finetune": {"max_steps": 400, "save_steps": 4, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})  # far longer than the test waits
+                "finetune": {"max_steps": 100000, "save_steps": 4, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})  # far longer than the test waits (400 steps take 6 s here)
     root = tmp_path/"runs"
     p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kernel = []
     try:
         rec = wait_for(lambda: next((r for r in runs.list_runs(root) if r["stages"]["finetune"].get("status") == "running"
                                      and list(Path(r["stages"]["finetune"]["out_dir"]).glob("checkpoints/checkpoint-*"))), None))
         r = llmops("--run-root", root, "resume", rec["id"])       # two trainers in one folder: refused
         assert r.returncode == 2 and f"run {rec['id']} is being run by process {p.pid}" in one_line(r), r.stderr
         assert p.poll() is None
+        kernel[:] = psutil.Process(p.pid).children(recursive=True)  # jupyter_client starts it in a session of its own
     finally:
-        os.killpg(p.pid, signal.SIGKILL); p.wait()               # kill -9, the runner and its kernel
+        os.killpg(p.pid, signal.SIGKILL); p.wait()               # kill -9, the runner ...
+    psutil.wait_procs(kernel, timeout=60)                         # ... and its kernel, which follows its parent within a second
     assert runs.load_record(rec["run_dir"])["status"] == "running"  # what the dead process left behind ...
     r = llmops("--run-root", root, "status", rec["id"])             # ... is not shown as running
     assert r.returncode == 0 and f"run {rec['id']}  interrupted" in r.stdout and "finetune   interrupted" in r.stdout, r.stdout
@@ -284,13 +287,17 @@ def test_run_lock_refuses_a_second_resume_and_a_killed_run_is_interrupted_then_t
 
 def test_ctrl_c_is_one_line_and_leaves_the_run_resumable(params, tmp_path):
     f = params({"model": "tiny-random", "wandb": {"mode": "disabled"}, "stages": ["prepare", "finetune"], "prepare": {"max_examples": 30},
-                "finetune": {"max_steps": 400, "save_steps": 400, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})
+                "finetune": {"max_steps": 100000, "save_steps": 100000, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})  # it cannot end first
     p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     rec = wait_for(lambda: next((r for r in runs.list_runs(tmp_path/"runs") if r["stages"]["finetune"].get("status") == "running"), None))
     steps = Path(rec["run_dir"])/".progress"/"finetune.json"       # what the stage reports: training has begun, the kernel is busy
     wait_for(lambda: steps.exists() and json.loads(steps.read_text() or "{}").get("done", 0) >= 1)
-    os.killpg(p.pid, signal.SIGINT)                                 # what Ctrl-C in a terminal sends: the runner and its kernel
-    out, err = p.communicate(timeout=300)
+    kernel = psutil.Process(p.pid).children(recursive=True)
+    os.killpg(p.pid, signal.SIGINT)                                 # what Ctrl-C in a terminal sends (the kernel is in a session of its own)
+    try: out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:                               # not stopped: stop it, and say so
+        os.killpg(p.pid, signal.SIGKILL); [k.kill() for k in kernel]; out, err = p.communicate()
+        raise AssertionError(f"the run went on after Ctrl-C: {err[-2000:]}") from None
     assert p.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == f"llmops: run {rec['id']} interrupted; `llmops resume {rec['id']}` continues from where it stopped", err
     assert runs.load_record(rec["run_dir"])["status"] == "interrupted"
