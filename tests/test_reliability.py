@@ -288,7 +288,8 @@ def test_run_lock_refuses_a_second_resume_and_a_killed_run_is_interrupted_then_t
 def test_ctrl_c_is_one_line_and_leaves_the_run_resumable(params, tmp_path):
     f = params({"model": "tiny-random", "wandb": {"mode": "disabled"}, "stages": ["prepare", "finetune"], "prepare": {"max_examples": 30},
                 "finetune": {"max_steps": 100000, "save_steps": 100000, "eval_steps": 0, "logging_steps": 4, "max_length": 256}})  # it cannot end first
-    p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen([LLMOPS, "run", f, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal runs it: a shell's background job (CI's, say) ignores Ctrl-C
     rec = wait_for(lambda: next((r for r in runs.list_runs(tmp_path/"runs") if r["stages"]["finetune"].get("status") == "running"), None))
     steps = Path(rec["run_dir"])/".progress"/"finetune.json"       # what the stage reports: training has begun, the kernel is busy
     wait_for(lambda: steps.exists() and json.loads(steps.read_text() or "{}").get("done", 0) >= 1)
