@@ -5,7 +5,7 @@
 # %% ../nbs/31_deploy.ipynb #ecce2a9b
 from __future__ import annotations
 import logging, threading, time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError
 from . import runs as R
@@ -23,9 +23,8 @@ def base_name(model: str) -> str:
     return Path(str(model).rstrip("/")).name or str(model)
 
 def stage_settings(rec: dict, stage: str):
-    "The settings dataclass `stage` of run `rec` ran with: the run's resolved params over the declared defaults (all of them when the run left the stage out)."
-    cls, got = ST.stage(stage).config, rec.get("config", {}).get("params", {}).get(stage, {})
-    return cls(**{f.name: got[f.name] for f in fields(cls) if f.name in got})
+    "The settings dataclass `stage` of run `rec` ran with: the run's resolved params over the declared defaults, type-checked (`stages.config`)."
+    return ST.config(stage, rec.get("config", {}).get("params", {}).get(stage, {}))
 
 SAMPLING = ("repetition_penalty", "no_repeat_ngram_size")  # the run's settings `engine.Sampling` takes as they are (generate's names and meaning)
 
