@@ -110,10 +110,12 @@ def trl_args(stage: str, cfg: Preference, out: Path):
     "TRL's `DPOConfig` or `KTOConfig` for `cfg`: every setting named like one of its fields goes in under its own name; mixed precision as `models.train_dtypes` says."
     import torch
     from llmops_nb.models import train_dtypes
+    from llmops_nb.trainer import checkpointing
     Config, _ = _trl(stage)
     names = {f.name for f in dataclasses.fields(Config)}
     mixed = train_dtypes(cfg.dtype)[1]
-    return Config(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, output_dir=str(Path(out)/"checkpoints"),
+    same = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names and k != "gradient_checkpointing"}
+    return Config(**same, **checkpointing(cfg.gradient_checkpointing), output_dir=str(Path(out)/"checkpoints"),
                   bf16=mixed == torch.bfloat16, fp16=mixed == torch.float16,
                   save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=False, dataloader_num_workers=0)
 

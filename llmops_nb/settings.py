@@ -59,6 +59,7 @@ class Training:
     max_grad_norm: float = setting(1.0, "gradient clipping")
     max_length: int = setting(1024, "tokens per example; longer ones are truncated and counted")
     logging_steps: int = setting(2, "log loss, learning rate and throughput every N steps")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, slower; TRL's default is on, ours off)")
 
 @dataclass
 class Generation:
@@ -107,7 +108,6 @@ class FinetuneConfig(Training, Lora, Precision, CausalLM, Seeded):
     packing: bool = setting(True, "padding-free packing (position ids restart per example)")
     pack_length: int = setting(0, "tokens per packed row (0: max_length)")
     device: str = setting("auto", "auto, cpu, cuda")
-    gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, slower)")
     torch_compile: bool = setting(False, "torch.compile the model")
     use_liger_kernel: bool = setting(False, "Liger fused kernels (GPU, needs liger-kernel)")
     eval_steps: int = setting(4, "validation loss every N steps (0: only before and after)")

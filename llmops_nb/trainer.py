@@ -25,7 +25,7 @@ from .settings import FinetuneConfig
 # %% auto #0
 __all__ = ['STAGING', 'RESUMABLE', 'TRAINING_FIELDS', 'check_length', 'load_base', 'checkpoints', 'changed_settings',
            'last_checkpoint', 'no_input_casts', 'CompletionTrainer', 'ThroughputCallback', 'peak_memory_mb',
-           'ProgressCallback', 'training_args', 'train', 'plot_history']
+           'ProgressCallback', 'checkpointing', 'training_args', 'train', 'plot_history']
 
 # %% ../nbs/09_trainer.ipynb #709aac29
 def check_length(model, max_length: int, name: str = "model"):
@@ -236,6 +236,10 @@ class ProgressCallback(TrainerCallback):
 TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 _CK = "activation_checkpointing" if "activation_checkpointing" in TRAINING_FIELDS else "gradient_checkpointing"
 
+def checkpointing(on: bool) -> dict:
+    "The `TrainingArguments` (or TRL config) arguments that turn activation checkpointing `on` or off, under this transformers' name."
+    return {_CK: on, _CK + "_kwargs": {"use_reentrant": False}}
+
 def training_args(cfg: FinetuneConfig, out: Path, report_to="none", has_eval=True) -> TrainingArguments:
     "TrainingArguments for `cfg`, writing checkpoints into `out/checkpoints`."
     dev = pick_device(cfg.device); dt = train_dtypes(cfg.dtype, dev)[1]
@@ -246,7 +250,7 @@ def training_args(cfg: FinetuneConfig, out: Path, report_to="none", has_eval=Tru
         "eval_steps": cfg.eval_steps or None, "save_steps": cfg.eval_steps * max(1, round(cfg.save_steps / cfg.eval_steps)) if es else cfg.save_steps},
         eval_strategy="steps" if ev else "no",
         save_strategy="steps",
-        **{_CK: cfg.gradient_checkpointing, _CK + "_kwargs": {"use_reentrant": False}},
+        **checkpointing(cfg.gradient_checkpointing),
         output_dir=str(out/"checkpoints"), data_seed=cfg.seed, bf16=dt == torch.bfloat16, fp16=dt == torch.float16,
         use_cpu=dev.type == "cpu", logging_first_step=True, load_best_model_at_end=es,
         metric_for_best_model="eval_loss" if es else None, greater_is_better=False if es else None,

@@ -80,10 +80,10 @@ def test_peft_and_trl_configs_follow_the_settings(tmp_path):
     assert (c.r, c.lora_alpha, c.lora_dropout, sorted(c.target_modules), c.use_dora, c.use_rslora) == (4, 8, 0.1, ["q_proj"], True, True)
     p = S.PreferenceConfig(beta=0.3, learning_rate=1e-4, num_train_epochs=2.0, max_steps=5, per_device_train_batch_size=3, max_length=99,
                            gradient_accumulation_steps=2, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.1,
-                           max_grad_norm=0.3, logging_steps=3, seed=5)
+                           max_grad_norm=0.3, logging_steps=3, seed=5, gradient_checkpointing=True)
     a = dpo_args(p, tmp_path)
     for k in ("beta", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "max_length", "gradient_accumulation_steps",
-              "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm", "logging_steps", "seed"):
+              "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm", "logging_steps", "seed", "gradient_checkpointing"):
         assert getattr(a, k) == getattr(p, k), k
 
 
