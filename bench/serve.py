@@ -55,7 +55,7 @@ def test_prompts(n: int) -> list:
 def tutorial_app(model: str, device: str):
     "The tutorial way: one endpoint, `model.generate` per request, one at a time."
     import torch
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from llmops_nb.models import load_causal_lm
     lm, tok = load_causal_lm(model, device=device, dtype="float32" if device == "cpu" else "auto")  # as tutorials do: fp32 on CPU
     lock, app = threading.Lock(), FastAPI()

@@ -5,7 +5,7 @@
 # %% ../nbs/32_api.ipynb #12cd8539
 from __future__ import annotations
 import json, secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from .limits import MAX_MESSAGES, MAX_NOTE_CHARS
 
 # %% auto #0

@@ -5,9 +5,8 @@
 # %% ../nbs/21_card.ipynb #d9997645
 from __future__ import annotations
 import json
-from pathlib import Path
 from .core import interval, md_code, md_text
-from .runs import _num, aliases, gate_rows, gates_passed, output, stage_metrics, stage_out
+from .runs import _num, aliases, gate_rows, output, stage_metrics
 from .summary import preference
 
 # %% auto #0

@@ -5,7 +5,6 @@
 # %% ../nbs/25_chat.ipynb #138b7173
 from __future__ import annotations
 import os, threading, time
-from pathlib import Path
 from .core import ConfigError, md_code, md_text
 from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
 from .feedback import rate, record, review

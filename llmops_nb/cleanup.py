@@ -4,7 +4,7 @@
 
 # %% ../nbs/52_cleanup.ipynb #3c5f4635
 from __future__ import annotations
-import json, shutil, time
+import json, shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from .core import ConfigError, resolve_path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, html, io, json, os
 from pathlib import Path
 from .runs import flat_metrics, flat_params, gates_passed, output
-from .summary import name, num
+from .summary import num
 
 # %% auto #0
 __all__ = ['QUALITY', 'is_quality', 'headline_keys', 'paired', 'page']

@@ -8,7 +8,7 @@ import json, os, sqlite3, threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from .core import ConfigError, project_root, resolve_path, write_jsonl
+from .core import ConfigError, project_root, resolve_path
 
 # %% auto #0
 __all__ = ['DEFAULT_DB', 'BUSY_MS', 'MIGRATIONS', 'SCHEMA_VERSION', 'DECISIONS', 'COLUMNS', 'db_path', 'schema_version',

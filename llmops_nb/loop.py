@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, random, urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 # %% auto #0
 __all__ = ['KEYS', 'split_questions', 'ask_all', 'simulated_users', 'send_ratings', 'held_out_scores', 'verdict']

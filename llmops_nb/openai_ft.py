@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_openai_ft.ipynb #25b14db4
 from __future__ import annotations
-import json, os
+import os
 from collections import Counter
 from .core import ConfigError
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
-import ast, hashlib, json, os, shutil, sys, tempfile, time
+import ast, hashlib, json, os, shutil, tempfile, time
 import contextlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +14,7 @@ from .core import ConfigError, Lock, files_under, project_root, read_metrics, re
 from .kernels import SHUTDOWN, ensure_kernel, malloc_env
 from .params import HUB_ID, apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
-from .runs import git_info, list_runs, load_record, new_run_id, now, run_lock, save_record, take_run, versions
+from .runs import git_info, load_record, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
@@ -100,7 +100,7 @@ def stage_key(stage: str, vals: dict, inputs: dict) -> str:
 # %% ../nbs/19_pipeline.ipynb #c3b1067f
 def input_digests(stage: str, outs: dict) -> dict:
     "Content digests of the upstream outputs `stage` reads, from the manifests in the folders `outs` (upstream -> folder)."
-    st, got = ST.stage(stage), {}
+    got = {}
     for u, names in _reads(stage, outs).items():
         files = (read_manifest(outs[u]) or {}).get("files", {})
         got[u] = files if names is None else {n: files.get(n) for n in names}

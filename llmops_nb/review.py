@@ -4,7 +4,7 @@
 
 # %% ../nbs/45_review.ipynb #2d7055f8
 from __future__ import annotations
-import hashlib, json, os, re, sys
+import hashlib, json, re, sys
 from pathlib import Path
 from .core import ConfigError, project_root, resolve_path, sha256_path, write_json, write_jsonl
 from .feedback import DECISIONS, db_path, load, review

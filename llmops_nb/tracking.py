@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, os, subprocess, sys
 from pathlib import Path
-from .core import ConfigError, read_metrics, write_json, write_metrics
+from .core import ConfigError, write_json, write_metrics
 from . import stages as ST
 
 # %% auto #0

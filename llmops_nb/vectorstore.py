@@ -14,7 +14,7 @@ from langchain_core.vectorstores import VectorStore
 from .core import ConfigError, Lock, resolve_path, sha256_path, write_atomic
 from .settings import RagIndexConfig
 from .stages import declared
-from .documents import Skip, chunk_file, embed_text, scan, chunk_id
+from .documents import Skip, chunk_file, embed_text, scan
 from .models import embedding_path, pick_dtype
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/36_vllm_engine.ipynb #b3701b1c
 from __future__ import annotations
-import asyncio, json, logging, os, secrets, shutil, socket, subprocess, sys, time
+import asyncio, json, logging, os, secrets, shutil, socket, subprocess, time
 from pathlib import Path
 from .api import ApiError
 from .core import ConfigError

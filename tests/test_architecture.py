@@ -1,12 +1,11 @@
 "The architecture's promises: one declaration per setting, explicit stage contracts, no import cycle, small modules."
 import ast, dataclasses, json, re
-from pathlib import Path
 import pytest
 from conftest import ROOT
 from llmops_nb import settings as S, stages as ST
 from llmops_nb.cli import main
 from llmops_nb.core import resolve_path
-from llmops_nb.params import SHARED, validate
+from llmops_nb.params import validate
 
 PKG = ROOT/"llmops_nb"
 MODULES = sorted(p for p in PKG.glob("*.py") if p.name != "_modidx.py")

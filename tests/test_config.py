@@ -1,7 +1,6 @@
 "Bad params are caught before any kernel starts: one line, exit status 2, no run folder."
 import json, subprocess, sys
-from pathlib import Path
-import pytest, yaml
+import pytest
 from conftest import llmops, ROOT
 from llmops_nb.cli import main
 

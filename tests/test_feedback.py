@@ -1,6 +1,5 @@
 "Feedback loop: the chat in a real browser, concurrent writers, exports, monitoring, the dpo stage."
-import json, os, socket, sqlite3, subprocess, sys, tempfile, threading
-from pathlib import Path
+import json, os, socket, sqlite3, subprocess, sys, threading
 import pytest
 from conftest import llmops
 

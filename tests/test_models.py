@@ -1,6 +1,6 @@
 "The packaged models load offline, fast after the first conversion, and a local folder behaves like its alias."
 import torch
-from llmops_nb.models import load_causal_lm, resolve_model, embedding_path, ALIASES, cpu_bf16, pick_dtype, train_dtypes
+from llmops_nb.models import load_causal_lm, resolve_model, embedding_path, cpu_bf16, pick_dtype, train_dtypes
 from llmops_nb.core import ConfigError
 import pytest
 

@@ -1,6 +1,5 @@
 "The newcomer's path (issue 19): progress and a verdict in the terminal, runs named and listed, removed safely."
 import json, re
-from pathlib import Path
 from conftest import llmops, ROOT
 
 

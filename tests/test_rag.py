@@ -1,5 +1,5 @@
 "RAG: safe persistence, model check, incremental updates, bad inputs, the QA chain."
-import json, warnings
+import json
 from pathlib import Path
 import numpy as np
 import pytest

@@ -228,7 +228,6 @@ def test_full_disk_mid_stage(params, tmp_path):
 # -- 2c. resume takes --set, validated like run ----------------------------------------------------------------
 
 def test_resume_with_set_fixes_a_parameter(params, tmp_path, capsys):
-    from llmops_nb.cli import main
     bad = tmp_path/"bad.jsonl"; bad.write_text("\n".join(DATA.read_text().splitlines()[:30]) + "\n")
     f = params({"wandb": {"mode": "disabled"}, "stages": ["prepare"], "prepare": {"data": str(bad)}})
     rec = P.run(f, **QUIET)
@@ -337,7 +336,7 @@ def test_cache_entries_are_written_atomically_and_an_empty_one_is_a_miss(params,
         P.cache_put(tmp_path, "prepare", "k", {"run_id": f"r{i}", "out_dir": str(tmp_path), "notebook": "x" * 4000}); i += 1
     assert [int(p.stdout.read()) for p in procs] == [0, 0, 0] and i > 10   # 3,000 reads during the writes: none saw half an entry
     f = params({"wandb": {"mode": "disabled"}, "stages": ["prepare"], "prepare": {"max_examples": 20}})
-    r1 = P.run(f, **QUIET)
+    P.run(f, **QUIET)   # the cache entry a crash then empties
     entry = next((tmp_path/"runs"/".cache").glob("prepare-*.json")); entry.write_text("")   # a crash mid-write, by an older writer
     said = []
     r2 = P.run(f, progress=False, echo=said.append)

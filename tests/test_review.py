@@ -1,5 +1,5 @@
 "Review before reuse: the terminal flow fed through stdin, a store from before the review, the training guards."
-import os, sqlite3, subprocess, sys
+import sqlite3, subprocess, sys
 from pathlib import Path
 import pytest
 from llmops_nb import feedback as F, preference as PR, review as RV

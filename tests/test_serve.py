@@ -2,7 +2,7 @@
 import concurrent.futures as cf, json, os, socket, subprocess, sys, threading, time, urllib.request
 from pathlib import Path
 import pytest
-from conftest import ROOT, llmops
+from conftest import llmops
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 openai = pytest.importorskip("openai")
@@ -362,7 +362,6 @@ def test_promotion_during_traffic(runs, tmp_path):
         with cf.ThreadPoolExecutor(5) as ex:
             workers = [ex.submit(traffic, w) for w in range(4)]
             time.sleep(1.0)
-            t_promote = time.time()
             promoting = subprocess.Popen([str(exe), "--run-root", str(rr), "promote", r2["id"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             inflight = ex.submit(ask, long_q, 1900)  # starts while `llmops promote` is still starting up
             assert promoting.wait(120) == 0, promoting.stderr.read()
