@@ -55,7 +55,7 @@ def remove(refs, # runs: ids, short ids, latest or folders
            echo=print, # where the messages go
           ) -> list: # the ids removed
     "Remove the runs `refs` name (all checked first: one that cannot go stops them all, with a one-line reason)."
-    recs = [load_record(r, run_root) for r in ([refs] if isinstance(refs, str) else refs)]
+    recs = list({(r := load_record(ref, run_root))["id"]: r for ref in ([refs] if isinstance(refs, str) else refs)}.values())  # a run named twice goes once
     root = resolve_path(run_root)
     runs, reg, ids = list_runs(root), registry(root), {r["id"] for r in recs}
     for rec in recs:

@@ -102,9 +102,11 @@ def migrate(con, migrations=None) -> int:
 _ready, _ready_lock = set(), threading.Lock()
 
 @contextmanager
-def connect(db=None):
-    "A fresh connection to the store (created and migrated on first use), closed on exit."
+def connect(db=None, create=True):
+    "A fresh connection to the store (created, unless not `create`, and migrated on first use), closed on exit."
     p = db_path(db)
+    if not (create or p.is_file()):  # a reader of a mistyped path must not leave an empty store there
+        raise ConfigError(f"feedback store {p} does not exist: `llmops serve` and `llmops chat` create it; expected the store they write (--db or $LLMOPS_FEEDBACK_DB)")
     p.parent.mkdir(parents=True, exist_ok=True)
     try: con = sqlite3.connect(p, timeout=BUSY_MS / 1000, isolation_level=None)  # autocommit; explicit BEGIN for multi-statement writes
     except sqlite3.Error as e: raise ConfigError(f"feedback store {p}: cannot open it ({e}); expected an SQLite database file") from None
@@ -202,7 +204,7 @@ COLUMNS = ["id", "timestamp", "run_id", "model_id", "adapter_id", "question", "s
 def load(db=None):
     "Every stored interaction as a pandas DataFrame, oldest first (`rating` is a nullable integer)."
     import pandas as pd
-    with connect(db) as con:
+    with connect(db, create=False) as con:
         rows = [dict(r) for r in con.execute(f"SELECT {', '.join(COLUMNS)} FROM feedback ORDER BY id")]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["sources"] = df["sources"].map(json.loads)

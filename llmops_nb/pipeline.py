@@ -14,7 +14,7 @@ from .core import ConfigError, Lock, files_under, project_root, read_metrics, re
 from .kernels import SHUTDOWN, ensure_kernel, malloc_env
 from .params import HUB_ID, apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
-from .runs import git_info, load_record, new_run_id, now, run_lock, save_record, take_run, versions
+from .runs import git_info, load_record, started_in, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
@@ -345,13 +345,13 @@ def run(params_file, # a params YAML file
     run_dir = resolve_path(cfg["run_root"])/rid
     rec = dict(id=rid, name=cfg.get("name"), created=now(), status="running", params_file=str(resolve_path(params_file)),  # absolute: `list` and `resume` read it from anywhere
                overrides=list(sets or ()), raw=raw, config=cfg, wandb=cfg["wandb"], run_dir=str(run_dir),
-               only=list(stages or []), git=git_info(), versions=versions(),
+               only=list(stages or []), git=git_info(), versions=versions(), cwd=os.getcwd(), project=str(project_root()),  # what relative paths meant
                stages={s: {"status": "pending"} for s in cfg["stages"]})
     _needs(rec)
     run_dir.mkdir(parents=True)
     lock = run_lock(rec); lock.acquire(cmd="run")  # a new folder: nobody else can hold it yet
     try: save_record(rec)
-    except BaseException: lock.release(); raise
+    except BaseException: lock.release(); shutil.rmtree(run_dir, ignore_errors=True); raise  # no folder no command can see
     echo(f"run {rid}: {len(cfg['stages'])} stages -> {run_dir}")
     return _walk(rec, lock, force, progress, echo)
 
@@ -361,9 +361,12 @@ def resume(ref, # the run: id, short id, latest or alias
            progress=True, # papermill progress bars
            echo=print, # where progress lines go
           ) -> dict: # the run record
-    "Continue the run `ref` names from its first stage that did not finish; `sets` change parameters first."
+    "Continue the run `ref` names from its first stage that did not finish, in the folder it was started in (`runs.started_in`); `sets` change parameters first."
     malloc_env()  # as in run: a wrong LLMOPS_MALLOC fails before any stage
-    lock, rec = take_run(load_record(ref, run_root), "resume")  # refused while a live process runs it
+    with started_in(load_record(ref, run_root)) as rec: return _resume(rec, sets, progress, echo)
+
+def _resume(rec, sets, progress, echo):
+    lock, rec = take_run(rec, "resume")  # refused while a live process runs it
     try:
         if rec["status"] == "done" and not sets: echo(f"run {rec['id']} already finished"); lock.release(); return rec
         if rec["status"] == "interrupted" and rec.get("interruptions"):
@@ -372,7 +375,8 @@ def resume(ref, # the run: id, short id, latest or alias
         cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
         check_sets(sets, cfg)
         if done := [s for s in cfg["stages"] if rec["stages"][s].get("status") == "done" and not ST.stage(s).reads_run and cfg["params"][s] != rec["config"]["params"][s]]:
-            raise ConfigError(f"--set: {', '.join(done)} finished in run {rec['id']}, and other runs, the stage cache or an alias may use that; "
+            was, new = rec["config"]["params"][done[0]], cfg["params"][done[0]]; k = next(k for k in {**was, **new} if was.get(k) != new.get(k))
+            raise ConfigError(f"{'--set' if sets else 'resume'}: {done[0]}.{k} would be {new.get(k)!r}, but {', '.join(done)} finished in run {rec['id']} with {was.get(k)!r}, and other runs, the stage cache or an alias may use that; "
                               f"start a new run with the change (llmops run {rec['params_file']} --set ...), which reuses every unchanged stage")
         if cfg["stages"] != rec["config"]["stages"]: raise ConfigError(f"--set: resume keeps the run's stages ({', '.join(rec['config']['stages'])}); start a new run to change them")
         for w in cfg.get("warnings", []): echo(f"warning: {w}")

@@ -4,17 +4,18 @@
 
 # %% ../nbs/18_runs.ipynb #93841d0c
 from __future__ import annotations
-import json, os, subprocess, sys, time
+import json, os, re, subprocess, sys, time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from . import stages as ST
 from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, write_json
 
 # %% auto #0
-__all__ = ['PKGS', 'RUN_LOCK', 'RESERVED', 'now', 'new_run_id', 'git_info', 'versions', 'save_record', 'list_runs', 'registry',
-           'registry_lock', 'resolve', 'load_record', 'run_lock', 'mark_interrupted', 'leftovers', 'stop_leftovers',
-           'take_run', 'refresh', 'stage_out', 'stage_metrics', 'output', 'tuned', 'gate_rows', 'gates_passed',
-           'aliases', 'check_alias', 'promote', 'flat_params', 'flat_metrics']
+__all__ = ['PKGS', 'RECORD', 'RUN_LOCK', 'RESERVED', 'ALIAS', 'now', 'new_run_id', 'git_info', 'versions', 'save_record',
+           'list_runs', 'registry', 'registry_lock', 'resolve', 'load_record', 'run_lock', 'mark_interrupted',
+           'leftovers', 'stop_leftovers', 'take_run', 'refresh', 'started_in', 'stage_out', 'stage_metrics', 'output',
+           'tuned', 'gate_rows', 'gates_passed', 'aliases', 'check_alias', 'promote', 'flat_params', 'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str:
@@ -49,13 +50,15 @@ def save_record(rec: dict) -> Path:
     "Write `rec` to its folder's run.json (atomically: a reader never sees half a record)."
     return write_json(Path(rec["run_dir"])/"run.json", rec, indent=2)
 
+RECORD = {"id", "run_dir", "stages"}  # what every run record has: anything less is not one
+
 def list_runs(run_root="runs") -> list:
     "Run records under `run_root`, oldest first (unreadable records, and files that are no run record, skipped); `run_dir` is the folder each was found in."
     root, out = resolve_path(run_root), []
     for p in sorted(root.glob("*/run.json")) if root.exists() else []:
         try: r = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError): continue
-        if isinstance(r, dict) and {"id", "run_dir", "stages"} <= r.keys(): out.append({**r, "run_dir": str(p.parent)})
+        except (OSError, ValueError): continue  # not JSON, or not UTF-8
+        if isinstance(r, dict) and RECORD <= r.keys(): out.append({**r, "run_dir": str(p.parent)})
     return out
 
 # %% ../nbs/18_runs.ipynb #cad277d4
@@ -97,8 +100,10 @@ def load_record(ref, run_root="runs") -> dict:
     "The run record of the run `ref` names (see `resolve`); its `run_dir` is the folder its run.json is in."
     p = resolve(ref, run_root)/"run.json"
     try: rec = json.loads(p.read_text())
+    except UnicodeDecodeError: raise ConfigError(f"{p}: not UTF-8 text; the record is damaged") from None
     except json.JSONDecodeError as e: raise ConfigError(f"{p}: not valid JSON ({e.msg}); the record is damaged") from None
     if not isinstance(rec, dict): raise ConfigError(f"{p}: not a run record (a JSON {type(rec).__name__}); the record is damaged")
+    if lost := sorted(RECORD - rec.keys()): raise ConfigError(f"{p}: not a run record (no {', '.join(lost)}); the record is damaged")
     return {**rec, "run_dir": str(p.parent)}  # where it was found, never the recorded field: a copied or edited record must not point writes and deletes elsewhere
 
 # %% ../nbs/18_runs.ipynb #c4b201cc
@@ -161,6 +166,20 @@ def refresh(rec: dict) -> dict:
     try: return _settle(rec, last)
     finally: lock.release()
 
+# %% ../nbs/18_runs.ipynb #5a7c2e11
+@contextmanager
+def started_in(rec: dict):
+    "Inside: the folder and project root run `rec` was started in (as recorded; where the folder is gone, the current one)."
+    cwd, env = os.getcwd(), os.environ.get("LLMOPS_PROJECT_ROOT")
+    try:
+        if rec.get("project"): os.environ["LLMOPS_PROJECT_ROOT"] = rec["project"]
+        if rec.get("cwd") and Path(rec["cwd"]).is_dir(): os.chdir(rec["cwd"])
+        yield rec
+    finally:
+        os.chdir(cwd)
+        if env is None: os.environ.pop("LLMOPS_PROJECT_ROOT", None)
+        else: os.environ["LLMOPS_PROJECT_ROOT"] = env
+
 # %% ../nbs/18_runs.ipynb #035cb6f3
 def stage_out(rec: dict, stage: str) -> Path | None:
     "Folder of `stage` in run `rec` when it finished (ran or cached), else None."
@@ -216,10 +235,13 @@ def aliases(rec: dict) -> list:
 
 # %% ../nbs/18_runs.ipynb #701cdc31
 RESERVED = ("latest", "candidate")  # names `resolve` answers before any alias
+ALIAS = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 def check_alias(alias: str, runs: list) -> str:
     "`alias`, unless `resolve` would read it as something else (`RESERVED`, or a part of a run's id): a one-line ConfigError."
     if alias in RESERVED: raise ConfigError(f"alias '{alias}': `{alias}` always names the {'newest run' if alias == 'latest' else 'newest run whose gates passed'}, so it cannot be moved; choose another name, e.g. production or staging")
+    if not re.fullmatch(ALIAS, alias or "x"):  # W&B refuses / and : in aliases; a name here is also a word in commands and URLs
+        raise ConfigError(f"alias {alias!r}: expected letters, digits, ., _ or - (at most 64, starting with a letter or digit), e.g. production or staging")
     if not alias or any(r["id"].startswith(alias) or r["id"].endswith(alias) for r in runs):
         raise ConfigError(f"alias '{alias}' is {'empty' if not alias else 'part of a run id'}; choose a name that is not, e.g. production or staging")
     return alias
@@ -258,6 +280,7 @@ def _promote(rec, alias, ok, force, root, echo):
     reg[alias] = dict(run_id=rec["id"], at=at, artifact=tracking.adapter_artifact(rec), previous=[r["id"] for r in prev])
     write_json(root/"registry.json", reg)
     echo(f"'{alias}' -> run {rec['id']}" + (f" (was {', '.join(r['id'] for r in prev)})" if prev else "") + f"; recorded in {root/'registry.json'}")
+    if tuned(rec)["adapter"] is None: echo(f"warning: run {rec['id']} left no adapter (finetune, dpo or kto), so `llmops serve {alias}` serves the base model {tuned(rec)['model']}")
     if ok is None: echo(f"warning: run {rec['id']} set no quality gates, so nothing checked it before this promotion (add `gates:` to evaluate or rag_eval)")
     if tracking.wandb_mode() == "online": tracking.set_alias(rec, alias, echo)
     else: echo(f"W&B offline: the alias is recorded locally only; `llmops sync {rec['id']}` sets it on the adapter artifact in W&B once you are logged in")

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil, pytest, yaml
 from conftest import llmops, missing, ROOT
 from llmops_nb import kernels as K, pipeline as P, runs, stages as ST
-from llmops_nb.core import ConfigError
+from llmops_nb.core import ConfigError, read_metrics
 
 LLMOPS = Path(sys.executable).parent/"llmops"
 DATA = ROOT/"data"/"instructions.jsonl"
@@ -223,6 +223,20 @@ def test_full_disk_mid_stage(params, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rec = runs.load_record(rec["run_dir"])
     assert rec["status"] == "done" and rec["stages"]["prepare"]["status"] == "done" and rec["stages"]["rag_index"]["status"] == "done"
+
+
+def test_resume_resolves_paths_where_the_run_started(params, tmp_path, monkeypatch):
+    "A run started in one folder with a relative data path, resumed from another, reads the same file (not the package's sample of that name)."
+    a, b = tmp_path/"a", tmp_path/"b"; (a/"data").mkdir(parents=True); b.mkdir()
+    mine = a/"data"/"instructions.jsonl"; mine.write_text("\n".join(DATA.read_text().splitlines()[:40]) + "\n")
+    f = params({"wandb": {"mode": "disabled"}, "stages": ["prepare"], "prepare": {"data": "data/instructions.jsonl"}})
+    monkeypatch.chdir(a)
+    rec = P.run(f, **QUIET)
+    rec["status"], rec["stages"]["prepare"]["status"] = "failed", "failed"; runs.save_record(rec)   # as if prepare had failed
+    r = llmops("--run-root", tmp_path/"runs", "resume", rec["id"], "--quiet", cwd=b)
+    assert r.returncode == 0, one_line(r)
+    got = runs.load_record(rec["id"], tmp_path/"runs")
+    assert got["stages"]["prepare"]["key"] == rec["stages"]["prepare"]["key"], got["config"]["params"]["prepare"]   # the same inputs: the same file
 
 
 # -- 2c. resume takes --set, validated like run ----------------------------------------------------------------
