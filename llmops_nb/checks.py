@@ -9,11 +9,21 @@ from pathlib import Path
 from .core import ConfigError, read_jsonl, resolve_path
 
 # %% auto #0
-__all__ = ['DATA_FILES', 'ENDPOINT_SETTINGS', 'NO_ADAPTER', 'check_data', 'read_questions', 'check_docs', 'check_sources',
-           'check_hub_model', 'check_metrics', 'check_prices', 'check_endpoints', 'check_adapters', 'contents']
+__all__ = ['DATA_FILES', 'DATA_TYPES', 'ENDPOINT_SETTINGS', 'NO_ADAPTER', 'check_data', 'read_questions', 'check_docs',
+           'check_sources', 'check_hub_model', 'check_metrics', 'check_prices', 'check_endpoints', 'check_adapters',
+           'contents']
 
 # %% ../nbs/03a_checks.ipynb #637d3467
-DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")
+DATA_FILES = (".jsonl", ".json", ".csv", ".tsv")  # read here, record by record
+DATA_TYPES = (*DATA_FILES, ".parquet")  # the files prepare reads (data._raw)
+
+def _parquet_rows(p: Path, where: str) -> int:
+    "The row count in the footer of Parquet file `p`; a file that is not Parquet is a one-line error naming it."
+    import pyarrow.parquet as pq
+    try: n = pq.read_metadata(p).num_rows
+    except Exception as e: raise ConfigError(f"{where}: {p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    if not n: raise ConfigError(f"{where}: {p} has no records")
+    return n
 
 def _rows(p: Path) -> tuple:
     "(unit, [(n, record)]) of a local JSONL/JSON/CSV data file, read as `data.load_records` reads it."
@@ -31,7 +41,10 @@ def check_data(path, where: str, columns: dict | None = None) -> int | None:
     "Read the data file at `path` through as `prepare` will; a record that is not a conversation with an answer is a one-line error with file and line. The number of records (None: read when loaded)."
     from llmops_nb.data import map_columns, to_messages
     p = resolve_path(path)
-    if not p.is_file() or p.suffix.lower() not in DATA_FILES: return None
+    if not p.is_file(): return None  # a datasets folder or a hub id: checked when loaded
+    if p.suffix.lower() not in DATA_TYPES:
+        raise ConfigError(f"{where}: {p}: unsupported data file type '{p.suffix}'; expected {', '.join(DATA_TYPES)}, a datasets folder or a hub dataset id")
+    if p.suffix.lower() == ".parquet": return _parquet_rows(p, where)
     try: unit, rows = _rows(p)
     except ConfigError as e: raise ConfigError(f"{where}: {e}") from None  # the params file and key, then the data file and line
     if not rows: raise ConfigError(f"{where}: {p} has no records")
@@ -90,20 +103,27 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
                                                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
-def check_hub_model(repo: str, where: str):
-    "Raise a one-line ConfigError unless hub id `repo` is in the local cache or (online) exists on the hub."
+def _cached(repo: str, kind: str) -> bool:
     from huggingface_hub import constants, try_to_load_from_cache
-    if isinstance(try_to_load_from_cache(repo, "config.json"), str): return
+    if kind == "model": return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    built = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME)/"datasets")/repo.replace("/", "___")  # datasets' own cache
+    return (Path(constants.HF_HUB_CACHE)/f"datasets--{repo.replace('/', '--')}").is_dir() or built.is_dir()
+
+def check_hub_model(repo: str, where: str, kind: str = "model"):
+    "Raise a one-line ConfigError unless hub id `repo` (a `kind`: model or dataset) is in the local cache or (online) exists on the hub."
+    from huggingface_hub import constants
+    if _cached(repo, kind): return
     if _offline():
-        raise ConfigError(f"{where}: model '{repo}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
-                          f"download it first (`hf download {repo}`), unset HF_HUB_OFFLINE, or use a packaged alias or a local folder")
+        other = "a packaged alias or a local folder" if kind == "model" else "a local file or folder"
+        raise ConfigError(f"{where}: {kind} '{repo}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; "
+                          f"download it first (`hf download {repo}{' --repo-type dataset' if kind == 'dataset' else ''}`), unset HF_HUB_OFFLINE, or use {other}")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    try: HfApi().model_info(repo, timeout=10)
-    except GatedRepoError: raise ConfigError(f"{where}: model '{repo}' is gated on the hub; accept its terms there and set HF_TOKEN") from None
-    except RepositoryNotFoundError: raise ConfigError(f"{where}: no model '{repo}' on the Hugging Face hub (or it is private: set HF_TOKEN)") from None
+    try: getattr(HfApi(), f"{kind}_info")(repo, timeout=10)
+    except GatedRepoError: raise ConfigError(f"{where}: {kind} '{repo}' is gated on the hub; accept its terms there and set HF_TOKEN") from None
+    except RepositoryNotFoundError: raise ConfigError(f"{where}: no {kind} '{repo}' on the Hugging Face hub (or it is private: set HF_TOKEN)") from None
     except Exception as e:  # no route, DNS, timeout, proxy: loading it later would fail alike
-        raise ConfigError(f"{where}: cannot reach the Hugging Face hub to check model '{repo}' ({type(e).__name__}); "
+        raise ConfigError(f"{where}: cannot reach the Hugging Face hub to check {kind} '{repo}' ({type(e).__name__}); "
                           "set HF_HUB_OFFLINE=1 to use the local cache only") from None
 
 # %% ../nbs/03a_checks.ipynb #b980bb54
@@ -165,22 +185,22 @@ def check_adapters(params: dict, where: str):
                                   f"expected a local {stage}.model (the adapter's base) and {fix}, or stages without {', '.join(ups)}")
 
 # %% ../nbs/03a_checks.ipynb #b295645a
-def contents(params: dict, src: str) -> list:
-    "Check what the stages in `params` (stage -> resolved settings) will read; raise on the first error, return warnings."
-    warns = []
+def contents(params: dict, src: str, given=lambda *keys: None) -> list:
+    "Check what the stages in `params` (stage -> resolved settings) will read; raise on the first error, return warnings. `given(stage, key)`: the `--set` that gave a file, blamed instead of `src`."
+    warns, at = [], lambda s, k: f"{given(s, k) or src}: {s}.{k}"
     if "prepare" in params and params["prepare"].get("data"):
         pp = params["prepare"]
-        if n := check_data(pp["data"], f"{src}: prepare.data", pp.get("columns")):
+        if n := check_data(pp["data"], at("prepare", "data"), pp.get("columns")):
             from llmops_nb.data import held_out
             try: held_out(min(n, pp.get("max_examples") or n), pp.get("val_size", 0.1), pp.get("test_size", 0.1))
-            except ConfigError as e: raise ConfigError(f"{src}: prepare.data: {pp['data']}: {e}") from None
+            except ConfigError as e: raise ConfigError(f"{at('prepare', 'data')}: {pp['data']}: {e}") from None
     if "dpo" in params and params["dpo"].get("pairs"): read_jsonl(params["dpo"]["pairs"], "preference pairs file")
     if "kto" in params and params["kto"].get("examples"): read_jsonl(params["kto"]["examples"], "KTO examples file")
-    if "rag_index" in params: check_docs(params["rag_index"]["docs"], f"{src}: rag_index.docs")
+    if "rag_index" in params: check_docs(params["rag_index"]["docs"], at("rag_index", "docs"))
     if "rag_eval" in params:
         q = params["rag_eval"]["questions"]
         read_questions(q)
-        if "rag_index" in params: warns += check_sources(q, params["rag_index"]["docs"], f"{src}: rag_eval.questions")
+        if "rag_index" in params: warns += check_sources(q, params["rag_index"]["docs"], at("rag_eval", "questions"))
     check_metrics(params, src)
     check_endpoints(params, src)
     check_adapters(params, src)

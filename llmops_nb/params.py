@@ -4,7 +4,9 @@
 
 # %% ../nbs/03_params.ipynb #22b63a74
 from __future__ import annotations
-import difflib, json, re
+import copy, difflib, math, re
+from dataclasses import fields
+from datetime import date
 from pathlib import Path
 import yaml
 from . import checks, settings as S, stages as ST
@@ -12,9 +14,9 @@ from .core import ConfigError, resolve_path
 
 # %% auto #0
 __all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'URL', 'SECRET_QUERY', 'HUB_ID',
-           'DATA_EXT', 'ENDPOINT_STAGES', 'find_secret', 'near', 'check_model', 'check_path', 'check_index',
-           'check_scheduler', 'check_value', 'validate', 'apply_overrides', 'read_yaml', 'read_params', 'check_sets',
-           'load_params']
+           'DATA_EXT', 'ENDPOINT_STAGES', 'OPS', 'find_secret', 'near', 'check_model', 'check_path', 'check_index',
+           'check_scheduler', 'bounds', 'out_of_bounds', 'check_value', 'validate', 'apply_overrides', 'read_yaml',
+           'read_params', 'check_sets', 'load_params']
 
 # %% ../nbs/03_params.ipynb #921f092b
 GLOBALS = dict(seed=int, model=str, embedding_model=str, dtype=str, run_root=str, stages=list, wandb=dict, name=str)
@@ -63,6 +65,11 @@ def near(key, options) -> str:
 
 def _tname(t) -> str: return ST._type_src(t).replace("NoneType", "None")
 
+def _wrong_type(at: str, v, t, also: str = "") -> ConfigError:
+    "`at = v is <type>, expected t`; YAML reads `name: 2024-01-01` as a date, so the message says how to make it text."
+    if isinstance(v, date): return ConfigError(f'{at} = {v} is a date, expected {_tname(t)} (quote it: "{v}")')
+    return ConfigError(f"{at} = {v!r} is {type(v).__name__}, expected {_tname(t)}{also}")
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DATA_EXT = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md", ".yaml", ".yml")
 
@@ -80,7 +87,11 @@ def check_model(name, where: str, aliases=None, stage: str | None = None):
         return  # an endpoint model: the stages that accept one check it (llmops_nb.endpoints)
     from llmops_nb.models import ALIASES  # only to list names; importing models is cheap
     aliases = ALIASES if aliases is None else aliases
-    if name in aliases or resolve_path(name).exists(): return
+    if name in aliases: return
+    if (p := resolve_path(name)).exists():  # a model folder, as save_pretrained writes it (sentence-transformers: modules.json)
+        need = ("config.json",) if aliases is ALIASES else ("modules.json", "config.json")
+        if p.is_dir() and any((p/f).is_file() for f in need): return
+        raise ConfigError(f"{where}: '{name}' is {'a folder without ' + ' or '.join(need) if p.is_dir() else 'a file'}; expected a packaged alias, a model folder or a hub id")
     if HUB_ID.match(str(name)) and not str(name).startswith((".", "/")):
         if name not in _HUB_OK: checks.check_hub_model(name, f"{where}: {name}"); _HUB_OK.add(name)
         return
@@ -89,7 +100,7 @@ def check_model(name, where: str, aliases=None, stage: str | None = None):
 def check_path(v, where: str, hub_ok: bool = False):
     "Raise unless `v` exists (or, with `hub_ok`, looks like a hub dataset id)."
     if resolve_path(v).exists(): return
-    if hub_ok and HUB_ID.match(str(v)) and not str(v).lower().endswith(DATA_EXT): return
+    if hub_ok and HUB_ID.match(str(v)) and not str(v).lower().endswith(DATA_EXT): return checks.check_hub_model(v, where, "dataset")
     raise ConfigError(f"{where}: no such file or folder '{v}' (resolved to {resolve_path(v)})")
 
 def check_index(v, where: str, special=()):
@@ -105,10 +116,24 @@ def check_scheduler(v, where: str):
     if v not in names: raise ConfigError(f"{where}: '{v}' is not a transformers learning-rate scheduler{near(v, names)}")
 
 # %% ../nbs/03_params.ipynb #4291555e
+OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+def bounds(stage: str) -> dict:
+    "setting -> its range ({'ge': 1}, ...) for every setting of `stage`, from the class that declares it."
+    cls = ST.stage(stage).config
+    return {f.name: next(c.__dataclass_fields__[f.name].metadata for c in cls.__mro__ if f.name in getattr(c, "__dataclass_fields__", {})
+                         and c.__dataclass_fields__[f.name].metadata).get("bounds", {}) for f in fields(cls)}
+
+def out_of_bounds(v, t, b: dict) -> str:
+    "What is expected ('an int >= 1') when number `v` of type `t` is outside range `b` or not finite; '' when it fits."
+    if not isinstance(v, (int, float)) or isinstance(v, bool): return ""
+    ok = not (isinstance(v, float) and not math.isfinite(v)) and all({"ge": v >= x, "gt": v > x, "le": v <= x, "lt": v < x}[op] for op, x in b.items())
+    return "" if ok else " ".join(["an int" if t is int else "a finite number", " and ".join(f"{OPS[op]} {x}" for op, x in b.items())]).strip()
+
 def check_value(where: str, key: str, v, decl: dict, stage: str | None = None):
     "Raise a one-line ConfigError unless `v` fits the declaration `decl` of setting `key` (of `stage`: whether it takes an endpoint model)."
-    if not ST.type_ok(v, decl["type"]):
-        raise ConfigError(f"{where}: {key} = {v!r} is {type(v).__name__}, expected {_tname(decl['type'])} (default {decl['default']!r})")
+    if not ST.type_ok(v, decl["type"]): raise _wrong_type(f"{where}: {key}", v, decl["type"], f" (default {decl['default']!r})")
+    if want := out_of_bounds(v, decl["type"], bounds(stage).get(key, {}) if stage else {}): raise ConfigError(f"{where}: {key} = {v}; expected {want}")
     at, ch = f"{where}: {key}", decl.get("choices", ())
     if decl["kind"] == "index": return check_index(v, at, ch)
     if ch and v not in ch: raise ConfigError(f"{at} = {v!r} is unknown{near(v, ch)}")
@@ -121,20 +146,24 @@ def check_value(where: str, key: str, v, decl: dict, stage: str | None = None):
     if decl["kind"] == "scheduler" and v != decl["default"]: check_scheduler(v, at)  # the default is known good, and costs no torch import
 
 # %% ../nbs/03_params.ipynb #d0ad80ed
-def _check_top(p: dict, src: str):
+def _given(sets=()):
+    "`at(*keys)`: the `--set S` that gave the value at `keys` (or a section above it; the last one wins), else None."
+    own = {tuple(s.split("=", 1)[0].strip().split(".")): f"--set {s}" for s in sets or ()}
+    return lambda *keys: next((own[keys[:i]] for i in range(len(keys), 0, -1) if keys[:i] in own), None)
+
+def _check_top(p: dict, src: str, at=_given()):
     known = ST.names()
     for k, v in p.items():
         if k in GLOBALS:
-            if not ST.type_ok(v, GLOBALS[k]) and not (k == "name" and v is None):
-                raise ConfigError(f"{src}: {k} = {v!r} is {type(v).__name__}, expected {_tname(GLOBALS[k])}")
-        elif k not in known: raise ConfigError(f"{src}: unknown key '{k}'{near(k, [*GLOBALS, *known])}")
+            if not ST.type_ok(v, GLOBALS[k]) and not (k == "name" and v is None): raise _wrong_type(f"{at(k) or src}: {k}", v, GLOBALS[k])
+        elif k not in known: raise ConfigError(f"{at(k) or src}: unknown key '{k}'{near(k, [*GLOBALS, *known])}")
         elif not isinstance(v, dict) and v is not None:
-            raise ConfigError(f"{src}: section '{k}' must be a mapping of parameters, got {type(v).__name__}")
+            raise ConfigError(f"{at(k) or src}: section '{k}' must be a mapping of parameters, got {type(v).__name__}")
     for k, v in (p.get("wandb") or {}).items():
-        if k not in WANDB_KEYS: raise ConfigError(f"{src}: unknown key 'wandb.{k}'{near(k, WANDB_KEYS)}")
-        if not ST.type_ok(v, WANDB_KEYS[k]): raise ConfigError(f"{src}: wandb.{k} = {v!r} is {type(v).__name__}, expected {_tname(WANDB_KEYS[k])}")
+        if k not in WANDB_KEYS: raise ConfigError(f"{at('wandb', k) or src}: unknown key 'wandb.{k}'{near(k, WANDB_KEYS)}")
+        if not ST.type_ok(v, WANDB_KEYS[k]): raise _wrong_type(f"{at('wandb', k) or src}: wandb.{k}", v, WANDB_KEYS[k])
     mode = (p.get("wandb") or {}).get("mode", "auto")
-    if mode not in WANDB_MODES: raise ConfigError(f"{src}: wandb.mode = {mode!r}; expected one of {', '.join(WANDB_MODES)}")
+    if mode not in WANDB_MODES: raise ConfigError(f"{at('wandb', 'mode') or src}: wandb.mode = {mode!r}; expected one of {', '.join(WANDB_MODES)}")
 
 # %% ../nbs/03_params.ipynb #063c5bdc
 def _check_stages(stages: list, src: str):
@@ -150,48 +179,64 @@ def _check_stages(stages: list, src: str):
                 raise ConfigError(f"{src}: stages: '{s}' reads the output of '{i.stage}'; add '{i.stage}' to stages (before '{s}')")
 
 # %% ../nbs/03_params.ipynb #10663007
-def _section(p: dict, s: str, src: str) -> dict:
-    "The resolved settings of stage `s`."
+def _section(p: dict, s: str, src: str, at=_given()) -> dict:
+    "The resolved settings of stage `s`; `at(*keys)`: the `--set` that gave a value, to blame it rather than the file `src`."
     decl = {k: d for k, d in ST.parameters(s).items() if d["role"] == "setting"}
     sec = p.get(s) or {}
     for k, v in sec.items():
-        if k not in decl: raise ConfigError(f"{src}: unknown key '{s}.{k}'{near(k, decl)}")
-        check_value(f"{src}: {s}", k, v, decl[k], s)
+        if k not in decl: raise ConfigError(f"{at(s, k) or src}: unknown key '{s}.{k}'{near(k, decl)}")
+        check_value(at(s, k) or f"{src}: {s}", k, v, decl[k], s)
     vals = {}
     for k, d in decl.items():
         if k in sec: v = sec[k]
-        elif k in SHARED and k in p: v = p[k]; check_value(f"{src}: {s}", k, v, d, s)
+        elif k in SHARED and k in p: v = p[k]; check_value(f"{at(k) or src}: {s}", k, v, d, s)
         else: v = d["default"]
         if d["kind"] in ("path", "path|hub") and isinstance(v, str) and v and resolve_path(v).exists(): v = str(resolve_path(v))
         vals[k] = float(v) if d["type"] is float else v
     return vals
 
 # %% ../nbs/03_params.ipynb #f33da6e7
-def validate(p: dict, src: str = "params") -> dict:
-    "Check params dict `p` (from file `src`) against the stage declarations; return the resolved params."
+def _plain(v, keys: tuple, where):
+    "Raise unless `v` (at `keys`; `where(keys)`: file or --set) is what run.json can hold: no YAML date or other tagged value, no NaN or infinity."
+    if isinstance(v, (dict, list)):
+        for k, x in (v.items() if isinstance(v, dict) else ((None, x) for x in v)):
+            if k is not None: _plain(k, keys, where)
+            _plain(x, keys if k is None else (*keys, k), where)
+    elif isinstance(v, date): raise _wrong_type(f"{where(keys)}: {'.'.join(map(str, keys))}", v, str)
+    elif isinstance(v, float) and not math.isfinite(v): raise ConfigError(f"{where(keys)}: {'.'.join(map(str, keys))} = {v}; expected a finite number")
+    elif not (v is None or isinstance(v, (str, int, float))):
+        raise ConfigError(f"{where(keys)}: {'.'.join(map(str, keys))} = {v!r} is {type(v).__name__}; expected text, a number, a list or a mapping")
+
+def validate(p: dict, src: str = "params", sets=()) -> dict:
+    "Check params dict `p` (from file `src`, with the overrides `sets` applied) against the stage declarations; return the resolved params."
     if not isinstance(p, dict): raise ConfigError(f"{src}: expected a mapping of keys to values at the top level, got {type(p).__name__}")
+    at = _given(sets)
     find_secret(p, src)
-    _check_top(p, src)
+    _check_top(p, src, at)
     stages = p.get("stages") or [s for s in p if s in ST.STAGES]
     if not stages: raise ConfigError(f"{src}: no stages to run; list them under 'stages' (e.g. stages: [prepare, finetune]) or add a stage section")
-    _check_stages(stages, src)
-    if "model" in p: check_model(p["model"], f"{src}: model")
-    sections = {s: _section(p, s, src) for s in ST.names() if s in stages or s in p}
+    _check_stages(stages, at("stages") or src)
+    if "model" in p: check_model(p["model"], f"{at('model') or src}: model")
+    sections = {s: _section(p, s, src, at) for s in ST.names() if s in stages or s in p}
+    _plain(p, (), lambda keys: at(*keys) or src)  # what no declared type caught: inside lists and mappings (gates, prices, columns, tags)
     params = {s: sections[s] for s in stages}
-    warnings = checks.contents(params, src)  # what the stages will read, read now, before any kernel
+    warnings = checks.contents(params, src, at)  # what the stages will read, read now, before any kernel
     return dict(stages=stages, params=params, seed=p.get("seed", 42), run_root=p.get("run_root", "runs"),
                 wandb={"project": "llmops-nb", "mode": "auto", **(p.get("wandb") or {})}, name=p.get("name"), warnings=warnings)
 
 # %% ../nbs/03_params.ipynb #fda0941b
 def apply_overrides(p: dict, sets=()) -> dict:
     "Copy of `p` with `stage.key=value` overrides applied."
-    p = json.loads(json.dumps(p))
+    p = copy.deepcopy(p)
     for s in sets or ():
+        try: s.encode("utf-8")
+        except UnicodeEncodeError: raise ConfigError(f"--set {s.encode('utf-8', 'backslashreplace').decode()}: not UTF-8 text") from None
         if "=" not in s: raise ConfigError(f"--set {s}: expected KEY=VALUE, e.g. finetune.r=8")
         key, val = s.split("=", 1)
         try: val = yaml.safe_load(val)
         except yaml.YAMLError: pass
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = keys = key.strip().split(".")
+        if not all(keys): raise ConfigError(f"--set {s}: '{key}' is not a key; expected KEY=VALUE, e.g. finetune.r=8")
         d = p
         for k in parents:
             if d.get(k) is None: d[k] = {}
@@ -220,6 +265,7 @@ def read_params(path) -> dict:
     "The raw mapping in params file `path` (one-line errors for a missing, binary, empty or malformed file)."
     raw = read_yaml(path)
     if raw is None: raise ConfigError(f"{path}: the params file is empty; expected stages and their sections (see params/smoke.yaml)")
+    if not isinstance(raw, dict): raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(raw).__name__}")  # before --set writes into it
     return raw
 
 def check_sets(sets, cfg: dict):
@@ -231,6 +277,6 @@ def check_sets(sets, cfg: dict):
 
 def load_params(path, sets=()) -> dict:
     "Read, override and validate the params file at `path`; returns the resolved params."
-    cfg = validate(apply_overrides(read_params(path), sets), str(path))
+    cfg = validate(apply_overrides(read_params(path), sets), str(path), sets)
     check_sets(sets, cfg)
     return cfg

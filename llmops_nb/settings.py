@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 # %% ../nbs/01_settings.ipynb #ad7811b3
 KINDS = ("", "path", "path|hub", "model", "embedding", "dtype", "index", "scheduler")
 
-def setting(default, help: str | None = None, kind: str = "", choices: tuple = ()):
-    "A dataclass field for a stage setting; `help=None` re-defaults a setting declared in a base group; `choices`: the values it takes, when a fixed set."
-    md = {} if help is None else {"help": help, "kind": kind, "choices": tuple(choices)}
+def setting(default, help: str | None = None, kind: str = "", choices: tuple = (), ge=None, gt=None, le=None, lt=None):
+    "A dataclass field for a stage setting; `help=None` re-defaults a setting declared in a base group; `choices`: the values it takes, when a fixed set; `ge`, `gt`, `le`, `lt`: a number's range."
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    md = {} if help is None else {"help": help, "kind": kind, "choices": tuple(choices), "bounds": bounds}
     if isinstance(default, (list, dict)): return field(default_factory=lambda: copy.deepcopy(default), metadata=md)
     return field(default=default, metadata=md)
 
@@ -24,7 +25,7 @@ def setting(default, help: str | None = None, kind: str = "", choices: tuple = (
 @dataclass
 class Seeded:
     "The seed of a stage's randomness (data order, initialisation, sampling)."
-    seed: int = setting(42, "random seed")
+    seed: int = setting(42, "random seed", ge=0, le=2**32 - 1)
 
 @dataclass
 class CausalLM:
@@ -40,37 +41,37 @@ class Precision:
 @dataclass
 class Lora:
     "PEFT's LoRA settings, for every stage that creates an adapter."
-    r: int = setting(16, "LoRA rank")
-    lora_alpha: int = setting(32, "LoRA scaling numerator (the scale is lora_alpha / r)")
-    lora_dropout: float = setting(0.0, "dropout on the LoRA input (costly on CPU, see 09_trainer)")
+    r: int = setting(16, "LoRA rank", ge=1)
+    lora_alpha: int = setting(32, "LoRA scaling numerator (the scale is lora_alpha / r)", ge=1)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input (costly on CPU, see 09_trainer)", ge=0, lt=1)
     target_modules: str | list = setting("all-linear", "layers to adapt: all-linear, one name, or a list like [q_proj, v_proj]")
 
 @dataclass
 class Training:
     "`TrainingArguments` settings (their names), for every stage that trains."
-    learning_rate: float = setting(2e-4, "peak learning rate")
-    num_train_epochs: float = setting(1.0, "passes over the training data (when max_steps is -1)")
-    max_steps: int = setting(8, "optimizer steps (-1: num_train_epochs decides)")
-    per_device_train_batch_size: int = setting(1, "rows per process per step (packed rows when packing)")
-    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
-    warmup_steps: float = setting(0.05, "linear warmup: steps, or a share of all steps when below 1")
+    learning_rate: float = setting(2e-4, "peak learning rate", gt=0)
+    num_train_epochs: float = setting(1.0, "passes over the training data (when max_steps is -1)", gt=0)
+    max_steps: int = setting(8, "optimizer steps (-1: num_train_epochs decides)", ge=-1)
+    per_device_train_batch_size: int = setting(1, "rows per process per step (packed rows when packing)", ge=1)
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step", ge=1)
+    warmup_steps: float = setting(0.05, "linear warmup: steps, or a share of all steps when below 1", ge=0)
     lr_scheduler_type: str = setting("cosine", "transformers scheduler name (linear, cosine, constant, ...)", "scheduler")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    max_grad_norm: float = setting(1.0, "gradient clipping")
-    max_length: int = setting(1024, "tokens per example; longer ones are truncated and counted")
-    logging_steps: int = setting(2, "log loss, learning rate and throughput every N steps")
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    max_grad_norm: float = setting(1.0, "gradient clipping", ge=0)
+    max_length: int = setting(1024, "tokens per example; longer ones are truncated and counted", ge=1)
+    logging_steps: int = setting(2, "log loss, learning rate and throughput every N steps", ge=1)
     gradient_checkpointing: bool = setting(False, "recompute activations in backward (less memory, slower; TRL's default is on, ours off)")
 
 @dataclass
 class Generation:
     "`generate` settings, for every stage that writes answers."
-    batch_size: int = setting(8, "prompts per generation batch")
-    max_new_tokens: int = setting(16, "longest answer, in tokens")
+    batch_size: int = setting(8, "prompts per generation batch", ge=1)
+    max_new_tokens: int = setting(16, "longest answer, in tokens", ge=1)
     do_sample: bool = setting(False, "sample instead of greedy decoding")
-    temperature: float = setting(1.0, "sampling temperature (with do_sample)")
-    top_p: float = setting(1.0, "nucleus sampling mass (with do_sample)")
-    repetition_penalty: float = setting(1.05, "scores of tokens already in the answer divided by it (1: off; generate's name, counted over the answer)")
-    no_repeat_ngram_size: int = setting(4, "no n-gram of this many tokens occurs twice in the answer (0: off; generate's name, counted over the answer)")
+    temperature: float = setting(1.0, "sampling temperature (with do_sample)", ge=0)
+    top_p: float = setting(1.0, "nucleus sampling mass (with do_sample)", gt=0, le=1)
+    repetition_penalty: float = setting(1.05, "scores of tokens already in the answer divided by it (1: off; generate's name, counted over the answer)", gt=0)
+    no_repeat_ngram_size: int = setting(4, "no n-gram of this many tokens occurs twice in the answer (0: off; generate's name, counted over the answer)", ge=0)
 
 @dataclass
 class Endpoints:
@@ -78,8 +79,8 @@ class Endpoints:
     endpoint: str | dict = setting("", "an endpoint model: openai:NAME, or {base_url: http://host:port/v1, model: NAME} (any OpenAI-compatible server); evaluate scores it beside the local models, rag_eval answers with it")
     api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the endpoint's API key (a key never goes in a params file)")
     prices: dict = setting({}, "USD per 1M tokens by model name or name prefix, e.g. {gpt-4.1-mini: {input: 0.4, output: 1.6}}: the cost in metrics")
-    concurrency: int = setting(4, "endpoint requests in flight at once")
-    max_retries: int = setting(4, "retries of an endpoint request answered 429/5xx or cut off (exponential backoff, Retry-After honoured)")
+    concurrency: int = setting(4, "endpoint requests in flight at once", ge=1)
+    max_retries: int = setting(4, "retries of an endpoint request answered 429/5xx or cut off (exponential backoff, Retry-After honoured)", ge=0)
     request_cache: str = setting("auto", "endpoint answers cached by request hash so a rerun sends nothing again: auto (the project cache), a folder, or empty for none")
     judge: str | dict = setting("", "an LLM judge (llmops_nb.judge), an endpoint model like endpoint: openai:NAME or {base_url, model}; it scores answers 1-5 for correctness (and faithfulness to the passages in rag_eval), reports unreadable verdicts and its agreement with the metrics (empty: off)")
 
@@ -89,12 +90,12 @@ class PrepareConfig(Seeded):
     "The `prepare` stage: data -> chat messages -> train / validation / test."
     data: str = setting("data/instructions.jsonl", "instruction data: JSONL, CSV, Parquet, a datasets folder or a hub dataset id", "path|hub")
     split: str = setting("", "split to read from a hub dataset or a DatasetDict folder (empty: train)")
-    val_size: float = setting(0.1, "share of records held out for validation")
-    test_size: float = setting(0.1, "share of records held out for the final test")
+    val_size: float = setting(0.1, "share of records held out for validation", ge=0, lt=1)
+    test_size: float = setting(0.1, "share of records held out for the final test", ge=0, lt=1)
     system_prompt: str = setting("", "system message put before every conversation (empty: none; the sample params set the sample data's)")
     columns: dict = setting({}, "your column names for the fields prepare reads, e.g. {prompt: question, completion: answer} "
                                 "(fields: prompt, completion, instruction, input, output, messages)")
-    max_examples: int = setting(0, "use only this many records (0: all)")
+    max_examples: int = setting(0, "use only this many records (0: all)", ge=0)
 
 # %% ../nbs/01_settings.ipynb #ad739ece
 @dataclass
@@ -104,19 +105,19 @@ class FinetuneConfig(Training, Lora, Precision, CausalLM, Seeded):
     use_dora: bool = setting(False, "weight-decomposed LoRA (DoRA)")
     use_rslora: bool = setting(False, "rank-stabilised LoRA scaling (lora_alpha / sqrt(r))")
     load_in_4bit: bool = setting(False, "QLoRA: 4-bit base model (needs CUDA and bitsandbytes)")
-    per_device_eval_batch_size: int = setting(1, "packed rows per evaluation step")
+    per_device_eval_batch_size: int = setting(1, "packed rows per evaluation step", ge=1)
     packing: bool = setting(True, "padding-free packing (position ids restart per example)")
-    pack_length: int = setting(0, "tokens per packed row (0: max_length)")
+    pack_length: int = setting(0, "tokens per packed row (0: max_length)", ge=0)
     device: str = setting("auto", "auto, cpu, cuda")
     torch_compile: bool = setting(False, "torch.compile the model")
     use_liger_kernel: bool = setting(False, "Liger fused kernels (GPU, needs liger-kernel)")
-    eval_steps: int = setting(4, "validation loss every N steps (0: only before and after)")
-    save_steps: int = setting(4, "checkpoint every N steps into out_dir/checkpoints")
-    save_total_limit: int = setting(2, "checkpoints kept")
-    early_stopping_patience: int = setting(0, "evaluations without improvement before stopping (0: off)")
+    eval_steps: int = setting(4, "validation loss every N steps (0: only before and after)", ge=0)
+    save_steps: int = setting(4, "checkpoint every N steps into out_dir/checkpoints (0: only when training ends)", ge=0)
+    save_total_limit: int = setting(2, "checkpoints kept", ge=0)
+    early_stopping_patience: int = setting(0, "evaluations without improvement before stopping (0: off)", ge=0)
     resume: bool = setting(True, "continue from the last checkpoint in out_dir/checkpoints")
     merge: bool = setting(False, "also save base and adapter merged into out_dir/merged")
-    num_processes: int = setting(1, "processes (GPUs); above 1 runs accelerate launch in a subprocess")
+    num_processes: int = setting(1, "processes (GPUs); above 1 runs accelerate launch in a subprocess", ge=1)
     accelerate_config: str = setting("", "accelerate config file for multi-process runs, e.g. FSDP (empty: none)", "path")
 
 # %% ../nbs/01_settings.ipynb #cbd12bea
@@ -124,8 +125,8 @@ class FinetuneConfig(Training, Lora, Precision, CausalLM, Seeded):
 class Preference(Training, Lora, Precision, CausalLM, Seeded):
     "Settings shared by the stages that learn from feedback (`dpo`, `kto`): TRL's names where TRL has them."
     system_prompt: str = setting("", "system message put before every prompt (use the one prepare used)")
-    beta: float = setting(0.1, "DPO/KTO temperature: how far the policy may move from the reference")
-    min_examples: int = setting(2, "refuse to train on fewer pairs (dpo) or examples (kto) than this")
+    beta: float = setting(0.1, "DPO/KTO temperature: how far the policy may move from the reference", gt=0)
+    min_examples: int = setting(2, "refuse to train on fewer pairs (dpo) or examples (kto) than this", ge=1)
     learning_rate: float = setting(5e-5)
     max_steps: int = setting(-1)
     per_device_train_batch_size: int = setting(2)
@@ -138,15 +139,15 @@ class Preference(Training, Lora, Precision, CausalLM, Seeded):
 class PreferenceConfig(Preference):
     "The `dpo` stage: TRL's DPO on preference pairs, from the SFT adapter or a new one."
     pairs: str = setting("", "preference pairs JSONL: prompt, chosen, rejected (empty: stand-ins from the sample data)", "path")
-    max_pairs: int = setting(4, "use only the first N pairs (0: all)")
+    max_pairs: int = setting(4, "use only the first N pairs (0: all)", ge=0)
 
 @dataclass
 class KtoConfig(Preference):
     "The `kto` stage: TRL's KTO on unpaired thumbs (prompt, completion, desirable or not), from the SFT adapter or a new one."
     examples: str = setting("", "KTO examples JSONL: prompt, completion, label (empty: stand-ins from the sample data)", "path")
-    max_examples: int = setting(8, "use only the first N examples (0: all)")
-    desirable_weight: float = setting(1.0, "weight of the thumbs-up examples' loss (raise it when they are the fewer)")
-    undesirable_weight: float = setting(1.0, "weight of the thumbs-down examples' loss")
+    max_examples: int = setting(8, "use only the first N examples (0: all)", ge=0)
+    desirable_weight: float = setting(1.0, "weight of the thumbs-up examples' loss (raise it when they are the fewer)", ge=0)
+    undesirable_weight: float = setting(1.0, "weight of the thumbs-down examples' loss", ge=0)
 
 # %% ../nbs/01_settings.ipynb #26d79f0e
 @dataclass
@@ -154,17 +155,17 @@ class OpenAIFinetuneConfig(Seeded):
     "The `openai_finetune` stage: the prepared splits (and feedback pairs) in OpenAI's format, checked, priced, and submitted with a key."
     base_model: str = setting("gpt-4.1-mini-2025-04-14", "the OpenAI model to fine-tune")
     suffix: str = setting("kestrel", "suffix of the fine-tuned model's name")
-    n_epochs: int = setting(0, "epochs (0: OpenAI's default rule, about 3 clamped so that examples x epochs stays within 100..25,000)")
-    batch_size: int = setting(0, "examples per batch (0: OpenAI's auto)")
-    learning_rate_multiplier: float = setting(0.0, "learning-rate multiplier (0: OpenAI's auto)")
+    n_epochs: int = setting(0, "epochs (0: OpenAI's default rule, about 3 clamped so that examples x epochs stays within 100..25,000)", ge=0)
+    batch_size: int = setting(0, "examples per batch (0: OpenAI's auto)", ge=0)
+    learning_rate_multiplier: float = setting(0.0, "learning-rate multiplier (0: OpenAI's auto)", ge=0)
     pairs: str = setting("", "preference pairs JSONL (prompt, chosen, rejected; from llmops feedback export): also exported as DPO lines; with dpo: true the job uses them", "path")
     dpo: bool = setting(False, "submit a DPO job on pairs instead of a supervised one")
-    beta: float = setting(0.0, "DPO beta (0: OpenAI's auto)")
-    max_tokens_per_example: int = setting(65536, "the model's limit per training example: longer ones are named and truncated by OpenAI")
-    price_per_1m_training_tokens: float = setting(5.0, "USD per million billed training tokens, for the cost estimate (check OpenAI's pricing page)")
+    beta: float = setting(0.0, "DPO beta (0: OpenAI's auto)", ge=0)
+    max_tokens_per_example: int = setting(65536, "the model's limit per training example: longer ones are named and truncated by OpenAI", ge=1)
+    price_per_1m_training_tokens: float = setting(5.0, "USD per million billed training tokens, for the cost estimate (check OpenAI's pricing page)", ge=0)
     submit: bool = setting(False, "upload the files and create the job (costs money; needs the key); false: export, check and estimate only")
     api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the API key; unset: the stage exports, checks and estimates, and submits nothing")
-    wait_minutes: float = setting(0.0, "how long to poll the job for its fine-tuned model (0: submit and record the job id)")
+    wait_minutes: float = setting(0.0, "how long to poll the job for its fine-tuned model (0: submit and record the job id)", ge=0)
 
 # %% ../nbs/01_settings.ipynb #c834befb
 @dataclass
@@ -174,8 +175,8 @@ class EvaluateConfig(Endpoints, Generation, Precision, CausalLM, Seeded):
     task: str = setting("instruction", "qa, summarization, translation or instruction: picks the default metrics",
                         choices=("qa", "summarization", "translation", "instruction"))
     metrics: list = setting([], "metric names (rouge, rougeL, bleu, sacrebleu, chrf, exact_match, token_f1, semantic_similarity, perplexity); empty: the task's")
-    max_examples: int = setting(8, "evaluate only the first N examples of the split (0: all)")
-    n_boot: int = setting(1000, "bootstrap resamples for the 95% intervals")
+    max_examples: int = setting(8, "evaluate only the first N examples of the split (0: all)", ge=0)
+    n_boot: int = setting(1000, "bootstrap resamples for the 95% intervals", ge=1)
     gates: dict = setting({}, 'minimum per metric (maximum for perplexity); delta_<metric> gates tuned - base, e.g. {"delta_rougeL": 0.0}')
     device: str = setting("auto", "auto, cpu, cuda, mps")
 
@@ -185,8 +186,8 @@ class RagIndexConfig(Precision):
     "The `rag_index` stage: a folder of documents -> chunks -> embeddings -> a FAISS index or a Chroma collection."
     docs: str = setting("data/kb", "folder of documents (.md, .txt, .html, .pdf), read recursively", "path")
     embedding_model: str = setting("minilm-l6-v2", "sentence-transformers model: packaged alias, local folder or hub id", "embedding")
-    chunk_size: int = setting(800, "characters per chunk")
-    chunk_overlap: int = setting(100, "characters shared by neighbouring chunks of a section")
+    chunk_size: int = setting(800, "characters per chunk", ge=1)
+    chunk_overlap: int = setting(100, "characters shared by neighbouring chunks of a section", ge=0)
     index_type: str = setting("flat", "FAISS index: flat (exact inner product) or hnsw (approximate, for large collections)",
                               choices=("flat", "hnsw"))
     previous_index: str = setting("auto", "FAISS index to update incrementally: auto (the newest of the same docs under the runs folder), a folder, or empty for a full build",
@@ -201,11 +202,11 @@ class RagIndexConfig(Precision):
 class RagEvalConfig(Endpoints, Generation, Precision, CausalLM, Seeded):
     "The `rag_eval` stage: retrieval scored in every mode, answers from the RAG chain scored, gates."
     questions: str = setting("data/rag_questions.jsonl", "JSONL questions: question, optional answer, optional sources", "path")
-    k: int = setting(4, "passages retrieved per question")
+    k: int = setting(4, "passages retrieved per question", ge=1)
     retrieval: str = setting("hybrid", "retrieval mode for the answers: dense, hybrid (dense + BM25, rank fusion), mmr or diverse (hybrid, one chunk per source first)",
                              choices=("dense", "hybrid", "mmr", "diverse"))
-    max_questions: int = setting(4, "answer only the first N questions (0: all); retrieval is scored on all of them")
-    groundedness_threshold: float = setting(0.5, "cosine similarity an answer sentence needs to a passage to count as supported")
+    max_questions: int = setting(4, "answer only the first N questions (0: all); retrieval is scored on all of them", ge=0)
+    groundedness_threshold: float = setting(0.5, "cosine similarity an answer sentence needs to a passage to count as supported", ge=-1, le=1)
     gates: dict = setting({}, 'minimum scores, e.g. {"hit_at_k": 0.8, "mrr_at_k": 0.6}; a miss fails the stage')
 
 # %% ../nbs/01_settings.ipynb #c326e36b

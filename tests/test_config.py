@@ -1,5 +1,6 @@
 "Bad params are caught before any kernel starts: one line, exit status 2, no run folder."
 import json, subprocess, sys
+from datetime import date
 import pytest
 from conftest import llmops, ROOT
 from llmops_nb.cli import main
@@ -28,13 +29,13 @@ BAD = [  # (params, --set overrides, expected fragment of the one-line message)
     ({**GOOD, "stages": "prepare"}, [], "stages = 'prepare' is str, expected list"),
     # an endpoint model where local weights are needed
     ({"stages": ["prepare", "finetune"], "model": "openai:gpt-4.1-mini"}, [], "finetune: model: 'openai:gpt-4.1-mini' is an endpoint model, but finetune needs the model's weights (endpoint models go to evaluate, rag_eval only)"),
-    ({"stages": ["kto"]}, ["kto.model=openai:gpt-4.1-mini"], "kto: model: 'openai:gpt-4.1-mini' is an endpoint model, but kto needs"),
+    ({"stages": ["kto"]}, ["kto.model=openai:gpt-4.1-mini"], "--set kto.model=openai:gpt-4.1-mini: model: 'openai:gpt-4.1-mini' is an endpoint model, but kto needs"),
     ({"stages": ["prepare", "finetune", "evaluate"], "evaluate": {"model": "openai:gpt-4.1-mini"}}, [], "evaluate.model: 'openai:gpt-4.1-mini' is an endpoint model, but an adapter needs its local base model and this run trains finetune"),
     ({"stages": ["prepare", "finetune", "rag_index", "rag_eval"], "rag_eval": {"endpoint": "openai:gpt-4.1-mini"}}, [], "rag_eval.endpoint: 'openai:gpt-4.1-mini' is an endpoint model, but an adapter"),
     # a folder that is no index, and values outside a declared fixed set
     ({"stages": ["rag_index"], "rag_index": {"previous_index": "runs/no-such-index"}}, [], "rag_index: previous_index: 'runs/no-such-index' is not an index folder"),
     ({"stages": ["rag_index", "rag_eval"], "rag_eval": {"retrieval": "nope"}}, [], "rag_eval: retrieval = 'nope' is unknown; expected one of: dense, diverse, hybrid, mmr"),
-    ({"stages": ["rag_index"]}, ["rag_index.index_type=hsnw"], "rag_index: index_type = 'hsnw' is unknown; did you mean 'hnsw'?"),
+    ({"stages": ["rag_index"]}, ["rag_index.index_type=hsnw"], "--set rag_index.index_type=hsnw: index_type = 'hsnw' is unknown; did you mean 'hnsw'?"),
     ({"stages": ["rag_index"], "rag_index": {"store": "pinecone"}}, [], "rag_index: store = 'pinecone' is unknown; expected one of: chroma, faiss"),
     ({"stages": ["prepare", "finetune"], "finetune": {"peft_method": "qlora"}}, [], "finetune: peft_method = 'qlora' is unknown"),
     ({"stages": ["prepare", "evaluate"], "evaluate": {"split": "tset"}}, [], "evaluate: split = 'tset' is unknown; did you mean 'test'?"),
@@ -50,6 +51,29 @@ BAD = [  # (params, --set overrides, expected fragment of the one-line message)
     ({"stages": ["prepare", "evaluate"], "evaluate": {"endpoint": {"base_url": "https://h/v1?api_key=abc123def456", "model": "m"}}}, [], "evaluate: endpoint: base_url: the URL carries a secret in its query ('api_key')"),
     ({"stages": ["rag_index"]}, ["rag_index.store_url=https://h:8000/?key=AIzaSyA1234567890"], "rag_index: store_url: the URL carries a secret in its query ('key')"),
     ({"stages": ["prepare", "evaluate"]}, ["evaluate.judge={base_url: 'http://h/v1?x=1&Access_Token=t0k3n', model: m}"], "evaluate: judge: base_url: the URL carries a secret in its query ('Access_Token')"),
+    # a YAML date is no text (it also crashed the JSON copy of the params)
+    ({**GOOD, "name": date(2024, 1, 1)}, [], 'name = 2024-01-01 is a date, expected str (quote it: "2024-01-01")'),
+    ({**GOOD, "prepare": {"data": date(2024, 1, 1)}}, [], 'prepare: data = 2024-01-01 is a date, expected str (quote it: "2024-01-01")'),
+    (GOOD, ["wandb.tags=[a, 2024-01-01]"], '--set wandb.tags=[a, 2024-01-01]: wandb.tags = 2024-01-01 is a date, expected str'),
+    # values out of their declared range, NaN and infinity: refused before the stage, not inside it or never
+    ({"stages": ["rag_index", "rag_eval"]}, ["rag_eval.k=0"], "--set rag_eval.k=0: k = 0; expected an int >= 1"),
+    ({"stages": ["rag_index", "rag_eval"], "rag_eval": {"k": 0}}, [], "rag_eval: k = 0; expected an int >= 1"),
+    ({"stages": ["rag_index", "rag_eval"]}, ["rag_eval.gates={hit_at_k: .nan}"], "--set rag_eval.gates={hit_at_k: .nan}: rag_eval.gates.hit_at_k = nan; expected a finite number"),
+    ({"stages": ["prepare", "evaluate"], "evaluate": {"gates": {"rougeL": {"min": float("inf")}}}}, [], "evaluate.gates.rougeL.min = inf; expected a finite number"),
+    (GOOD, ["prepare.max_examples=-1"], "max_examples = -1; expected an int >= 0"),
+    ({"stages": ["prepare", "finetune"]}, ["finetune.r=-4"], "r = -4; expected an int >= 1"),
+    ({"stages": ["prepare", "finetune"], "finetune": {"learning_rate": float("nan")}}, [], "finetune: learning_rate = nan; expected a finite number > 0"),
+    ({"stages": ["prepare", "finetune"]}, ["finetune.learning_rate=-.inf"], "learning_rate = -inf; expected a finite number > 0"),
+    (GOOD, ["prepare.val_size=-0.1"], "val_size = -0.1; expected a finite number >= 0 and < 1"),
+    ({"stages": ["prepare", "evaluate"]}, ["evaluate.n_boot=-5"], "n_boot = -5; expected an int >= 1"),
+    # a --set value or key is blamed on the --set, not on the params file
+    ({"stages": ["prepare", "finetune"]}, ["finetune.r=abc"], "--set finetune.r=abc: r = 'abc' is str, expected int"),
+    (GOOD, ["=1"], "--set =1: '' is not a key; expected KEY=VALUE"),
+    (GOOD, ["name=\udcff"], "--set name=\\udcff: not UTF-8 text"),
+    # a folder that holds no model, a data file prepare cannot read, a hub dataset offline
+    (GOOD, ["model=settings.ini"], "--set model=settings.ini: model: 'settings.ini' is a file; expected a packaged alias, a model folder or a hub id"),
+    (GOOD, ["prepare.data=params/smoke.yaml"], "--set prepare.data=params/smoke.yaml: prepare.data: "),
+    (GOOD, ["prepare.data=nobody-here/no-such-data"], "data: dataset 'nobody-here/no-such-data' is not in the local Hugging Face cache"),
 ]
 
 
@@ -130,3 +154,35 @@ def test_json_list_data(params, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "prepare.data: " in err and "obj.json: expected a JSON list of records (or JSON lines), got one dict" in err and "\n" not in err, err
     assert not (tmp_path/"runs").exists()
+
+
+@pytest.mark.parametrize("top", ["- a\n- b\n", "just text\n"])
+def test_top_level_not_a_mapping_with_overrides(tmp_path, capsys, top):
+    "A params file that is a list or a scalar is one line with --set and --run-root too (they used to write into it and crash)."
+    f = tmp_path/"p.yaml"; f.write_text(top)
+    for args in (["run", str(f)], ["run", str(f), "--set", "seed=1"], ["--run-root", str(tmp_path/"runs"), "run", str(f)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"llmops: {f}: expected a mapping of keys to values at the top level, got {'list' if top[0] == '-' else 'str'}", err
+
+
+def test_model_folder_without_config(params, tmp_path, capsys):
+    "A folder that is no model fails before the run, not inside finetune with transformers' message; a model folder passes."
+    from llmops_nb.models import embedding_path
+    from llmops_nb.params import load_params
+    (tmp_path/"emptydir").mkdir()
+    for key in ("model", "embedding_model"):
+        f = params({"stages": ["prepare", "finetune", "rag_index"], key: str(tmp_path/"emptydir")})
+        assert main(["run", str(f)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"'{tmp_path/'emptydir'}' is a folder without " in err and "expected a packaged alias, a model folder or a hub id" in err and "\n" not in err, err
+    (tmp_path/"emptydir"/"config.json").write_text("{}")  # what save_pretrained writes (finetune's merged folder too)
+    load_params(params({"stages": ["prepare"], "model": str(tmp_path/"emptydir"), "embedding_model": embedding_path()}))
+    assert not (tmp_path/"runs").exists()
+
+
+def test_corrupt_parquet_named(params, tmp_path, capsys):
+    (tmp_path/"d.parquet").write_bytes(b"PAR1 cut off")
+    assert main(["run", str(params({"stages": ["prepare"], "prepare": {"data": str(tmp_path/"d.parquet")}}))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"prepare.data: {tmp_path/'d.parquet'}: not a readable Parquet file" in err and "\n" not in err, err
