@@ -15,7 +15,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from .core import ConfigError, resolve_path
-from .documents import Skip, chunk_file, embed_text, scan
+from .documents import Skip, chunk_file, embed_text, fingerprint, scan
 from .settings import RagIndexConfig
 from .vectorstore import EMBED_TEXT, embed_texts, get_embeddings, unit
 
@@ -148,7 +148,7 @@ class ChromaStore(Chroma):
         return sorted(out, key=lambda d: (str(d.metadata.get("source", "")), d.metadata.get("position", 0), d.id))
 
 # %% ../nbs/14a_chroma.ipynb #6939f17b
-_SETTINGS = ("embedding_model", "chunk_size", "chunk_overlap", "embed_text")
+_SETTINGS = ("embedding_model", "chunk_size", "chunk_overlap", "embed_text", "build")
 
 def _open(client, name, want: dict) -> tuple:
     "(collection, why it was emptied or '') for `want` settings."
@@ -177,7 +177,7 @@ def build_index(docs, # folder of documents
     files, other = scan(root)
     emb = embeddings or get_embeddings(embedding_model)
     client = client or connect(url)
-    want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embed_text=EMBED_TEXT)
+    want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embed_text=EMBED_TEXT, build=fingerprint(embedding_model))
     why = _open(client, check_collection(collection), want)
     store = ChromaStore(emb, collection, client=client, meta={**want, "url": public_url(url), "docs": str(root)})
     have = {}  # source -> ({file hashes}, [ids])

@@ -35,7 +35,7 @@ def run_parts(rec: dict) -> dict:
     t = R.tuned(rec)
     model, adapter = t["model"], t["adapter"]
     ev, rag = stage_settings(rec, "evaluate"), stage_settings(rec, "rag_eval")
-    return {"model": model, "adapter": adapter, "index": R.output(rec, "rag_index", "index"), "run_id": rec["id"],
+    return {"model": model, "adapter": adapter, "index": R.served_output(rec, "rag_index", "index"), "run_id": rec["id"],
             "system": stage_settings(rec, "prepare").system_prompt, "k": rag.k, "mode": rag.retrieval,
             "gen": gen_kwargs(ev), "rag_gen": gen_kwargs(rag),
             "dtype": next((params[s]["dtype"] for s in ("rag_eval", "evaluate") if "dtype" in params.get(s, {})), rec.get("raw", {}).get("dtype", "auto"))}

@@ -5,8 +5,7 @@
 # %% ../nbs/19_pipeline.ipynb #1110ff37
 from __future__ import annotations
 import ast, hashlib, json, os, shutil, tempfile, time
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import llmops_nb
 from . import stages as ST
@@ -213,7 +212,7 @@ def execute_stage(rec: dict, # the run record (updated in place)
         out.mkdir(parents=True, exist_ok=True)
         (out/MANIFEST).unlink(missing_ok=True)  # rerun in the same folder: the old manifest describes what is about to be replaced
         write_json(out/"params.json", vals); save_record(rec)
-        watch = Watcher(stage, env["LLMOPS_PROGRESS"], nb_out, echo) if progress else contextlib.nullcontext()
+        watch = Watcher(stage, env["LLMOPS_PROGRESS"], nb_out, echo) if progress else nullcontext()
         with _env(**env), watch:  # papermill's own bar only counted cells: the watcher shows the cells and what the stage reports
             pm.execute_notebook(str(ST.notebook(stage)), str(nb_out), parameters=vals, cwd=str(out),
                                 kernel_name=ensure_kernel(), progress_bar=False, shutdown_kernel=SHUTDOWN)
@@ -372,9 +371,11 @@ def _resume(rec, sets, progress, echo):
         if rec["status"] == "interrupted" and rec.get("interruptions"):
             echo(f"run {rec['id']} was interrupted ({rec['error'].split(': ', 1)[-1]}); taking it over")
         raw = apply_overrides(rec["raw"], sets)
-        cfg = validate(raw, rec["params_file"])  # notebooks may have been fixed since
+        cfg = validate(raw, rec["params_file"], sets)  # notebooks may have been fixed since
         check_sets(sets, cfg)
-        if done := [s for s in cfg["stages"] if rec["stages"][s].get("status") == "done" and not ST.stage(s).reads_run and cfg["params"][s] != rec["config"]["params"][s]]:
+        order, st = cfg["stages"], lambda s: rec["stages"][s].get("status")  # a cached stage may change only while no stage after it finished
+        if done := [s for s in order if not ST.stage(s).reads_run and cfg["params"][s] != rec["config"]["params"][s]
+                    and (st(s) == "done" or st(s) == "cached" and any(st(t) in ("done", "cached") for t in order[order.index(s) + 1:]))]:
             was, new = rec["config"]["params"][done[0]], cfg["params"][done[0]]; k = next(k for k in {**was, **new} if was.get(k) != new.get(k))
             raise ConfigError(f"{'--set' if sets else 'resume'}: {done[0]}.{k} would be {new.get(k)!r}, but {', '.join(done)} finished in run {rec['id']} with {was.get(k)!r}, and other runs, the stage cache or an alias may use that; "
                               f"start a new run with the change (llmops run {rec['params_file']} --set ...), which reuses every unchanged stage")

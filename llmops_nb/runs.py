@@ -15,7 +15,8 @@ from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, w
 __all__ = ['PKGS', 'RECORD', 'RUN_LOCK', 'RESERVED', 'ALIAS', 'now', 'new_run_id', 'git_info', 'versions', 'save_record',
            'list_runs', 'registry', 'registry_lock', 'resolve', 'load_record', 'run_lock', 'mark_interrupted',
            'leftovers', 'stop_leftovers', 'take_run', 'refresh', 'started_in', 'stage_out', 'stage_metrics', 'output',
-           'tuned', 'gate_rows', 'gates_passed', 'aliases', 'check_alias', 'promote', 'flat_params', 'flat_metrics']
+           'served_output', 'tuned', 'gate_rows', 'gates_passed', 'aliases', 'check_alias', 'promote', 'flat_params',
+           'flat_metrics']
 
 # %% ../nbs/18_runs.ipynb #07598bb5
 def now() -> str:
@@ -200,13 +201,19 @@ def output(rec: dict, stage: str, what: str, check: bool = True) -> Path | None:
     if p is None or not p.exists(): return None
     return ST.output(stage, out, what) if check else p  # checked against the stage's manifest
 
+def served_output(rec: dict, stage: str, what: str) -> Path | None:
+    "`output`, and a one-line error when `stage` finished but `what` is gone (a run it reused was removed with --force, or a hand): never served as absent."
+    if (p := output(rec, stage, what)) or (rec.get("stages", {}).get(stage) or {}).get("status") not in ("done", "cached"): return p
+    raise ConfigError(f"run {rec['id']}: stage {stage} finished, but its {what} is gone ({(rec['stages'][stage].get('out_dir') or '?')}/{what}); "
+                      f"run the stage again in a new run (llmops run {rec.get('params_file', 'PARAMS')} --force)")
+
 # %% ../nbs/18_runs.ipynb #8d5cf0bd
 def tuned(rec: dict) -> dict:
     "{stage, adapter, model} run `rec` serves: the adapter of the last stage in pipeline order that left one and that stage's base model; stage and adapter None when no stage left an adapter."
     params = rec.get("config", {}).get("params", {})
     named = lambda s: params.get(s, {}).get("model")
     for s in ST.adapter_stages():
-        if (a := output(rec, s, "adapter")) and (a/"adapter_config.json").exists():
+        if (a := served_output(rec, s, "adapter")) and (a/"adapter_config.json").exists():
             return {"stage": s, "adapter": a, "model": named(s) or rec.get("raw", {}).get("model", "tiny-random")}
     model = next((named(s) for s in reversed(ST.names()) if named(s)), None)
     return {"stage": None, "adapter": None, "model": model or rec.get("raw", {}).get("model", "tiny-random")}

@@ -14,7 +14,7 @@ from langchain_core.vectorstores import VectorStore
 from .core import ConfigError, Lock, resolve_path, sha256_path, write_atomic
 from .settings import RagIndexConfig
 from .stages import declared
-from .documents import Skip, chunk_file, embed_text, scan
+from .documents import Skip, chunk_file, embed_text, fingerprint, scan
 from .models import embedding_path, pick_dtype
 
 # %% auto #0
@@ -267,7 +267,7 @@ def _reusable(prev: dict, meta: dict) -> str:
     "Why a previous index cannot be updated incrementally ('' when it can)."
     meta = {"embed_text": EMBED_TEXT, **meta}
     prev = {"embedding_dtype": "float32", **prev}  # indexes from before bf16 embeddings were fp32
-    for k in ("embedding_model", "embedding_dtype", "chunk_size", "chunk_overlap", "embed_text"):
+    for k in ("embedding_model", "embedding_dtype", "chunk_size", "chunk_overlap", "embed_text", "build"):  # build: the model's files and the chunking code
         if prev.get(k) != meta.get(k): return f"{k} changed ({prev.get(k)!r} -> {meta.get(k)!r})"
     return ""
 
@@ -290,7 +290,7 @@ def build_index(docs, # folder of documents
     files, other = scan(root)
     emb = embeddings or get_embeddings(embedding_model, dtype=dtype)
     meta = dict(embedding_model=embedding_model, embedding_dtype=embedding_dtype(emb), chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text=EMBED_TEXT)
+                index_type=index_type, ef_search=ef_search, hnsw_m=hnsw_m, docs=str(root), embed_text=EMBED_TEXT, build=fingerprint(embedding_model))
     old, why = {}, "no previous index"
     if previous:
         prev = FaissStore.load(previous, embeddings=emb)
@@ -361,7 +361,7 @@ def sample_index(docs=RagIndexConfig.docs, embedding_model: str = RagIndexConfig
             files, _ = scan(root)
             meta = json.loads((d/"meta.json").read_text())
             want = dict(embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                        embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""))
+                        embedding_dtype=str(pick_dtype(dtype, "cpu")).replace("torch.", ""), build=fingerprint(embedding_model))
             if files == {**meta.get("files", {}), **meta.get("skipped_files", {})} and not _reusable(meta, want) and not check_index(d): return d  # nothing changed
         tmp = d.with_name(f"{key}.tmp{os.getpid()}")
         store, _ = build_index(root, tmp, embedding_model, chunk_size, chunk_overlap, previous=prev, dtype=dtype)

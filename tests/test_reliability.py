@@ -239,6 +239,18 @@ def test_resume_resolves_paths_where_the_run_started(params, tmp_path, monkeypat
     assert got["stages"]["prepare"]["key"] == rec["stages"]["prepare"]["key"], got["config"]["params"]["prepare"]   # the same inputs: the same file
 
 
+def test_resume_set_on_a_cached_stage_before_a_finished_one_is_refused(params, tmp_path):
+    "Changing a stage this run took from the cache would rerun it under stages that already finished on its old output: refused up front, the run left as it was."
+    f = params({"wandb": {"mode": "disabled"}, "model": "tiny-random", "stages": ["prepare", "finetune"], "prepare": {"max_examples": 40},
+                "finetune": {"max_steps": 2, "eval_steps": 0, "save_steps": 2}})
+    P.run(f, stages=["prepare"], **QUIET)
+    rec = P.run(f, **QUIET)   # prepare from the cache, finetune run
+    assert (rec["stages"]["prepare"]["status"], rec["status"]) == ("cached", "done")
+    with pytest.raises(ConfigError, match="prepare.max_examples would be 30, but prepare finished in run"):
+        P.resume(rec["id"], tmp_path/"runs", sets=["prepare.max_examples=30"], **QUIET)
+    assert runs.load_record(rec["id"], tmp_path/"runs")["status"] == "done"
+
+
 # -- 2c. resume takes --set, validated like run ----------------------------------------------------------------
 
 def test_resume_with_set_fixes_a_parameter(params, tmp_path, capsys):
