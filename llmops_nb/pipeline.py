@@ -70,9 +70,7 @@ def hash_notebook(nb) -> str:
 
 def code_digest(stage: str) -> str:
     "sha256 of the source of every module stage `stage` runs."
-    h = hashlib.sha256()
-    for m in code_modules(stage): h.update(m.encode() + b"\0" + sha256_path(_module_path(m)).encode())
-    return h.hexdigest()
+    return hashlib.sha256(b"".join(m.encode() + b"\0" + sha256_path(_module_path(m)).encode() for m in code_modules(stage))).hexdigest()
 
 def stat_digest(p) -> str:
     "sha256 of the relative paths, sizes and modification times of the files under folder `p` (`core.files_under`)."
@@ -80,7 +78,9 @@ def stat_digest(p) -> str:
     return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)]).encode()).hexdigest()
 
 def model_digest(name: str, cache_dir=None) -> str | None:
-    "What a model setting stands for: a local folder's `stat_digest`, a hub id's revision in the local Hugging Face cache, else None (a packaged alias)."
+    "What a model setting stands for: a local folder's `stat_digest` (a packaged alias: of the folder it stands for), a hub id's revision in the local Hugging Face cache, else None."
+    from llmops_nb.models import ALIASES, EMBEDDINGS, embedding_path, resolve_model  # light: torch only when an alias is first materialised
+    if name in ALIASES or name in EMBEDDINGS: name = resolve_model(name) if name in ALIASES else embedding_path(name)
     if resolve_path(name).exists(): return stat_digest(resolve_path(name))
     if not HUB_ID.match(name): return None
     from huggingface_hub import try_to_load_from_cache
