@@ -11,8 +11,8 @@ from pathlib import Path
 from .core import ConfigError, write_json
 
 # %% auto #0
-__all__ = ['PREFIX', 'OPENAI_URL', 'VOLATILE', 'Endpoint', 'is_endpoint', 'endpoint', 'api_key', 'client', 'request_key',
-           'cache_folder', 'RequestCache', 'served_as', 'EndpointError', 'chat', 'price', 'usage']
+__all__ = ['PREFIX', 'OPENAI_URL', 'OPTIONS', 'VOLATILE', 'Endpoint', 'is_endpoint', 'endpoint', 'api_key', 'url', 'client',
+           'request_key', 'cache_folder', 'RequestCache', 'served_as', 'EndpointError', 'chat', 'price', 'usage']
 
 # %% ../nbs/40_endpoints.ipynb #6fec8a9c
 PREFIX = "openai:"
@@ -24,6 +24,7 @@ class Endpoint:
     model: str
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    options: tuple = ()  # (name, value) request settings the spec fixes over the caller's; None omits it (reasoning models refuse temperature)
 
     @property
     def label(self) -> str: return f"{PREFIX}{self.model}" if self.base_url is None else f"{self.model} at {self.base_url}"
@@ -32,7 +33,9 @@ def is_endpoint(model) -> bool:
     "Whether a model setting names an endpoint model (`openai:NAME`) rather than a local one."
     return isinstance(model, str) and model.startswith(PREFIX)
 
-def endpoint(spec, # '' or {} (none), 'openai:NAME', or {base_url, model, api_key_env}
+OPTIONS = ("temperature", "top_p", "max_completion_tokens")  # what a spec may fix, e.g. {model: openai:o4-mini, temperature: null}
+
+def endpoint(spec, # '' or {} (none), 'openai:NAME', or {base_url, model, api_key_env, and OPTIONS}
              where: str = "endpoint", # the setting, for errors
              api_key_env: str = "OPENAI_API_KEY", # the key's variable when the spec names none
             ) -> Endpoint | None:
@@ -44,14 +47,14 @@ def endpoint(spec, # '' or {} (none), 'openai:NAME', or {base_url, model, api_ke
         return Endpoint(spec[len(PREFIX):], None, api_key_env)
     if not isinstance(spec, dict): raise ConfigError(f"{where}: expected openai:NAME or {{base_url, model}}, got {type(spec).__name__}")
     if "api_key" in spec: raise ConfigError(f"{where}: api_key does not belong in a params file; put the key in an environment variable and name it in api_key_env")
-    if set(spec) - {"base_url", "model", "api_key_env"}:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(set(spec) - {'base_url', 'model', 'api_key_env'}))}; expected base_url, model, api_key_env")
+    if bad := set(spec) - {"base_url", "model", "api_key_env", *OPTIONS}:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; expected base_url, model, api_key_env, {', '.join(OPTIONS)}")
     model, base = spec.get("model"), spec.get("base_url") or None
     if not isinstance(model, str) or not model: raise ConfigError(f"{where}: 'model' is required: the model id the endpoint serves")
     if base is not None and not re.match(r"https?://[^/\s]+", str(base)):
         raise ConfigError(f"{where}: base_url '{base}' is not an http(s) URL like http://127.0.0.1:8000/v1")
     if base is None: model = model.removeprefix(PREFIX)
-    return Endpoint(model, base.rstrip("/") if base else None, spec.get("api_key_env") or api_key_env)
+    return Endpoint(model, base.rstrip("/") if base else None, spec.get("api_key_env") or api_key_env, tuple((k, spec[k]) for k in OPTIONS if k in spec))
 
 # %% ../nbs/40_endpoints.ipynb #8607f179
 def api_key(ep: Endpoint) -> str:
@@ -61,15 +64,19 @@ def api_key(ep: Endpoint) -> str:
         raise ConfigError(f"{ep.label}: no API key; set ${ep.api_key_env} in the environment (never in a params file)")
     return key or "no-key"
 
+def url(ep: Endpoint) -> str:
+    "Where `ep`'s requests go: its base_url, else $OPENAI_BASE_URL (as the SDK reads it), else OpenAI's."
+    return ep.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+
 def client(ep: Endpoint, max_retries: int = 4, timeout: float = 120.0):
     "The official SDK's client for `ep`; it retries 429/5xx and lost connections `max_retries` times with backoff."
     import openai
-    return openai.OpenAI(base_url=ep.base_url or OPENAI_URL, api_key=api_key(ep), max_retries=max_retries, timeout=timeout)
+    return openai.OpenAI(base_url=url(ep), api_key=api_key(ep), max_retries=max_retries, timeout=timeout)
 
 # %% ../nbs/40_endpoints.ipynb #8ebcdfef
 def request_key(ep: Endpoint, body: dict, served: dict | None = None) -> str:
     "The hash an answer to `body` sent to `ep` is cached under; `served` (see `served_as`) is what answers to the name."
-    return hashlib.sha256(json.dumps({"url": ep.base_url or OPENAI_URL, "body": body, **({"served": served} if served else {})},
+    return hashlib.sha256(json.dumps({"url": url(ep), "body": body, **({"served": served} if served else {})},
                                      sort_keys=True).encode()).hexdigest()
 
 def cache_folder(setting: str = "auto") -> Path | None:
@@ -108,8 +115,9 @@ class EndpointError(RuntimeError):
     "An endpoint refused a request after its retries; the message is one line."
 
 def _body(ep, messages, max_tokens, temperature, top_p, seed) -> dict:
-    body = dict(model=ep.model, messages=list(messages), max_completion_tokens=max_tokens, temperature=temperature, top_p=top_p)
-    return body if seed is None else {**body, "seed": seed}
+    body = dict(model=ep.model, messages=list(messages), max_completion_tokens=max_tokens, temperature=temperature,
+                top_p=None if top_p == 1.0 else top_p, seed=seed)  # top_p 1 is the default: unsent, as reasoning models refuse it
+    return {k: v for k, v in {**body, **dict(ep.options)}.items() if v is not None}
 
 def _ask(cl, ep, store, body, served) -> dict:
     import openai
@@ -142,7 +150,7 @@ def chat(ep: Endpoint, # the model
     "Answers of `ep` to `conversations`, in order: concurrent, retried, cached."
     store = RequestCache(cache_folder(cache))
     bodies = [_body(ep, m, max_tokens, temperature, top_p, seed) for m in conversations]
-    own = (ep.base_url or OPENAI_URL) != OPENAI_URL  # a server whose names can move (llmops serve's aliases); OpenAI's dated snapshots do not
+    own = url(ep) != OPENAI_URL  # a server whose names can move (llmops serve's aliases); OpenAI's dated snapshots do not
     cl = client(ep, max_retries, timeout) if own or any(store.get(request_key(ep, b)) is None for b in bodies) else None  # OpenAI, all cached: nothing sent
     served = served_as(cl, ep) if own and store.dir else None  # once per call: what answers to the name now
     with ThreadPoolExecutor(max(1, concurrency)) as pool:

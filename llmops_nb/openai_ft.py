@@ -9,8 +9,8 @@ from collections import Counter
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['ROLES', 'KEYS', 'FROM_STAGE', 'chat_line', 'dpo_line', 'format_errors', 'counter', 'validate', 'default_epochs',
-           'estimate', 'submit', 'evaluated']
+__all__ = ['ROLES', 'KEYS', 'DONE', 'FROM_STAGE', 'chat_line', 'dpo_line', 'format_errors', 'counter', 'validate',
+           'default_epochs', 'estimate', 'submit', 'current', 'evaluated']
 
 # %% ../nbs/41_openai_ft.ipynb #5f1cf896
 def chat_line(messages) -> dict:
@@ -92,6 +92,20 @@ def estimate(report: dict, epochs: int = 0, max_tokens: int = 65536, price_per_m
                 cost_usd=None if price_per_m is None else billed * n_ep * price_per_m / 1e6)
 
 # %% ../nbs/41_openai_ft.ipynb #3a0827b5
+DONE = ("succeeded", "failed", "cancelled")  # a job's final statuses
+
+def _line(e) -> str: return ' '.join(str(e).split())[:200]
+def _error(job) -> str | None: return job.error.message if getattr(job, "error", None) and job.error.message else None
+
+def _new_events(cl, job_id: str, seen: set, cap: int = 1000) -> list:
+    "The job's events not in `seen`, oldest first: the SDK's pages (newest first, `has_more` followed) until a seen one or `cap`."
+    new = []
+    for e in cl.fine_tuning.jobs.list_events(job_id, limit=100):
+        if e.id in seen or len(new) >= cap: break
+        new.append(e)
+    seen.update(e.id for e in new)
+    return new[::-1]
+
 def submit(train, # train.jsonl
            validation=None, # validation.jsonl (or None)
            model: str = "gpt-4.1-mini-2025-04-14", # the base model to fine-tune
@@ -102,12 +116,13 @@ def submit(train, # train.jsonl
            wait_s: float = 0.0, # how long to poll the job
            on_event=None, # called with each new job event (a dict)
            poll_s: float = 30.0,
+           timeout: float = 60.0, # seconds per request
           ) -> dict:
-    "Submit a fine-tuning job; {submitted, reason} without a key, else the job's id, status, fine_tuned_model and events."
+    "Submit a fine-tuning job; {submitted, reason} without a key, else the job's id, status, fine_tuned_model, events and poll_error."
     import time
     if not os.environ.get(api_key_env): return dict(submitted=False, reason=f"no API key: ${api_key_env} is not set, so nothing was uploaded (export, validation and the cost estimate are done)")
     import openai
-    cl = openai.OpenAI(api_key=os.environ[api_key_env], max_retries=4)
+    cl = openai.OpenAI(api_key=os.environ[api_key_env], max_retries=4, timeout=timeout)
     try:
         with open(train, "rb") as f: tf = cl.files.create(file=f, purpose="fine-tune")
         vf = None
@@ -116,30 +131,41 @@ def submit(train, # train.jsonl
         m = {"type": method, method: {"hyperparameters": {k: v for k, v in (hyper or {}).items() if v}}}
         job = cl.fine_tuning.jobs.create(model=model, training_file=tf.id, validation_file=vf.id if vf else openai.omit, method=m,
                                          suffix=suffix or openai.omit, seed=seed if seed is not None else openai.omit)
-        seen, t0 = set(), time.monotonic()
+    except (openai.APIError, OSError) as e: return dict(submitted=False, reason=f"OpenAI refused or could not be reached: {_line(e)}")
+    seen, t0, poll_error = set(), time.monotonic(), None  # from here the job exists and is paid for: its id is kept whatever happens
+    try:
         while True:
-            for e in reversed(cl.fine_tuning.jobs.list_events(job.id, limit=50).data):
-                if e.id not in seen:
-                    seen.add(e.id)
-                    if on_event: on_event(e.model_dump())
+            for e in _new_events(cl, job.id, seen):
+                if on_event: on_event(e.model_dump())
             job = cl.fine_tuning.jobs.retrieve(job.id)
-            if job.status in ("succeeded", "failed", "cancelled") or time.monotonic() - t0 >= wait_s: break
+            if job.status in DONE or time.monotonic() - t0 >= wait_s: break
             time.sleep(poll_s)
-    except (openai.APIError, OSError) as e:
-        return dict(submitted=False, reason=f"OpenAI refused or could not be reached: {' '.join(str(e).split())[:200]}")
+    except (openai.APIError, OSError) as e: poll_error = f"polling stopped, the job goes on at OpenAI: {_line(e)}"
     return dict(submitted=True, reason="", job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model,
-                training_file=tf.id, validation_file=vf.id if vf else None, n_events=len(seen),
-                error=job.error.message if getattr(job, "error", None) and job.error.message else None)
+                training_file=tf.id, validation_file=vf.id if vf else None, n_events=len(seen), error=_error(job), poll_error=poll_error)
 
 # %% ../nbs/41_openai_ft.ipynb #6a62991e
 FROM_STAGE = "openai_finetune"  # the `endpoint` value that names this stage's fine-tuned model
 
+def current(job: dict | None, # the openai_finetune stage's job.json
+            api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+           ) -> dict | None: # `job` with OpenAI's status, fine_tuned_model and error now (poll_error: why not asked)
+    "`job` as OpenAI has it now: a submitted job with no fine-tuned model and not ended is asked about once."
+    if not (job and job.get("submitted") and job.get("job_id")) or job.get("fine_tuned_model") or job.get("status") in DONE: return job
+    if not os.environ.get(api_key_env): return {**job, "poll_error": f"not asked again: ${api_key_env} is not set"}
+    import openai
+    try: j = openai.OpenAI(api_key=os.environ[api_key_env], max_retries=2, timeout=timeout).fine_tuning.jobs.retrieve(job["job_id"])
+    except (openai.APIError, OSError) as e: return {**job, "poll_error": f"asking OpenAI again failed: {_line(e)}"}
+    return {**job, "status": j.status, "fine_tuned_model": j.fine_tuned_model, "error": _error(j), "poll_error": None}
+
 def _no_model(job: dict) -> str:
     if not job.get("submitted"): return f"submitted: false ({job.get('reason') or 'no reason recorded'})"
-    return f"job {job.get('job_id', '?')} is {job.get('status', '?')} and has no fine-tuned model yet (raise wait_minutes, or rerun later)"
-
+    jid, st = job.get('job_id', '?'), job.get('status', '?')
+    if st in ("failed", "cancelled"): return f"job {jid} {st}: {job.get('error') or 'OpenAI gave no error message'}"
+    why = f"; {job['poll_error']}" if job.get("poll_error") else ""
+    return f"job {jid} is {st} and has no fine-tuned model yet{why} (rerun evaluate later, with --stages evaluate --force if it is cached: it asks OpenAI again)"
 def evaluated(spec, # the evaluate stage's `endpoint` setting
-              job: dict | None, # the openai_finetune stage's job.json; None when the run has no such stage
+              job: dict | None, # the openai_finetune stage's job.json (see `current`); None when the run has no such stage
              ) -> tuple: # (the endpoint spec evaluate scores, a one-line note, '' for none)
     "What evaluate scores as its endpoint model, given the run's `openai_finetune` job."
     ft = (job or {}).get("fine_tuned_model") if (job or {}).get("submitted") else None

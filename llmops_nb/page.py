@@ -12,7 +12,7 @@ from .report import SECTIONS, verdict, report_notebook, stage_notebooks
 from .runs import flat_metrics, load_record
 
 # %% auto #0
-__all__ = ['SAFE_TAGS', 'SAFE_ATTRIBUTES', 'sanitize', 'to_html', 'execute', 'render', 'wandb_report']
+__all__ = ['SAFE_TAGS', 'SAFE_ATTRIBUTES', 'sanitize', 'to_html', 'execute', 'render', 'panels', 'wandb_report']
 
 # %% ../nbs/20a_page.ipynb #6ffba658
 _CSS = """<style>
@@ -89,6 +89,12 @@ def render(run_dir, # the run's folder
                 copy=out/"report.html", sections=list(SECTIONS))
 
 # %% ../nbs/20a_page.ipynb #86e87a18
+def panels(rec: dict, wr) -> list:
+    "The Report's panels (`wr`: wandb_workspaces.reports.v2): loss curves, the run comparer, the tuned model's metrics by summary key."
+    keys = [k.split("/", 1)[1] for k in flat_metrics(rec) if k.startswith("evaluate/tuned/")]  # less the stage: the evaluate run's keys
+    return [wr.LinePlot(title="loss", x="Step", y=["train/loss", "eval/loss"]), wr.RunComparer(diff_only="split")] \
+         + ([wr.BarPlot(title="tuned", metrics=keys)] if keys else [])
+
 def wandb_report(rec: dict, echo=print):
     "Create the W&B Report of run record `rec` when online; returns its URL (None offline). Written against wandb-workspaces' Reports API; not exercised here (no network)."
     from llmops_nb import tracking
@@ -101,12 +107,9 @@ def wandb_report(rec: dict, echo=print):
     wb = rec["wandb"]
     entity = wb.get("entity") or wandb.Api().default_entity
     runs = wr.Runset(entity=entity, project=wb["project"], name=f"run {rec['id']}", query=rec["id"])
-    keys = [k.split("/", 1)[1] for k in flat_metrics(rec) if k.startswith("evaluate/tuned/")]
-    panels = [wr.LinePlot(title="loss", x="Step", y=["train/loss", "eval/loss"]), wr.RunComparer(diff_only="split")]
-    if keys: panels.append(wr.BarPlot(title="tuned", metrics=[f"tuned/{k}" for k in keys]))
     rep = wr.Report(entity=entity, project=wb["project"], title=f"llmops run {rec['id']}",
                     description=f"{rec.get('name') or ''} {rec['params_file']}: {verdict(rec).replace('**', '')}",
-                    blocks=[wr.PanelGrid(runsets=[runs], panels=panels), wr.MarkdownBlock(text=model_card(rec))])
+                    blocks=[wr.PanelGrid(runsets=[runs], panels=panels(rec, wr)), wr.MarkdownBlock(text=model_card(rec))])
     rep.save()
     echo(f"W&B Report: {rep.url}")
     return rep.url

@@ -4,15 +4,14 @@
 
 # %% ../nbs/53_share.ipynb #d28f19a2
 from __future__ import annotations
-import os, shutil, socket
+import os, shutil
 from pathlib import Path
-from urllib.parse import urlparse
 from .core import ConfigError, write_atomic
 from .runs import load_record, output, tuned
 from .stages import MANIFEST
 
 # %% auto #0
-__all__ = ['SKIP', 'HUB_MERGED', 'adapter_of', 'bundle', 'reachable', 'push']
+__all__ = ['SKIP', 'HUB_MERGED', 'adapter_of', 'bundle', 'push']
 
 # %% ../nbs/53_share.ipynb #82737036
 SKIP = ("base_model.json", "training_args.bin", MANIFEST)  # ours, or a pickle: not part of a shared adapter
@@ -49,14 +48,6 @@ def _offline() -> bool:
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
-def reachable(timeout: float = 3.0) -> str:
-    "'' when the Hub's endpoint takes a TCP connection within `timeout` seconds, else why not (offline, no route, ...)."
-    from huggingface_hub import constants
-    if _offline(): return "HF_HUB_OFFLINE is set"
-    u = urlparse(constants.ENDPOINT)
-    try: socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close(); return ""
-    except OSError as e: return f"cannot reach {u.hostname} ({type(e).__name__}: {' '.join(str(e).split()) or 'timed out'})"
-
 def push(ref, # the run: id, short id, latest or alias
          repo: str, # the Hub repository, user/name or org/name
          run_root="runs", # folder of runs
@@ -70,14 +61,19 @@ def push(ref, # the run: id, short id, latest or alias
     rec = load_record(ref, run_root)
     if out is not None:
         d = bundle(rec, out, merged); echo(f"wrote {d}: upload it with `hf upload {repo} {d}`"); return str(d)
-    if why := reachable(): raise ConfigError(f"push: the Hugging Face Hub is not reachable ({why}); `llmops push {rec['id']} --repo {repo} --out DIR` writes the folder to upload later")
+    later = f"`llmops push {rec['id']} --repo {repo} --out DIR` writes the folder to upload later"
+    if _offline(): raise ConfigError(f"push: the Hugging Face Hub is not reachable (HF_HUB_OFFLINE is set); {later}")
+    import httpx
     from huggingface_hub import HfApi, get_token
     if not get_token(): raise ConfigError("push: not logged in to the Hugging Face Hub; run `hf auth login` or set HF_TOKEN")
     import tempfile
     with tempfile.TemporaryDirectory(prefix="llmops-push-") as tmp:
         d = bundle(rec, Path(tmp)/"upload", merged)
         api = HfApi()
-        url = api.create_repo(repo, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(d), commit_message=f"llmops-nb run {rec['id']}")
+        try:  # huggingface_hub's own client: its proxies (HTTPS_PROXY), retries and errors
+            url = api.create_repo(repo, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo, folder_path=str(d), commit_message=f"llmops-nb run {rec['id']}")
+        except (httpx.HTTPError, OSError) as e:  # HfHubHTTPError is both
+            raise ConfigError(f"push: the Hugging Face Hub refused or could not be reached ({type(e).__name__}: {' '.join(str(e).split())[:300]}); {later}") from None
     echo(f"pushed run {rec['id']} to {url}")
     return str(url)

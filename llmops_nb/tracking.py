@@ -15,16 +15,18 @@ __all__ = ['wandb_mode', 'start', 'log_table', 'log_artifact', 'flatten', 'finis
 
 # %% ../nbs/17_tracking.ipynb #8e912ce8
 def wandb_mode() -> str:
-    "'online', 'offline' or 'disabled', from WANDB_MODE or whether an API key is stored."
+    "'online', 'offline' or 'disabled', from WANDB_MODE or whether an API key is stored for W&B's host."
     m = os.environ.get("WANDB_MODE", "").lower()
     if m in ("online", "offline", "disabled"): return m
     if m == "dryrun": return "offline"
     if os.environ.get("WANDB_API_KEY"): return "online"
-    try:
-        import netrc
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
-        return "online" if netrc.netrc().authenticators(host) else "offline"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError): return "offline"
+    from wandb.errors import Error
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+    try:  # wandb's own lookups, as its CLI makes them: settings files read, no service started
+        host = os.environ.get("WANDB_BASE_URL") or wandb_setup.singleton().settings.base_url
+        return "online" if wbauth.read_netrc_auth(host=host) else "offline"
+    except (Error, ValueError, OSError): return "offline"  # a malformed key or host
 
 # %% ../nbs/17_tracking.ipynb #cd2681ba
 def _inputs(dirs) -> list:
@@ -178,17 +180,24 @@ def sync(rec: dict, aliases=(), echo=print) -> list:
              f"After `wandb login`, `llmops sync {rec['id']}` uploads these runs and adds the lineage and aliases above.")
         return lin
     import wandb
-    exe = Path(sys.executable).parent/"wandb"
+    exe, login = Path(sys.executable).parent/"wandb", f"check the login with `wandb login` (or WANDB_API_KEY), then `llmops sync {rec['id']}` again"
     for l in lin:
         r = l["run"]
-        if r and not r["synced"]: subprocess.run([str(exe if exe.exists() else "wandb"), "sync", r["dir"]], check=True)
-    api = wandb.Api()
-    for l in lin:
-        if not (l["run"] and l["used"]): continue
-        run = wandb.init(id=l["run"]["id"], project=l["run"]["project"] or rec["wandb"].get("project"),
-                         entity=l["run"]["entity"] or rec["wandb"].get("entity"), resume="must", reinit="finish_previous")
-        for a in l["used"]: run.use_artifact(_api_version(api, rec, a))
-        run.finish()
-        echo(f"{l['stage']}: lineage recorded ({len(l['used'])} inputs)")
-    for a in aliases: set_alias(rec, a, echo)
+        if r and not r["synced"]:
+            p = subprocess.run([str(exe if exe.exists() else "wandb"), "sync", r["dir"]], capture_output=True, text=True)
+            if not any(Path(r["dir"]).glob("*.wandb.synced")):  # its marker, not its exit code: 0 even when the server refused the upload
+                said = [x.removeprefix("wandb: ") for x in (p.stdout + p.stderr).splitlines() if "error" in x.lower()][-1:]
+                raise ConfigError(f"W&B: {l['stage']}'s run {r['id']} was not uploaded ({' '.join(' '.join(said).split())[:200] or f'wandb sync exited {p.returncode}'}); {login}")
+            echo(f"{l['stage']}: W&B run {r['id']} uploaded")
+    try:
+        api = wandb.Api()
+        for l in lin:
+            if not (l["run"] and l["used"]): continue
+            run = wandb.init(id=l["run"]["id"], project=l["run"]["project"] or rec["wandb"].get("project"),
+                             entity=l["run"]["entity"] or rec["wandb"].get("entity"), resume="must", reinit="finish_previous")
+            for a in l["used"]: run.use_artifact(_api_version(api, rec, a))
+            run.finish()
+            echo(f"{l['stage']}: lineage recorded ({len(l['used'])} inputs)")
+        for a in aliases: set_alias(rec, a, echo)
+    except wandb.errors.Error as e: raise ConfigError(f"W&B refused: {type(e).__name__}: {' '.join(str(e).split())[:200]}; {login}") from None
     return lin
