@@ -5,14 +5,15 @@
 # %% ../nbs/25_chat.ipynb #138b7173
 from __future__ import annotations
 import os, threading, time
-from .core import ConfigError, md_code, md_text
+from .core import ConfigError, listen, md_code, md_text
 from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
-from .feedback import rate, record, review
+from .feedback import connect, db_path, rate, record, review
 from .review import counts, parse_decision, queue
 from .settings import RagEvalConfig
 
 # %% auto #0
-__all__ = ['REVIEW_HEADERS', 'run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve', 'pending', 'show_row', 'decide']
+__all__ = ['REVIEW_HEADERS', 'run_inputs', 'Answerer', 'format_sources', 'chat_app', 'serve', 'preflight', 'pending', 'show_row',
+           'decide']
 
 # %% ../nbs/25_chat.ipynb #193463cb
 def run_inputs(ref, run_root="runs") -> dict:
@@ -167,11 +168,19 @@ def serve(answerer, host: str = "127.0.0.1", port: int = 7860, db=None, block: b
     if not local:  # whoever reaches the page could approve what the next model learns from: review in the terminal instead
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the chat; "
               "the Review tab is left out (review with `llmops feedback review`)")
+    preflight(host, port, db)
     app = chat_app(answerer, db, review_tab=local)
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, show_error=True,
                inbrowser=False, quiet=not block)
     return app
+
+# %% ../nbs/25_chat.ipynb #e2f7437d
+def preflight(host: str, port: int, db=None):
+    "Refuse, in one line, a port already taken on `host` or a feedback store `db` that is there but cannot be opened."
+    listen(host, port).close()
+    if db_path(db).exists():  # a new store is made by the first answer: a chat that fails to start leaves none behind
+        with connect(db, create=False): pass
 
 # %% ../nbs/25_chat.ipynb #b10fd41d
 REVIEW_HEADERS = ["id", "question", "answer", "sources", "rating", "correction", "comment"]

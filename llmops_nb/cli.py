@@ -108,7 +108,9 @@ def _next_steps(rec, out=print):
          arg("--force", action="store_true", help="rerun stages even when unchanged"), arg("--quiet", **QUIET))
 def cmd_run(a):
     from llmops_nb import pipeline
-    stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
+    from llmops_nb.core import ConfigError
+    stages = None if a.stages is None else [s.strip() for s in a.stages.split(",") if s.strip()]
+    if stages == []: raise ConfigError(f"--stages {a.stages!r}: names no stage; expected comma-separated stage names, e.g. prepare,finetune")  # not all of them
     sets = [*a.sets, f"run_root={a.run_root}"] if a.run_root_given else a.sets
     with _failed_shown(): rec = pipeline.run(a.params, sets, stages, a.force, progress=not a.quiet)
     show_status(rec); _next_steps(rec)
@@ -136,9 +138,12 @@ def cmd_status(a):
 
 @command("list", "all runs: id, name, status, stages done, headline metric, aliases, params file and --set overrides")
 def cmd_list(a):
+    from llmops_nb.core import resolve_path
     from llmops_nb.runs import aliases, list_runs, refresh
     from llmops_nb.summary import short
-    for r in map(refresh, list_runs(a.run_root)):
+    runs = list_runs(a.run_root)
+    if not runs: print(f"no runs in {resolve_path(a.run_root)}")  # as `status` says it; a file there is refused in `main`
+    for r in map(refresh, runs):
         done = sum(s["status"] in ("done", "cached") for s in r["stages"].values())
         al, sets = ",".join(aliases(r)), " ".join(f"--set {s}" for s in r.get("overrides", []))
         print(f"{r['id']}  {(r.get('name') or '-'):<10} {r['status']:<11} {done}/{len(r['stages'])} stages  {short(r) or '-':<24} "
@@ -248,11 +253,12 @@ def cmd_sync(a):
          arg("--db", default=None, help=DB))
 def cmd_chat(a):
     import os
-    from llmops_nb.chat import Answerer, serve
+    from llmops_nb.chat import Answerer, preflight, serve
     from llmops_nb.core import ConfigError
     from llmops_nb.feedback import db_path
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not a.run and not a.index: raise ConfigError("chat: give a RUN (`llmops list`) or --index FOLDER (a rag_index stage's index)")
+    preflight(a.host, a.port, a.db)  # a taken port, a store that is no SQLite database: refused before the model loads
     bot = Answerer.from_run(a.run, a.run_root, model=a.model, index=a.index, adapter=a.adapter, k=a.k, max_new_tokens=a.max_new_tokens,
                             max_chars=a.max_chars, max_tokens=a.max_tokens)
     print(f"chat on http://{a.host}:{a.port}  (model {bot.meta['model_id']}, adapter {bot.meta['adapter_id']}); feedback -> {db_path(a.db)}")
@@ -273,7 +279,9 @@ def cmd_feedback_review(a):
          arg("--out", default=None, help="output folder (default feedback/export)"), arg("--db", default=None, help=DB),
          arg("--no-wandb", action="store_true", help="write the files only"))
 def cmd_feedback_export(a):
+    from llmops_nb.core import check_folder
     from llmops_nb.review import export
+    if a.out: check_folder(a.out, "--out", "a folder for the exported files")  # a file there: one line, not mkdir's errno
     r = export(a.out, db=a.db, log=not a.no_wandb, run_root=a.run_root)
     print(f"{r['approved']} approved of {r['feedback_rows']} feedback rows -> {r['out_dir']}: {r['eval_questions']} eval questions, "
           f"{r['sft']} SFT examples, {r['pairs']} preference pairs, {r['kto']} KTO examples" + (" (unchanged: nothing written)" if r["unchanged"] else ""))
@@ -320,8 +328,10 @@ def cmd_monitor(a):
          arg("--allowed-host", dest="hosts", action="append", default=[], metavar="NAME", help="another Host name a keyless server answers to, e.g. a reverse proxy's (repeatable; with an API key any name is answered)"))
 def cmd_serve(a):
     import logging
+    from llmops_nb.models import pick_device
     from llmops_nb.server import serve
     from llmops_nb.serving import Caps
+    if a.engine == "hf": pick_device(a.device, "--device")  # a device torch or this machine lacks: one line, before anything loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(a.target, a.run_root, a.host, a.port, a.engine, a.name, a.db, a.api_key_file, a.max_batch, a.max_queue,
           Caps(a.max_input_chars, a.max_input_tokens, a.max_tokens), a.device, tuple(a.vllm_args), hosts=tuple(a.hosts), review_key_file=a.review_key_file)
@@ -339,9 +349,10 @@ def _preload():
 def main(argv=None) -> int:
     "Run the `llmops` command with `argv` (default: sys.argv); returns the exit status."
     a = parser().parse_args(argv)
-    from llmops_nb.core import ConfigError
+    from llmops_nb.core import ConfigError, check_folder
     from llmops_nb.pipeline import StageError
     try:
+        check_folder(a.run_root, "--run-root", "a folder of runs")  # a file there: this line, not an errno from deep inside a command
         if argv is None and a.func in PRELOADED: _preload()
         a.func(a)
     except ConfigError as e: print(f"llmops: {e}", file=sys.stderr); return 2

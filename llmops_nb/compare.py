@@ -13,8 +13,8 @@ from .decision import page
 from .params import read_yaml
 
 # %% auto #0
-__all__ = ['GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare', 'check_metric', 'load_sweep', 'sweep_points', 'point_sets',
-           'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
+__all__ = ['TITLE', 'GOALS', 'SWEEP_KEYS', 'compare_tables', 'compare', 'check_metric', 'load_sweep', 'sweep_points',
+           'point_sets', 'point_params', 'sweep', 'wandb_sweep_config', 'sweep_run']
 
 # %% ../nbs/22_compare.ipynb #84f7ecfa
 def compare_tables(recs: list):
@@ -31,6 +31,16 @@ def compare_tables(recs: list):
     for i in ids[1:]: metrics[f"delta {i}"] = metrics[i] - metrics[ids[0]]
     return params, metrics
 
+TITLE = "Comparison of"  # how every comparison page's <title> starts: an earlier one may be overwritten
+
+def _out_page(out) -> Path:
+    "`out` if it names an .html file that is new or an earlier comparison; anything else is a one-line error."
+    p = Path(out)
+    why = ("is a folder" if p.is_dir() else "does not end in .html" if p.suffix.lower() != ".html" else
+           "is a page but not an earlier comparison" if p.exists() and f"<title>{TITLE}" not in p.read_text(errors="replace")[:4096] else None)
+    if why: raise ConfigError(f"--out {out}: {why}; expected an HTML file path, new or an earlier comparison (nothing else is overwritten)")
+    return p
+
 def compare(run_ids, # two or more runs (ids, short ids or aliases)
             run_root="runs", # folder of runs
             out=None, # the HTML page (default: <run_root>/compare-<ids>.html)
@@ -40,12 +50,13 @@ def compare(run_ids, # two or more runs (ids, short ids or aliases)
     "Compare runs: print both tables, write the HTML page to `out` (default `run_root/compare-<ids>.html`)."
     import pandas as pd
     if len(run_ids) < 2: raise ConfigError(f"compare: give at least two run ids (got {len(run_ids)}); `llmops list` shows them")
+    out = _out_page(out) if out else None  # checked before any run is read
     recs = [load_record(r, run_root) for r in run_ids]
     params, metrics = compare_tables(recs)
-    out = Path(out) if out else resolve_path(run_root)/f"compare-{'_'.join(r['id'] for r in recs)[:120]}.html"
+    out = out or resolve_path(run_root)/f"compare-{'_'.join(r['id'] for r in recs)[:120]}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     m = metric or {}
-    write_atomic(out, page(recs, out, m.get("name"), m.get("goal"), f"Comparison of {len(recs)} runs"))  # the decision page (54_decision)
+    write_atomic(out, page(recs, out, m.get("name"), m.get("goal"), f"{TITLE} {len(recs)} runs"))  # the decision page (54_decision)
     short = {r["id"]: r["id"][9:] for r in recs}  # HHMMSS-xxxx: narrower columns in a terminal
     if len(set(short.values())) < len(short): short = {}
     ren = lambda df: df.rename(columns=lambda c: " ".join(short.get(w, w) for w in str(c).split()))

@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #3dba7820
 from __future__ import annotations
-import hashlib, html, json, math, os, re, socket, tempfile, time
+import errno, hashlib, html, json, math, os, re, socket, tempfile, time
 from pathlib import Path
 try: import fcntl
 except ImportError: fcntl = None  # Windows: locks are advisory no-ops there (see Lock)
 
 # %% auto #0
-__all__ = ['ConfigError', 'project_root', 'resolve_path', 'write_atomic', 'write_json', 'write_jsonl', 'read_jsonl',
-           'files_under', 'sha256_path', 'Lock', 'stage_dir', 'write_metrics', 'read_metrics', 'md_text', 'md_code',
-           'interval', 'seed_everything']
+__all__ = ['ConfigError', 'project_root', 'resolve_path', 'check_folder', 'read_text_file', 'listen', 'write_atomic',
+           'write_json', 'write_jsonl', 'read_jsonl', 'files_under', 'sha256_path', 'Lock', 'stage_dir',
+           'write_metrics', 'read_metrics', 'md_text', 'md_code', 'interval', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #b445cfb5
 class ConfigError(ValueError):
@@ -44,6 +44,33 @@ def _package_project() -> Path | None:
     spec = importlib.util.find_spec("llmops_nb")
     d = Path(spec.origin).resolve().parents[1] if spec and spec.origin else None
     return d if d and (d/"settings.ini").exists() else None
+
+# %% ../nbs/00_core.ipynb #d7a9444e
+def check_folder(p, flag: str, expected: str = "a folder") -> Path:
+    "`p` resolved, if it is a folder or can be made one; a file in the way (`p` or a parent) is a one-line error naming `flag`."
+    q = resolve_path(p)
+    hit = next(a for a in [q, *q.parents] if a.exists())  # the filesystem root always exists
+    if not hit.is_dir(): raise ConfigError(f"{flag} {p}: {'is a file' if hit == q else f'{hit} is a file'}; expected {expected}")
+    return q
+
+def read_text_file(path, flag: str, what: str) -> str:
+    "The text of the file `flag` names; a missing file, a folder or bytes that are not UTF-8 are a one-line error ending in `what` was expected."
+    p = Path(path)
+    if not p.is_file(): raise ConfigError(f"{flag} {path}: {'is a folder' if p.is_dir() else 'no such file'}; expected a file holding {what}")
+    try: return p.read_bytes().decode("utf-8-sig")  # -sig: an editor's byte-order mark is no part of the text
+    except UnicodeDecodeError: raise ConfigError(f"{flag} {path}: not UTF-8 text; expected {what}") from None
+
+def listen(host: str, port: int, flag: str = "--port") -> socket.socket:
+    "A TCP socket bound to `host:port` and listening (port 0: any free port); a taken port is a one-line error naming `flag`."
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait out the last server's closed connections
+    try: sock.bind((host, port)); sock.listen(2048)  # listening at once: until then another SO_REUSEADDR socket could bind the port too
+    except OSError as e:
+        sock.close()
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if e.errno == errno.EADDRINUSE: raise ConfigError(f"{flag} {port}: {addr} is already in use; choose another {flag}") from None
+        raise ConfigError(f"--host {host} {flag} {port}: cannot listen there ({e.strerror or e}); expected an address of this machine") from None
+    return sock
 
 # %% ../nbs/00_core.ipynb #c1989412
 _UMASK = os.umask(0); os.umask(_UMASK)  # read once: the process's file-creation mask

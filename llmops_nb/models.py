@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_models.ipynb #95bdf685
 from __future__ import annotations
-import importlib.util, json, os, shutil
+import importlib.util, json, os, re, shutil
 from pathlib import Path
 from .core import ConfigError, resolve_path
 
@@ -95,11 +95,18 @@ def public_id(name: str) -> str:
 # %% ../nbs/04_models.ipynb #25d3353f
 BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # native bf16 dot products: x86 and Arm
 
-def pick_device(device="auto"):
-    "torch.device for `device` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps')."
+def pick_device(device="auto", # auto, cpu, cuda, cuda:N or mps
+                what: str = "device", # the setting or flag that names it (for the message)
+               ):
+    "torch.device for `device`; another name, or a device this machine lacks, is a one-line error naming `what`."
     import torch
-    if device != "auto": return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(device)): raise ConfigError(f"{what} {device}: expected auto, cpu, cuda[:N] or mps")
+    dev, n = torch.device(device), torch.cuda.device_count()
+    if dev.type == "cuda" and (dev.index or 0) >= n:
+        raise ConfigError(f"{what} {device}: " + (f"this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}" if n else "no CUDA device here"))
+    if dev.type == "mps" and not torch.backends.mps.is_available(): raise ConfigError(f"{what} {device}: no MPS device here")
+    return dev
 
 def cpu_bf16(caps=None) -> bool:
     "True when the CPU multiplies bf16 natively (`caps`: `torch.cpu.get_capabilities()` when None)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_monitor.ipynb #9dab2e7c
 from __future__ import annotations
-from .core import project_root, resolve_path
+from .core import check_folder, project_root
 from .feedback import db_path, load
 from .servelog import load_requests
 
@@ -100,7 +100,7 @@ def plot_monitor(stats, top=None, path=None):
 def monitor(out_dir=None, db=None, threshold: float = SIM_THRESHOLD, log: bool = True) -> dict:
     "Daily stats, most downvoted questions, serving stats per model and their plots, written to `out_dir` (default feedback/monitor) and logged to W&B."
     from llmops_nb import tracking
-    out = resolve_path(out_dir) if out_dir else project_root()/"feedback"/"monitor"
+    out = check_folder(out_dir, "--out", "a folder for the monitor's tables and plots") if out_dir else project_root()/"feedback"/"monitor"  # a file there: one line, not mkdir's errno
     out.mkdir(parents=True, exist_ok=True)
     df = load(db)
     stats, top = daily_stats(df, threshold), top_downvoted(df)

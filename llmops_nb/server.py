@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 import anyio
 from .api import DONE, ApiError, bad, chunk, completion, finish_reason, new_id, parse_chat, parse_feedback, sse, usage
-from .core import ConfigError
+from .core import ConfigError, listen, read_text_file
 from .serving import Caps, prepare, sources
 from fastapi import FastAPI, Request  # at module level: the routes' annotations are resolved in this module's namespace
 from starlette.responses import StreamingResponse
@@ -42,11 +42,9 @@ def api_key(host: str, # the address to bind
     "The API key for serving on `host`: from `key_file`, else `$env`; a non-loopback `host` without one is a `ConfigError`."
     what, key = "the API key" if need else "the reviewer key", None
     if key_file:
-        p = Path(key_file)
-        if not p.is_file(): raise ConfigError(f"{flag} {key_file}: no such file; expected a file holding {what}")
-        key = (p.read_text().splitlines() or [""])[0].strip()
+        key = (read_text_file(key_file, flag, f"{what} on its first line").splitlines() or [""])[0].strip()
         if not key: raise ConfigError(f"{flag} {key_file}: the file is empty; expected {what} on its first line")
-        if p.stat().st_mode & 0o077: log.warning("%s is readable by other users; chmod 600 it", key_file)
+        if Path(key_file).stat().st_mode & 0o077: log.warning("%s is readable by other users; chmod 600 it", key_file)
     else: key = os.environ.get(env, "").strip() or None
     if key and len(key) < 16:  # no character of it in the message: it may be a real key, only short
         raise ConfigError(f"{f'{flag} {key_file}' if key_file else '$' + env}: {what} is {len(key)} characters long; use at least 16 (e.g. `openssl rand -hex 24`)")
@@ -337,16 +335,16 @@ def create_app(deployments, # a `deploy.Follower` (or a fixed `deploy.Deployment
 # %% ../nbs/35_server.ipynb #c2c4a561
 class Running:
     "A uvicorn server for `app` in a background thread: `url`, `stop()`."
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, sock=None):  # sock: `core.listen`'s, bound by `serve` before the models load
         import uvicorn
+        sock = sock or listen(host, port)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
-        self.thread = threading.Thread(target=self.server.run, name="llmops-uvicorn", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, args=([sock],), name="llmops-uvicorn", daemon=True)
         self.thread.start()
-        for _ in range(600):
-            if self.server.started or not self.thread.is_alive(): break
-            time.sleep(0.05)
+        until = time.monotonic() + 30
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < until: time.sleep(0.05)
         if not self.server.started: raise ConfigError(f"the server did not start on {host}:{port}")
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     def stop(self, timeout: float = 30):
@@ -375,6 +373,7 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
     from llmops_nb.servelog import RequestLog
     key, rkey = api_key(host, api_key_file), review_key(host, review_key_file)
     if rkey and rkey == key: raise ConfigError("the reviewer key is the API key; give reviewers a key of their own (`openssl rand -hex 24`)")
+    sock = listen(host, port)  # a taken port: refused before any model loads; held until uvicorn serves it
     if engine == "hf":
         follow = deploy.Follower(target, run_root, name=name, device=device)
         backend = serving.HFBackend(EN.Engine(max_batch=max_batch, max_queue=max_queue))
@@ -386,11 +385,12 @@ def serve(target: str, # run id, short id, latest, candidate or alias (followed)
     reqlog = RequestLog(db)
     app = create_app(follow, backend, reqlog, caps, key, db, (host, *hosts), rkey)
     dep = follow.current
-    print(f"serving run {dep.run_id} ({'following ' + repr(target) if follow.follows else 'fixed'}) on http://{host}:{port}"
+    print(f"serving run {dep.run_id} ({'following ' + repr(target) if follow.follows else 'fixed'}) on http://{host}:{sock.getsockname()[1]}"
           f"  models: {', '.join(dep.models)}; engine {engine}; requests and ratings -> {db_path(db)}"
           + (f"; API key required ({fingerprint(key)})" if key else "")  # no character of a key: this line lands in logs
           + (f"; feedback review needs the reviewer key ({fingerprint(rkey)})" if rkey else "; feedback review from this machine only"), flush=True)
-    if not block: return Running(app, host, port), follow, backend, reqlog
+    if not block: return Running(app, host, port, sock), follow, backend, reqlog
     import uvicorn
-    try: uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    try: uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)).run([sock])  # uvicorn.run would bind again
+    except KeyboardInterrupt: pass  # Ctrl-C: uvicorn has shut down and raised the signal again; uvicorn.run ends the same way
     finally: follow.close(); backend.close(); reqlog.close()
