@@ -10,7 +10,8 @@ import argparse, contextlib, sys
 __all__ = ['COMMANDS', 'RUN', 'SETS', 'QUIET', 'PORT', 'COUNT', 'DB', 'HEADLINE', 'PRELOADED', 'arg', 'command', 'within',
            'parser', 'show_status', 'cmd_run', 'cmd_resume', 'cmd_status', 'cmd_list', 'cmd_runs_rm', 'cmd_runs_gc',
            'cmd_stages', 'cmd_report', 'cmd_compare', 'cmd_sweep', 'cmd_sweep_run', 'cmd_promote', 'cmd_push',
-           'cmd_sync', 'cmd_chat', 'cmd_feedback_review', 'cmd_feedback_export', 'cmd_monitor', 'cmd_serve', 'main']
+           'cmd_sync', 'cmd_chat', 'cmd_feedback_review', 'cmd_feedback_export', 'cmd_feedback_prune', 'cmd_monitor',
+           'cmd_serve', 'main']
 
 # %% ../nbs/27_cli.ipynb #955b30f0
 COMMANDS = {}  # "name" or "group name" -> (help, arguments, handler)
@@ -298,12 +299,20 @@ def _plain(df):
     if is_string_dtype(df.index): df.index = df.index.map(plain)
     return df
 
+@command("feedback prune", "delete requests and questions older than --days that nobody rated, corrected, commented on or reviewed; then shrink the store",
+         arg("--days", type=float, required=True, help="keep everything younger than this many days"), arg("--db", default=None, help=DB))
+def cmd_feedback_prune(a):
+    from llmops_nb.servelog import prune
+    r = prune(a.days, a.db)
+    print(f"deleted {r['requests']} request row(s) and {r['feedback']} unrated question(s) older than {a.days:g} days; ratings, corrections and reviews kept" + ("" if r["vacuumed"] else "; the store was busy, so the file shrinks at the next prune"))
+
 @command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps; served requests per model (+ plots, W&B)",
          arg("--out", default=None, help="output folder (default feedback/monitor)"), arg("--db", default=None, help=DB),
-         arg("--threshold", type=float, default=0.4, help="similarity below which a retrieved chunk counts as unrelated"))
+         arg("--threshold", type=float, default=0.4, help="similarity below which a retrieved chunk counts as unrelated"),
+         arg("--no-wandb", action="store_true", help="write the tables and plots only (no W&B run: e.g. from cron)"))
 def cmd_monitor(a):
     from llmops_nb.monitor import monitor
-    r = monitor(a.out, db=a.db, threshold=a.threshold)
+    r = monitor(a.out, db=a.db, threshold=a.threshold, log=not a.no_wandb)
     print(_plain(r["daily"].round(3)).to_string() if len(r["daily"]) else "no feedback yet")
     if len(r["top_downvoted"]): print("\nmost downvoted:\n" + _plain(r["top_downvoted"]).to_string(index=False))
     if len(r.get("serving", [])): print("\nserving, per model:\n" + _plain(r["serving"].round(3)).to_string())

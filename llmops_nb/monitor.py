@@ -46,7 +46,8 @@ def serving_stats(req):
     cols = ["requests", "errors", "error_rate", "disconnected", "latency_p50", "latency_p95", "latency_p99", "ttft_p50", "ttft_p95",
             "completion_tokens", "rated", "thumbs_down_rate"]
     if not len(req): return pd.DataFrame(columns=cols, index=pd.Index([], name="model"), dtype=float)
-    d = req.assign(model=req["model"].fillna("(none)"), err=((req["status"] >= 400) & (req["status"] != 499)).astype(int),
+    only_404 = req["status"].eq(404).groupby(req["model"].fillna("(none)")).transform("all")  # a name never served: a typo or a scanner
+    d = req.assign(model=req["model"].fillna("(none)").mask(only_404, "unknown"), err=((req["status"] >= 400) & (req["status"] != 499)).astype(int),
                    gone=(req["status"] == 499).astype(int), down=(req["rating"] == -1).fillna(False).astype(int), rated=req["rating"].notna().astype(int))
     g, ok = d.groupby("model"), d[d["status"] == 200].groupby("model")
     out = pd.DataFrame({"requests": g.size(), "errors": g["err"].sum(), "disconnected": g["gone"].sum(),

@@ -4,12 +4,12 @@
 
 # %% ../nbs/30_servelog.ipynb #1f662fce
 from __future__ import annotations
-import json, logging, queue, threading, time
+import json, logging, queue, sqlite3, threading, time
 from .core import ConfigError
 from .feedback import _now, connect, db_path, rate
 
 # %% auto #0
-__all__ = ['log', 'REQUEST_COLUMNS', 'FEEDBACK_FIELDS', 'TIMES', 'RequestLog', 'rate_response', 'load_requests']
+__all__ = ['log', 'REQUEST_COLUMNS', 'FEEDBACK_FIELDS', 'TIMES', 'RequestLog', 'rate_response', 'load_requests', 'prune']
 
 # %% ../nbs/30_servelog.ipynb #af4553f5
 log = logging.getLogger("llmops_nb.serve")
@@ -108,3 +108,23 @@ def load_requests(db=None, run_id=None):
     df["rating"] = df["rating"].astype("Int64")
     for k in TIMES: df[k] = pd.to_numeric(df[k]).astype(float)  # a column of NULLs (refused requests have no TTFT) is NaN, not objects quantile refuses
     return df
+
+# %% ../nbs/30_servelog.ipynb #7e1d0a02
+def prune(days: float, # keep everything younger than this
+          db=None, # the store file (default: `feedback.db_path()`)
+         ) -> dict: # rows deleted {requests, feedback}, and whether the file shrank (vacuumed)
+    "Delete requests without a rating, and questions nobody rated, corrected, commented on or reviewed, older than `days`; then VACUUM."
+    from datetime import datetime, timedelta, timezone
+    if not days >= 0: raise ConfigError(f"--days {days:g}: expected a number of days >= 0")
+    cut = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="milliseconds")  # `_now`'s format: compared as text
+    with connect(db, create=False) as con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            r = con.execute("DELETE FROM requests WHERE timestamp < ? AND rating IS NULL", (cut,)).rowcount
+            f = con.execute("DELETE FROM feedback WHERE timestamp < ? AND rating IS NULL AND correction IS NULL AND comment IS NULL AND review = 'pending'"
+                            " AND id NOT IN (SELECT feedback_id FROM requests WHERE feedback_id IS NOT NULL)", (cut,)).rowcount
+            con.execute("COMMIT")
+        except BaseException: con.execute("ROLLBACK"); raise
+        try: con.execute("VACUUM"); shrunk = True  # the file shrinks; outside the transaction, as SQLite requires
+        except sqlite3.OperationalError: shrunk = False  # busy (a server writing): the rows are gone, the space comes back on the next prune
+    return {"requests": r, "feedback": f, "vacuumed": shrunk}

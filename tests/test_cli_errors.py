@@ -90,3 +90,17 @@ def test_output_folders(tmp_path, capsys):
         2, f"llmops: --out {tmp_path/'afile'}: is a file; expected a folder for the monitor's tables and plots\n")
     assert run(capsys, "feedback", "export", "--out", tmp_path/"afile"/"sub", "--db", tmp_path/"fb.db", "--no-wandb")[:2] == (
         2, f"llmops: --out {tmp_path/'afile'/'sub'}: {tmp_path/'afile'} is a file; expected a folder for the exported files\n")
+
+
+def test_feedback_prune_and_monitor_without_wandb(tmp_path, capsys):
+    "A store kept for weeks: prune gives back what nothing uses, and a cron'd monitor leaves no W&B run behind."
+    from llmops_nb.servelog import RequestLog
+    db = tmp_path/"fb.db"; rl = RequestLog(db)
+    for n in range(50): rl.add({"response_id": f"o{n}", "timestamp": "2020-01-01T00:00:00.000+00:00", "model": "m", "status": 200}, {"question": "q", "answer": "a"})
+    rl.flush(); rl.close()
+    assert run(capsys, "feedback", "prune", "--days", "-1", "--db", db)[:2] == (2, "llmops: --days -1: expected a number of days >= 0\n")
+    rc, _, out = run(capsys, "feedback", "prune", "--days", "30", "--db", db)
+    assert rc == 0 and out.startswith("deleted 50 request row(s) and 50 unrated question(s) older than 30 days"), out
+    assert run(capsys, "feedback", "prune", "--days", "30", "--db", tmp_path/"typo.db")[0] == 2 and not (tmp_path/"typo.db").exists()
+    assert run(capsys, "monitor", "--db", db, "--out", tmp_path/"mon", "--no-wandb")[0] == 0
+    assert (tmp_path/"mon"/"serving.png").exists() and not (tmp_path/"mon"/"wandb").exists()
