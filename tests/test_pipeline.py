@@ -32,11 +32,11 @@ def test_reports_describe_their_own_run(params, tmp_path):
 
 
 def test_failure_then_resume(params, tmp_path):
-    "A failure only the stage can meet (a Parquet file that is not one: only `datasets` reads Parquet), then a resume once it is fixed."
+    "A failure only the stage can meet (a Parquet row with no output: the pre-check reads the schema, only `datasets` reads the rows), then a resume once it is fixed."
     import pandas as pd
     good = [json.loads(l) for l in (ROOT/"data"/"instructions.jsonl").read_text().splitlines()[:30]]
     data = tmp_path/"data.parquet"
-    data.write_bytes(b"PAR1 this is not a parquet file")
+    pd.DataFrame([{**good[0], "output": None}] + good[1:]).to_parquet(data)
     f = params({"stages": ["prepare"], "prepare": {"data": str(data)}})
     r = llmops("run", f, "--quiet")
     assert r.returncode == 1
