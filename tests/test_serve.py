@@ -148,7 +148,7 @@ def test_api_key_and_busy(runs):
     from llmops_nb.server import Running, create_app
     dep = deploy.load(r1["id"], root/"runs", device="cpu")
     backend, reqlog = serving.HFBackend(EN.Engine(max_batch=1, max_queue=1)), SL.RequestLog(root/"keyed.db")
-    srv = Running(create_app(dep, backend, reqlog, Caps(), key=key, db=root/"keyed.db"))
+    srv = Running(create_app(dep, backend, reqlog, Caps(max_tokens=1900), key=key, db=root/"keyed.db"))
     try:
         wrong = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="wrong-key-wrong-key", max_retries=0)
         with pytest.raises(openai.AuthenticationError, match="Incorrect API key provided: wro...ey"): wrong.models.list()
@@ -158,13 +158,13 @@ def test_api_key_and_busy(runs):
         assert json.loads(urllib.request.urlopen(f"{srv.url}/health", timeout=30).read()) == {"status": "ok", "auth": True}
         c = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=key, max_retries=0, timeout=120)
         assert [m.id for m in c.models.list()] == ["tiny-random", "test-aaaa", "test-aaaa-rag"]
-        long = c.chat.completions.create(model="test-aaaa", messages=_ask("Tell me everything."), max_tokens=1000, stream=True)
+        long = c.chat.completions.create(model="test-aaaa", messages=_ask("Tell me everything."), max_tokens=1900, stream=True)  # near the context: busy for seconds
         first = next(iter(long))  # it holds the only batch row now
         queued = cf.ThreadPoolExecutor(1).submit(c.chat.completions.create, model="test-aaaa", messages=_ask("Hi"), max_tokens=4)
-        for _ in range(200):
-            if backend.engine.waiting == 1: break
-            time.sleep(0.02)
-        assert backend.engine.waiting == 1 and backend.engine.active == 1
+        for _ in range(1000):  # the queued request in line while the long one decodes (the long one's first chunk can come before its row)
+            if backend.engine.waiting == 1 and backend.engine.active == 1: break
+            time.sleep(0.01)
+        assert backend.engine.waiting == 1 and backend.engine.active == 1, (backend.engine.waiting, backend.engine.active)
         with pytest.raises(openai.InternalServerError, match="the server is busy") as e:
             c.chat.completions.create(model="test-aaaa", messages=_ask("Hi"), max_tokens=4)
         assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
