@@ -5,7 +5,6 @@
 # %% ../nbs/03_params.ipynb #22b63a74
 from __future__ import annotations
 import copy, difflib, math, re
-from dataclasses import fields
 from datetime import date
 from pathlib import Path
 import yaml
@@ -15,8 +14,8 @@ from .core import ConfigError, resolve_path
 # %% auto #0
 __all__ = ['GLOBALS', 'SHARED', 'WANDB_KEYS', 'WANDB_MODES', 'DTYPES', 'SECRET', 'SECRET_VALUE', 'URL', 'SECRET_QUERY', 'HUB_ID',
            'DATA_EXT', 'ENDPOINT_STAGES', 'OPS', 'find_secret', 'near', 'check_model', 'check_path', 'check_index',
-           'check_scheduler', 'bounds', 'out_of_bounds', 'check_value', 'validate', 'apply_overrides', 'read_yaml',
-           'read_params', 'check_sets', 'load_params']
+           'check_scheduler', 'out_of_bounds', 'check_value', 'validate', 'apply_overrides', 'read_yaml', 'read_params',
+           'check_sets', 'load_params']
 
 # %% ../nbs/03_params.ipynb #921f092b
 GLOBALS = dict(seed=int, model=str, embedding_model=str, dtype=str, run_root=str, stages=list, wandb=dict, name=str)
@@ -118,12 +117,6 @@ def check_scheduler(v, where: str):
 # %% ../nbs/03_params.ipynb #4291555e
 OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
-def bounds(stage: str) -> dict:
-    "setting -> its range ({'ge': 1}, ...) for every setting of `stage`, from the class that declares it."
-    cls = ST.stage(stage).config
-    return {f.name: next(c.__dataclass_fields__[f.name].metadata for c in cls.__mro__ if f.name in getattr(c, "__dataclass_fields__", {})
-                         and c.__dataclass_fields__[f.name].metadata).get("bounds", {}) for f in fields(cls)}
-
 def out_of_bounds(v, t, b: dict) -> str:
     "What is expected ('an int >= 1') when number `v` of type `t` is outside range `b` or not finite; '' when it fits."
     if not isinstance(v, (int, float)) or isinstance(v, bool): return ""
@@ -133,7 +126,7 @@ def out_of_bounds(v, t, b: dict) -> str:
 def check_value(where: str, key: str, v, decl: dict, stage: str | None = None):
     "Raise a one-line ConfigError unless `v` fits the declaration `decl` of setting `key` (of `stage`: whether it takes an endpoint model)."
     if not ST.type_ok(v, decl["type"]): raise _wrong_type(f"{where}: {key}", v, decl["type"], f" (default {decl['default']!r})")
-    if want := out_of_bounds(v, decl["type"], bounds(stage).get(key, {}) if stage else {}): raise ConfigError(f"{where}: {key} = {v}; expected {want}")
+    if want := out_of_bounds(v, decl["type"], decl.get("bounds", {})): raise ConfigError(f"{where}: {key} = {v}; expected {want}")  # `stages.declared` carries them, like choices
     at, ch = f"{where}: {key}", decl.get("choices", ())
     if decl["kind"] == "index": return check_index(v, at, ch)
     if ch and v not in ch: raise ConfigError(f"{at} = {v!r} is unknown{near(v, ch)}")

@@ -94,13 +94,14 @@ def notebook(name: str) -> Path:
 
 # %% ../nbs/02_stages.ipynb #98b68c17
 def declared(cls) -> dict:
-    "name -> dict(type, default, help, kind, choices) for every setting of the dataclass `cls`, in field order."
+    "name -> dict(type, default, help, kind, choices, bounds) for every setting of the dataclass `cls`, in field order."
     out = {}
     for f in fields(cls):
         src = next(c.__dataclass_fields__[f.name] for c in cls.__mro__
                    if f.name in getattr(c, "__dataclass_fields__", {}) and c.__dataclass_fields__[f.name].metadata)
         default = f.default if f.default is not MISSING else f.default_factory()
-        out[f.name] = dict(type=f.type, default=default, help=src.metadata["help"], kind=src.metadata["kind"], choices=src.metadata.get("choices", ()))
+        out[f.name] = dict(type=f.type, default=default, help=src.metadata["help"], kind=src.metadata["kind"], choices=src.metadata.get("choices", ()),
+                           bounds=src.metadata.get("bounds", {}))
     return out
 
 # %% ../nbs/02_stages.ipynb #4bb054c5
