@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib, json, re, tempfile
 from pathlib import Path
 from langchain_core.documents import Document
-from .core import ConfigError, files_under, resolve_path, sha256_path
+from .core import ConfigError, resolve_path, sha256_path
+from .models import model_digest
 
 # %% auto #0
 __all__ = ['LOADERS', 'HEADERS', 'example_kb', 'Skip', 'read_file', 'chunk_file', 'chunk_id', 'embed_text', 'fingerprint', 'scan']
@@ -112,17 +113,9 @@ def embed_text(d: Document) -> str:
 
 # %% ../nbs/13_documents.ipynb #f1a2b3c5
 def fingerprint(embedding_model: str) -> str:
-    "What an index built with `embedding_model` depends on beyond its settings: this module's code, and the names, sizes and times of the model's files (a hub id's: those of its cached revision)."
-    from huggingface_hub import try_to_load_from_cache
+    "What an index built with `embedding_model` depends on beyond its settings: this module's code and the model's `models.model_digest`."
     from llmops_nb import documents
-    from llmops_nb.models import embedding_path
-    p = Path(embedding_path(embedding_model))
-    if not p.is_dir():
-        try: f = try_to_load_from_cache(embedding_model, "config.json")
-        except ValueError: f = None  # not a hub id
-        if isinstance(f, str): p = Path(f).parent  # snapshots/<commit>
-    files = [(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)] if p.is_dir() else embedding_model
-    return hashlib.sha256(json.dumps([sha256_path(Path(documents.__file__)), files]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([sha256_path(Path(documents.__file__)), model_digest(embedding_model) or embedding_model]).encode()).hexdigest()[:16]
 
 # %% ../nbs/13_documents.ipynb #57206c19
 def scan(folder) -> tuple:

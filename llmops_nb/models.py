@@ -4,14 +4,14 @@
 
 # %% ../nbs/04_models.ipynb #95bdf685
 from __future__ import annotations
-import importlib.util, json, os, re, shutil
+import hashlib, importlib.util, json, os, re, shutil
 from pathlib import Path
-from .core import ConfigError, resolve_path
+from .core import ConfigError, files_under, resolve_path
 
 # %% auto #0
 __all__ = ['GGUF', 'ALIASES', 'EMBEDDINGS', 'PUBLIC', 'BF16_CPU_FEATURES', 'cache_dir', 'resolve_model', 'embedding_path',
-           'public_id', 'pick_device', 'cpu_bf16', 'pick_dtype', 'train_dtypes', 'load_tokenizer', 'load_causal_lm',
-           'load_adapter']
+           'stat_digest', 'model_digest', 'public_id', 'pick_device', 'cpu_bf16', 'pick_dtype', 'train_dtypes',
+           'load_tokenizer', 'load_causal_lm', 'load_adapter']
 
 # %% ../nbs/04_models.ipynb #e26b482d
 def cache_dir() -> Path:
@@ -78,6 +78,21 @@ def embedding_path(name: str = "minilm-l6-v2") -> str:
         return str(_pkg_dir(pkg)/sub)
     p = resolve_path(name)
     return str(p) if p.exists() else name
+
+# %% ../nbs/04_models.ipynb #e904840f
+def stat_digest(p) -> str:
+    "sha256 of the relative paths, sizes and modification times of the files under folder `p` (`core.files_under`)."
+    p = Path(p)
+    return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)]).encode()).hexdigest()
+
+def model_digest(name: str, cache_dir=None) -> str | None:
+    "What a model name stands for: a local folder's `stat_digest` (an alias: of the folder it stands for), a hub id's cached revision, else None."
+    if name in ALIASES or name in EMBEDDINGS: name = resolve_model(name) if name in ALIASES else embedding_path(name)
+    if resolve_path(name).exists(): return stat_digest(resolve_path(name))
+    from huggingface_hub import try_to_load_from_cache
+    try: f = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
+    except ValueError: return None  # not a hub id
+    return Path(f).parent.name if isinstance(f, str) else None  # snapshots/<commit>/config.json
 
 # %% ../nbs/04_models.ipynb #e83301ee
 PUBLIC = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the hub model each packaged alias was made from

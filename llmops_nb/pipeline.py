@@ -9,17 +9,18 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import llmops_nb
 from . import stages as ST
-from .core import ConfigError, Lock, files_under, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
+from .core import ConfigError, Lock, project_root, read_metrics, resolve_path, sha256_path, write_atomic, write_json
 from .kernels import SHUTDOWN, ensure_kernel, malloc_env
-from .params import HUB_ID, apply_overrides, check_sets, load_params, read_params, validate
+from .models import model_digest
+from .params import apply_overrides, check_sets, load_params, read_params, validate
 from .progress import Watcher
 from .runs import git_info, load_record, started_in, new_run_id, now, run_lock, save_record, take_run, versions
 from .stages import MANIFEST, read_manifest, verify, write_manifest  # the manifests live with the contracts
 
 # %% auto #0
-__all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stat_digest', 'model_digest',
-           'stage_key', 'input_digests', 'inputs_changed', 'cache_lookup', 'cache_put', 'key_lock', 'Interrupted',
-           'StageError', 'NotebookIO', 'execute_stage', 'run', 'resume', 'demo_run']
+__all__ = ['PKG', 'DECLARATIONS', 'imports', 'code_modules', 'hash_notebook', 'code_digest', 'stage_key', 'input_digests',
+           'inputs_changed', 'cache_lookup', 'cache_put', 'key_lock', 'Interrupted', 'StageError', 'NotebookIO',
+           'execute_stage', 'run', 'resume', 'demo_run']
 
 # %% ../nbs/19_pipeline.ipynb #359a350f
 PKG = Path(llmops_nb.__file__).resolve().parent
@@ -71,21 +72,6 @@ def hash_notebook(nb) -> str:
 def code_digest(stage: str) -> str:
     "sha256 of the source of every module stage `stage` runs."
     return hashlib.sha256(b"".join(m.encode() + b"\0" + sha256_path(_module_path(m)).encode() for m in code_modules(stage))).hexdigest()
-
-def stat_digest(p) -> str:
-    "sha256 of the relative paths, sizes and modification times of the files under folder `p` (`core.files_under`)."
-    p = Path(p)
-    return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files_under(p)]).encode()).hexdigest()
-
-def model_digest(name: str, cache_dir=None) -> str | None:
-    "What a model setting stands for: a local folder's `stat_digest` (a packaged alias: of the folder it stands for), a hub id's revision in the local Hugging Face cache, else None."
-    from llmops_nb.models import ALIASES, EMBEDDINGS, embedding_path, resolve_model  # light: torch only when an alias is first materialised
-    if name in ALIASES or name in EMBEDDINGS: name = resolve_model(name) if name in ALIASES else embedding_path(name)
-    if resolve_path(name).exists(): return stat_digest(resolve_path(name))
-    if not HUB_ID.match(name): return None
-    from huggingface_hub import try_to_load_from_cache
-    f = try_to_load_from_cache(name, "config.json", cache_dir=cache_dir)
-    return Path(f).parent.name if isinstance(f, str) else None  # snapshots/<commit>/config.json
 
 def stage_key(stage: str, vals: dict, inputs: dict) -> str:
     "Cache key of `stage` with settings `vals` reading upstream outputs whose content digests are `inputs`."
