@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_generation.ipynb #57716933
 from __future__ import annotations
-import contextlib
+import contextlib, functools
 from dataclasses import fields
 import torch
 from .core import ConfigError
@@ -12,8 +12,8 @@ from .progress import report
 from .settings import Generation, Seeded
 
 # %% auto #0
-__all__ = ['GEN_FIELDS', 'split_conversation', 'chat_prompts', 'prepacked', 'merged', 'AnswerOnly', 'answer_processors',
-           'generate', 'base_model', 'gen_kwargs', 'with_adapters', 'use_adapter']
+__all__ = ['GEN_FIELDS', 'split_conversation', 'chat_prompts', 'bf16_packs', 'prepacked', 'merged', 'AnswerOnly',
+           'answer_processors', 'generate', 'base_model', 'gen_kwargs', 'with_adapters', 'use_adapter']
 
 # %% ../nbs/11_generation.ipynb #2fd9b3f5
 def split_conversation(messages) -> tuple:
@@ -33,6 +33,13 @@ def chat_prompts(tokenizer, conversations) -> tuple:
     return prompts, refs, qs
 
 # %% ../nbs/11_generation.ipynb #949228d2
+@functools.cache
+def bf16_packs() -> bool:
+    "Whether oneDNN packs bf16 weights on this CPU: it needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, and raises on others."
+    try: torch.ops.mkldnn._reorder_linear_weight(torch.zeros(2, 2, dtype=torch.bfloat16), 1)
+    except RuntimeError: return False
+    return True
+
 def _packed(m, rows: int):
     "(forward, bytes): CPU `nn.Linear` `m` with its weight packed for `rows`-row inputs (fp32: MKL, bf16: oneDNN); None where neither applies."
     w, b = m.weight.detach(), m.bias
@@ -40,7 +47,7 @@ def _packed(m, rows: int):
     if w.dtype == torch.float32 and rows > 1 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
         p = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         return (lambda x: torch.ops.mkl._mkl_linear(x, p, w, b, rows)), p.numel() * p.element_size()
-    if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+    if w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() and bf16_packs():
         p = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         return (lambda x: torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "")), p.numel() * p.element_size()
     return None
