@@ -4,17 +4,21 @@
 
 # %% ../nbs/12_evaluation.ipynb #011e52e6
 from __future__ import annotations
-import math
+import collections, math, unicodedata
+from functools import partial
 from pathlib import Path
 import numpy as np
 from . import metrics as _metrics
 from .core import ConfigError, interval
+from .settings import AnswerMetrics
+from .stages import declared
 
 # %% auto #0
-__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'PAIRWISE', 'MIN_BOOT',
-           'default_metrics', 'metrics_dir', 'metric_names', 'metric_path', 'load_metric', 'metric_keys',
-           'score_examples', 'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare', 'GateError',
-           'gate_metrics', 'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes',
+__all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'TOKENIZE', 'SIMILARITY_MODEL',
+           'MECAB', 'PAIRWISE', 'PRESPLIT', 'MIN_BOOT', 'default_metrics', 'metrics_dir', 'metric_names', 'metric_path',
+           'load_metric', 'sacrebleu_tokenizer', 'installed', 'resolve_tokenize', 'example_tokenizers', 'tokenize_used',
+           'words', 'metric_keys', 'score_examples', 'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare',
+           'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes',
            'plot_comparison']
 
 # %% ../nbs/12_evaluation.ipynb #d9e925e7
@@ -59,6 +63,54 @@ def load_metric(name: str, **kwargs):
     if key not in _LOADED: _LOADED[key] = evaluate.load(metric_path(name), **kwargs)
     return _LOADED[key]
 
+# %% ../nbs/12_evaluation.ipynb #5b8d3f21
+TOKENIZE = declared(AnswerMetrics)["tokenize"]["choices"]  # the setting's declaration: auto and sacrebleu's tokenizer names
+SIMILARITY_MODEL = declared(AnswerMetrics)["similarity_model"]["default"]
+MECAB = {"ja-mecab": "sacrebleu[ja]", "ko-mecab": "sacrebleu[ko]"}  # the extras that bring MeCab and its dictionary
+
+_TOK = {}
+def sacrebleu_tokenizer(name: str):
+    "sacrebleu's tokenizer `name` (str -> space-separated tokens), cached; a one-line `ConfigError` when a MeCab one is not installed."
+    if name not in TOKENIZE or name == "auto": raise ConfigError(f"tokenize '{name}': unknown; expected one of {', '.join(TOKENIZE)}")
+    if name not in _TOK:
+        from sacrebleu.metrics.bleu import BLEU
+        try: _TOK[name] = BLEU(tokenize=name).tokenizer
+        except (ImportError, RuntimeError):
+            raise ConfigError(f"tokenize '{name}': MeCab is not installed; pip install '{MECAB[name]}', or set tokenize: char") from None
+    return _TOK[name]
+
+def installed(name: str) -> bool:
+    "Whether sacrebleu's tokenizer `name` can be built here (the MeCab ones need their packages)."
+    try: return bool(sacrebleu_tokenizer(name))
+    except ConfigError: return False
+
+def resolve_tokenize(tokenize: str, # the setting: auto or a sacrebleu tokenizer name
+                     texts, # an example's references: they decide, so every model scored on them is tokenised alike
+                    ) -> str: # a sacrebleu tokenizer name
+    "`tokenize` itself (checked), or for auto: 13a (ASCII only), ja-mecab / ko-mecab where installed else char (kana, hangul), zh (Han), intl (other scripts)."
+    if tokenize != "auto": return sacrebleu_tokenizer(tokenize) and tokenize
+    import regex  # Unicode script properties; sacrebleu depends on it
+    s = unicodedata.normalize("NFKC", "".join(texts))
+    if s.isascii(): return "13a"
+    for script, mecab in ((r"[\p{Hiragana}\p{Katakana}]", "ja-mecab"), (r"\p{Hangul}", "ko-mecab")):
+        if regex.search(script, s): return mecab if installed(mecab) else "char"
+    return "zh" if regex.search(r"\p{Han}", s) else "intl"
+
+def example_tokenizers(tokenize: str, references) -> list:
+    "Each example's tokenizer: `tokenize`, or for auto its reference's, so that in a mixed set English stays 13a beside Chinese zh."
+    return [resolve_tokenize(tokenize, [r] if isinstance(r, str) else r) for r in references]
+
+def tokenize_used(tokenize: str, references) -> str:
+    "What `tokenize` came to on `references`, for reports: `zh`, or `13a: 6, zh: 2` on a mixed set."
+    n = collections.Counter(example_tokenizers(tokenize, references))
+    return ", ".join(f"{t}: {c}" for t, c in n.most_common()) if len(n) > 1 else next(iter(n), resolve_tokenize(tokenize, []))
+
+def words(text: str, tokenize: str) -> list:
+    "ROUGE's tokens of `text` in any script: NFKC, casefold, sacrebleu's tokenizer `tokenize`, the tokens with a letter or digit."
+    toks = sacrebleu_tokenizer(tokenize)(unicodedata.normalize("NFKC", text).casefold()).split()
+    return [t for t in toks if any(unicodedata.category(c)[0] in "LMN" for c in t)]
+
+
 # %% ../nbs/12_evaluation.ipynb #bc80b833
 PAIRWISE = {"bleu": ("bleu", {"smooth": True}), "sacrebleu": ("score", {"use_effective_order": True}), "chrf": ("score", {}),  # sentence scores as sacrebleu makes them
             "exact_match": ("exact_match", {"squad": True}), "token_f1": ("token_f1", {})}  # exact match normalised as token F1 is (SQuAD's)
@@ -77,40 +129,61 @@ def score_examples(name, # a metric name (see metric_keys)
                    model=None, # the model (perplexity only)
                    tokenizer=None, # its tokenizer (perplexity only)
                    batch_size=8, # perplexity batch size
+                   tokenize="auto", # how ROUGE, BLEU and sacreBLEU split words: auto (the references decide) or a sacrebleu tokenizer name
+                   similarity_model=SIMILARITY_MODEL, # semantic_similarity's sentence-transformers model (alias, folder or hub id)
                   ) -> dict: # {key: [score per example]}
     "Per-example scores `{key: [float]}` of metric `name`; `perplexity` needs `model`, `tokenizer` and `prompts`."
     preds, refs = list(predictions), list(references)
     metric_keys(name)
     if name == "rouge" or name in ROUGE_TYPES:
-        types = list(ROUGE_TYPES) if name == "rouge" else [name]
-        r = load_metric("rouge").compute(predictions=preds, references=refs, rouge_types=types, use_aggregator=False)
-        return {k: [float(x) for x in r[k]] for k in types}
+        types, out = (list(ROUGE_TYPES) if name == "rouge" else [name]), {}
+        for (tok, plain), idx in _by_tokenizer(tokenize, preds, refs).items():
+            r = load_metric("rouge").compute(predictions=[preds[i] for i in idx], references=[refs[i] for i in idx], rouge_types=types,
+                                             use_aggregator=False, tokenizer=None if plain else partial(words, tokenize=tok.replace("13a", "intl")))
+            out.update({(k, i): float(x) for k in types for i, x in zip(idx, r[k])})
+        return {k: [out[k, i] for i in range(len(preds))] for k in types}
     if name == "semantic_similarity":
-        return {name: load_metric(name).compute(predictions=preds, references=refs)["scores"]}
+        return {name: load_metric(name).compute(predictions=preds, references=refs, model=similarity_model)["scores"]}
     if name == "perplexity":
         if model is None: raise ConfigError("metric 'perplexity': needs the model; pass model= and tokenizer=")
         r = load_metric(name).compute(predictions=refs, contexts=prompts, add_start_token=not prompts,
                                       model=model, tokenizer=tokenizer, batch_size=batch_size)
         return {name: r["perplexities"]}
     key, kw = PAIRWISE[name]
-    m = load_metric(name)
-    return {name: [float(m.compute(predictions=[p], references=[r], **kw)[key]) for p, r in zip(preds, refs)]}
+    m, (ps, rs) = load_metric(name), _split(name, tokenize, preds, refs)
+    return {name: [float(m.compute(predictions=[p], references=[r], **kw, **PRESPLIT.get(name, {}))[key]) for p, r in zip(ps, rs)]}
 
-def corpus_scores(names, predictions, references) -> dict:
-    "Corpus-level `bleu`, `sacrebleu`, `chrf` (as the Hub modules report them) for those in `names`."
-    key = {"bleu": "bleu", "sacrebleu": "score", "chrf": "score"}
-    return {n: float(load_metric(n).compute(predictions=list(predictions), references=list(references))[key[n]])
-            for n in names if n in key}
+def _by_tokenizer(tokenize, preds, refs) -> dict:  # (tokenizer, rouge_score's own tokens?) -> the examples split that way
+    g = {}
+    for i, (tok, p, r) in enumerate(zip(example_tokenizers(tokenize, refs), preds, refs)):
+        g.setdefault((tok, tok == "13a" and p.isascii() and all(x.isascii() for x in _texts(r))), []).append(i)  # English as it always was
+    return g
+
+def _texts(r): return [r] if isinstance(r, str) else list(r)  # one reference or several
+
+PRESPLIT = {"bleu": {"tokenizer": str.split}, "sacrebleu": {"tokenize": "none"}}  # the text comes split by `_split`
+
+def _split(name, tokenize, preds, refs) -> tuple:  # (predictions, references): NFKC, and for BLEU split by each example's tokenizer
+    nf = lambda x, t=None: unicodedata.normalize("NFKC", x) if t is None else sacrebleu_tokenizer(t)(unicodedata.normalize("NFKC", x))
+    toks = example_tokenizers(tokenize, refs) if name in PRESPLIT else [None] * len(refs)
+    return [nf(p, t) for p, t in zip(preds, toks)], [nf(r, t) if isinstance(r, str) else [nf(x, t) for x in r] for r, t in zip(refs, toks)]
+
+def corpus_scores(names, predictions, references, tokenize="auto") -> dict:
+    "Corpus-level `bleu`, `sacrebleu`, `chrf` (as the Hub modules report them) for those in `names`, each example's words split as `tokenize` says."
+    key, preds, refs = {"bleu": "bleu", "sacrebleu": "score", "chrf": "score"}, list(predictions), list(references)
+    return {n: float(load_metric(n).compute(predictions=ps, references=rs, **PRESPLIT.get(n, {}))[key[n]])
+            for n in names if n in key for ps, rs in [_split(n, tokenize, preds, refs)]}
 
 # %% ../nbs/12_evaluation.ipynb #6a02df63
-def answer_and_score(model, tokenizer, prompts, references, metrics, desc="generate", **gen_kw) -> tuple:
-    "(answers, {key: [score per example]}) of `model` on `prompts` for the metric names `metrics`."
+def answer_and_score(model, tokenizer, prompts, references, metrics, desc="generate", tokenize="auto", similarity_model=SIMILARITY_MODEL, **gen_kw) -> tuple:
+    "(answers, {key: [score per example]}) of `model` on `prompts` for the metric names `metrics` (`tokenize`, `similarity_model`: as `score_examples`)."
     from llmops_nb.generation import generate  # here, not at the top: the params checks read metric names without torch
     answers = generate(model, tokenizer, prompts, desc=desc, **gen_kw)
     first = [a[0] if isinstance(a, list) else a for a in answers]
     scores = {}
     for name in metrics:
-        scores.update(score_examples(name, first, references, prompts, model, tokenizer, gen_kw.get("batch_size", 8)))
+        scores.update(score_examples(name, first, references, prompts, model, tokenizer, gen_kw.get("batch_size", 8),
+                                     tokenize=tokenize, similarity_model=similarity_model))
     return answers, scores
 
 # %% ../nbs/12_evaluation.ipynb #dcb71f55

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_rag.ipynb #54782898
 from __future__ import annotations
-import re
+import re, unicodedata
 from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -76,7 +76,8 @@ def _package(x: dict) -> dict:
     docs, srcs = x["documents"], []
     for d in docs:
         if d.metadata.get("source") not in srcs: srcs.append(d.metadata.get("source"))
-    nums = {int(n) for n in re.findall(r"\[(\d+)\]", x["answer"])}
+    marks = unicodedata.normalize("NFKC", x["answer"])  # a full-width ［１］ is [1]
+    nums = {int(n) for n in re.findall(r"[\[【〔](\d+)[\]】〕]", marks)}  # Chinese models also cite 【1】
     cited = list(dict.fromkeys(docs[n - 1].metadata.get("source") for n in sorted(nums) if 0 < n <= len(docs)))
     return {"answer": x["answer"].strip(), "sources": srcs, "cited": cited, "documents": docs, "note": x.get("note", "")}
 
@@ -132,11 +133,12 @@ def endpoint_answers(store, # a LangChain VectorStore (an open index)
 # %% ../nbs/16_rag.ipynb #7f1619e2
 def sentences(text: str) -> list:
     "The sentences (and lines) of `text` longer than two characters."
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if len(s.strip()) > 2]
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|(?<=[。！？؟।])\s*|\n+", text) if len(s.strip()) > 2]
 
 def quantities(text: str) -> set:
-    "The numbers of `text` ('6,000' is 6000): the claims a similar but wrong sentence most often changes."
-    return set(re.findall(r"\d+(?:\.\d+)?", text.replace(",", "")))
+    "The numbers of `text` ('6,000' is 6000, '３５' and '٣٥' are 35): the claims a similar but wrong sentence most often changes."
+    text = unicodedata.normalize("NFKC", text.replace(",", ""))  # after: a full-width comma (NFKC ',') still separates two numbers
+    return set(re.findall(r"\d+(?:\.\d+)?", re.sub(r"\d", lambda m: str(unicodedata.decimal(m.group())), text)))
 
 def groundedness(answer: str, passages: list, emb: Embeddings, threshold: float = 0.5) -> float:
     "Supported distinct sentences / all sentences: a sentence is supported by a passage with cosine >= `threshold` that has all its quantities."
@@ -156,6 +158,7 @@ def score_answers(results: list, # qa_chain outputs, one per question
                   k: int, # passages retrieved per question
                   emb: Embeddings, # the index embeddings (for groundedness)
                   threshold: float = 0.5, # similarity a sentence needs to a passage to count as supported
+                  **opts, # how answers meet references: `evaluation.score_examples`' tokenize and similarity_model
                  ) -> list: # one row per question with its scores
     "One row per question: question, sources, answer, reference and its scores."
     from llmops_nb.evaluation import score_examples
@@ -170,7 +173,7 @@ def score_answers(results: list, # qa_chain outputs, one per question
     if ref:
         preds, refs = [rows[i]["answer"] for i in ref], [questions[i]["answer"] for i in ref]
         for m in ANSWER_METRICS:
-            for i, v in zip(ref, score_examples(m, preds, refs)[m]): rows[i][m] = v
+            for i, v in zip(ref, score_examples(m, preds, refs, **opts)[m]): rows[i][m] = v
     return rows
 
 def summarize(rows: list, keys=("hit_at_k", "mrr_at_k", "rougeL", "token_f1", "semantic_similarity", "groundedness")) -> dict:

@@ -7,7 +7,7 @@ maximum; the brevity penalty uses the shortest reference in the Hub/TF algorithm
 sacrebleu/NLTK, which coincide then). Token F1 has no installed library (transformers 5 dropped squad_metrics):
 it is checked against a direct transcription of the SQuAD v1.1 script's definition below.
 """
-import collections, math, os, re, string
+import collections, math, os, re, string, unicodedata
 from pathlib import Path
 import numpy as np
 import pytest
@@ -161,6 +161,86 @@ def test_semantic_similarity_equals_sentence_transformers(load):
     assert r["scores"] == pytest.approx(expected, abs=1e-5)
     assert r["semantic_similarity"] == pytest.approx(np.mean(expected), abs=1e-5)
 
+
+
+# Scores of PREDS / REFS computed before text in other scripts got its own tokenizers and normalisation (tokenize: auto):
+# English must score exactly as it did.
+ENGLISH = {"rougeL": [0.7857142857142857, 0.8571428571428571, 0.4347826086956522, 0.16666666666666666, 0.0, 1.0, 1.0, 0.6363636363636364],
+           "bleu": [0.36845414240544244, 0.6129752413741055, 0.14635886675399035, 0.13575914775035755, 0.1697232447536737, 1.0, 0.5169731539571706, 0.20415757364239068],
+           "sacrebleu": [29.69830085238936, 55.780028607687655, 8.412054473847528, 5.70796903405875, 7.545383788761362, 100.00000000000004, 41.11336169005198, 15.049981051832416],
+           "chrf": [52.15131102054503, 77.8818091463019, 40.149061456054206, 15.220107832263865, 2.3980815347721824, 100.0, 78.60529688086302, 46.45838983284997],
+           "token_f1": [0.7000000000000001, 0.8333333333333334, 0.75, 0.2, 0.0, 1.0, 1.0, 0.7058823529411764],
+           "exact_match": [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0]}
+ENGLISH_CORPUS = {"bleu": 0.27346514333130517, "sacrebleu": 27.34651433313051, "chrf": 47.33616511525914}
+
+
+def test_english_scores_unchanged():
+    for n, want in ENGLISH.items():
+        assert E.score_examples(n, PREDS, REFS)[n] == pytest.approx(want, rel=1e-12, abs=1e-12), n
+        assert E.score_examples(n, PREDS, REFS, tokenize="13a")[n] == pytest.approx(want, rel=1e-12, abs=1e-12), n
+    assert E.corpus_scores(list(ENGLISH_CORPUS), PREDS, REFS) == pytest.approx(ENGLISH_CORPUS, rel=1e-12)
+    assert E.tokenize_used("auto", REFS) == "13a"
+    # beside Chinese answers in one call, English answers keep their 13a scores (each reference decides)
+    mixed = E.score_examples("rougeL", PREDS + ["电池保修两年。"], REFS + ["电池保修两年。"])["rougeL"]
+    assert mixed == pytest.approx(ENGLISH["rougeL"] + [1.0], rel=1e-12)
+    assert E.tokenize_used("auto", REFS + ["电池保修两年。"]) == "13a: 8, zh: 1"
+
+
+def test_rouge_in_other_scripts():
+    "rouge_score's own tokenizer keeps [a-z0-9] only: identical Chinese, Russian, Arabic answers scored 0."
+    for same in ["电池保修两年。", "Гарантия на батарею два года.", "ضمان البطارية سنتان", "バッテリーの保証は2年です。", "배터리 보증은 2년입니다."]:
+        assert E.score_examples("rougeL", [same], [same])["rougeL"] == [1.0], same
+    r = E.score_examples("rouge1", ["Die Größe ist wählbar", "请联系客服", "电池的保修期是两年"], ["Die Größe ist fest", "电池保修两年", "电池保修两年"])["rouge1"]
+    assert r == pytest.approx([0.75, 0.0, 0.8])  # 3 of 4 words (not 'gr', 'e'); nothing shared; 6 of 6 and 9 characters
+    assert E.words("„Die GRÖSSE“, bitte!", "intl") == ["die", "grösse", "bitte"]
+
+
+def test_token_f1_and_exact_match_in_other_scripts():
+    "MLQA's normalisation: NFKC, casefold, Unicode punctuation, a token per CJK character; these pairs scored 0."
+    pairs = [("电池保修两年。", "电池保修两年"), ("„Ja“", "Ja"), (unicodedata.normalize("NFD", "Le café est prêt"), "Le café est prêt"),
+             ("« oui »", "oui"), ("ＫＨ－５", "KH-5"), ("STRASSE", "straße")]
+    p, r = [a for a, _ in pairs], [b for _, b in pairs]
+    assert E.score_examples("token_f1", p, r)["token_f1"] == [1.0] * len(pairs)
+    assert E.score_examples("exact_match", p, r)["exact_match"] == [1.0] * len(pairs)
+    assert E.score_examples("token_f1", ["电池的保修期是两年"], ["电池保修两年"])["token_f1"] == pytest.approx([0.8])  # not 0 or 1
+
+
+def test_bleu_in_other_scripts():
+    "13a leaves a Chinese sentence one word: a paraphrase scored sacreBLEU 0, smoothed BLEU of any two different sentences 0.841."
+    import sacrebleu
+    para, ref = "电池的保修期是两年", "电池保修两年"
+    s = E.score_examples("sacrebleu", [para], [ref])["sacrebleu"][0]
+    assert s == pytest.approx(sacrebleu.sentence_bleu(para, [ref], tokenize="zh", use_effective_order=True).score) and s > 10
+    assert E.corpus_scores(["sacrebleu"], [para], [ref])["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu([para], [[ref]], tokenize="zh").score)
+    bleu = E.score_examples("bleu", ["请联系客服", para], [ref, ref])["bleu"]
+    assert bleu[0] < 0.25 and bleu[1] > bleu[0]
+    assert E.score_examples("sacrebleu", [para], [ref], tokenize="13a")["sacrebleu"] == [0.0]  # what 13a gives: the setting is honoured
+    nfd = unicodedata.normalize("NFD", "Le café est prêt")
+    assert E.score_examples("sacrebleu", [nfd], ["Le café est prêt"])["sacrebleu"][0] == pytest.approx(100)
+    assert E.score_examples("chrf", [nfd, para], ["Le café est prêt", ref])["chrf"][0] == pytest.approx(100)
+
+
+def test_tokenize_setting():
+    from llmops_nb.stages import parameters
+    for stage in ("evaluate", "rag_eval"):
+        assert parameters(stage)["tokenize"]["choices"] == E.TOKENIZE and parameters(stage)["similarity_model"]["kind"] == "embedding"
+    assert [E.resolve_tokenize("auto", [t]) for t in ["The KH-5.", "电池", "Гарантия", "Größe"]] == ["13a", "zh", "intl", "intl"]
+    assert E.resolve_tokenize("auto", ["バッテリー"]) == ("ja-mecab" if E.installed("ja-mecab") else "char")
+    with pytest.raises(ConfigError, match="expected one of auto, 13a"): E.resolve_tokenize("moses", REFS)
+    if not E.installed("ko-mecab"):
+        with pytest.raises(ConfigError) as e: E.score_examples("rougeL", PREDS, REFS, tokenize="ko-mecab")
+        assert "\n" not in str(e.value) and "pip install 'sacrebleu[ko]'" in str(e.value)
+
+
+def test_similarity_model_is_passed(tmp_path):
+    "semantic_similarity embedded with the packaged English model whatever was asked."
+    import shutil, sys
+    from llmops_nb.models import embedding_path
+    folder = shutil.copytree(embedding_path("minilm-l6-v2"), tmp_path/"my-encoder")
+    got = E.score_examples("semantic_similarity", PREDS[:2], REFS[:2], similarity_model=str(folder))["semantic_similarity"]
+    assert got == pytest.approx(E.score_examples("semantic_similarity", PREDS[:2], REFS[:2])["semantic_similarity"], abs=1e-5)
+    encoders = sys.modules[type(E.load_metric("semantic_similarity")).__module__].ENCODERS
+    assert (str(folder), None) in encoders
 
 @pytest.fixture(scope="module")
 def tiny():
