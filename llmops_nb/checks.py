@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_checks.ipynb #5025b3e2
 from __future__ import annotations
-import csv, io, os
+import codecs, csv, io, os, unicodedata
 from pathlib import Path
 from .core import ConfigError, read_jsonl, resolve_path
 
@@ -25,8 +25,17 @@ def _parquet_rows(p: Path, where: str) -> int:
     if not n: raise ConfigError(f"{where}: {p} has no records")
     return n
 
+def _utf16(p: Path, what: str):
+    "A one-line error when file `p` is UTF-16 (it starts with a UTF-16 byte-order mark); `what`: the UTF-8 file expected."
+    try:
+        with open(p, "rb") as f: head = f.read(2)
+    except OSError: return  # missing, or a folder: the reader says so
+    if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise ConfigError(f"{p}:1: UTF-16 text (it starts with a UTF-16 byte-order mark); expected a UTF-8 {what}: save it as UTF-8")
+
 def _rows(p: Path) -> tuple:
     "(unit, [(n, record)]) of a local JSONL/JSON/CSV data file, read as `data.load_records` reads it."
+    _utf16(p, f"{p.suffix.lower().lstrip('.').upper()} file")
     if p.suffix.lower() in (".jsonl", ".json"):
         from llmops_nb.data import read_records  # the one reader of JSON record files, `prepare`'s
         return read_records(p)
@@ -57,6 +66,7 @@ def check_data(path, where: str, columns: dict | None = None) -> int | None:
 def read_questions(path) -> list:
     "`(line, {question, answer, sources})` for each question of a JSONL file; a bad record is a one-line error with file and line."
     p, out = resolve_path(path), []
+    _utf16(p, "JSONL questions file")
     for n, r in read_jsonl(p, "questions file"):
         if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not r["question"].strip():
             raise ConfigError(f"{p}:{n}: expected an object with a non-empty string 'question'")
@@ -87,11 +97,12 @@ def check_docs(docs, where: str) -> list:
 
 def check_sources(questions, docs, where: str) -> list:
     "Warnings (one line each) for question sources that name no file of the knowledge base `docs`."
-    names = {p.name for p in check_docs(docs, where)}
+    nfc = lambda s: unicodedata.normalize("NFC", s)  # a macOS zip's `u` + combining diaeresis is the questions file's `ü`
+    names = {nfc(p.name) for p in check_docs(docs, where)}
     missing = {}
     for n, q in read_questions(questions):
         for s in q["sources"]:
-            if Path(s).name not in names: missing.setdefault(s, []).append(n)
+            if nfc(Path(s).name) not in names: missing.setdefault(s, []).append(n)
     if not missing: return []
     shown = "; ".join(f"{s} (line {', '.join(map(str, ls[:5]))}{' ...' if len(ls) > 5 else ''})" for s, ls in list(missing.items())[:10])
     return [f"{where}: {len(missing)} source(s) in {resolve_path(questions)} are not in the knowledge base {resolve_path(docs)}, "

@@ -4,14 +4,15 @@
 
 # %% ../nbs/13_documents.ipynb #f3fc9dd8
 from __future__ import annotations
-import hashlib, json, re, tempfile
+import codecs, hashlib, json, re, tempfile
 from pathlib import Path
 from langchain_core.documents import Document
 from .core import ConfigError, resolve_path, sha256_path
 from .models import model_digest
 
 # %% auto #0
-__all__ = ['LOADERS', 'HEADERS', 'example_kb', 'Skip', 'read_file', 'chunk_file', 'chunk_id', 'embed_text', 'fingerprint', 'scan']
+__all__ = ['LOADERS', 'UTF16_BOMS', 'GARBLED', 'HEADERS', 'SEPARATORS', 'example_kb', 'Skip', 'garbled', 'read_file',
+           'chunk_file', 'chunk_id', 'embed_text', 'over_window', 'fingerprint', 'scan']
 
 # %% ../nbs/13_documents.ipynb #606f0277
 def example_kb(folder=None) -> Path:
@@ -41,13 +42,17 @@ LoRA tolerates higher learning rates than full fine-tuning, around 2e-4.
 
 # %% ../nbs/13_documents.ipynb #ad75f52c
 LOADERS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # how a UTF-16 text file starts
+GARBLED = 0.1  # share of U+FFFD among a file's visible characters above which it is skipped: real text has none
 
 class Skip(Exception):
     "A file that yields no text (empty) or cannot be parsed (unreadable)."
 
 def _read_html(p: Path):
-    from bs4 import BeautifulSoup
-    soup = BeautifulSoup(p.read_text(encoding="utf-8", errors="replace"), "html.parser")
+    from bs4 import BeautifulSoup, UnicodeDammit
+    # the bytes: UTF-8 first (as before), then the page's BOM, its <meta charset>, a guess
+    page = UnicodeDammit(p.read_bytes(), known_definite_encodings=["utf-8"], is_html=True).unicode_markup
+    soup = BeautifulSoup(page, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else None
     for t in soup(["script", "style", "head", "nav"]): t.decompose()
     for t in soup.find_all(re.compile(r"^h[1-3]$")):
@@ -61,27 +66,40 @@ def _read_pdf(p: Path):
     title = (r.metadata or {}).get("/Title") if r.metadata else None
     return title, [(pg.extract_text() or "", {"page": i + 1}) for i, pg in enumerate(r.pages)]
 
+def _read_text(p: Path) -> str:
+    data = p.read_bytes()
+    return data.decode("utf-16") if data.startswith(UTF16_BOMS) else data.decode("utf-8-sig")
+
+def garbled(text: str) -> float:
+    "The share of U+FFFD (bytes that no encoding explained) among the visible characters of `text`."
+    seen = "".join(text.split())
+    return seen.count("\ufffd") / len(seen) if seen else 0.0
+
 def read_file(p) -> tuple:
     "(kind, title or None, [(text, extra metadata)]) for a supported file; raises `Skip` when it has no text."
     p = Path(p); kind = LOADERS.get(p.suffix.lower())
     try:
         if kind == "html": title, secs = _read_html(p)
         elif kind == "pdf": title, secs = _read_pdf(p)
-        else: title, secs = None, [(p.read_text(encoding="utf-8"), {})]
+        else: title, secs = None, [(_read_text(p), {})]
     except UnicodeDecodeError as e: raise Skip("not UTF-8 text") from e
     except Exception as e: raise Skip(f"unreadable ({type(e).__name__})") from e
     if not any(t.strip() for t, _ in secs): raise Skip("empty")
+    if garbled("".join(t for t, _ in secs)) > GARBLED: raise Skip("garbled text (mostly U+FFFD: its encoding could not be told)")
     return ("markdown" if kind == "html" else kind), title, secs
 
 # %% ../nbs/13_documents.ipynb #7d58e1eb
 HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3")]
+# LangChain's defaults (paragraphs, lines, words, characters) with CJK sentence ends before the words and clause marks
+# after them; regexes, the CJK ones lookbehinds, so the mark stays at the end of its chunk
+SEPARATORS = ["\n\n", "\n", "(?<=[。．！？｡])", " ", "(?<=[，、；､\u200b])", ""]
 
 def chunk_file(p, root, chunk_size: int, chunk_overlap: int) -> list:
     "The chunks (LangChain `Document`s) of file `p` inside folder `root`; `chunk_size` and `chunk_overlap` in characters (the rag_index settings)."
     from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
     p, root = Path(p), Path(root)
     kind, title, secs = read_file(p)
-    split = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    split = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, separators=SEPARATORS, is_separator_regex=True)
     parts = []
     for text, extra in secs:
         if kind == "markdown":
@@ -110,6 +128,24 @@ def embed_text(d: Document) -> str:
     t, h = d.metadata.get("title") or "", d.metadata.get("heading") or ""
     head = h if h.startswith(t) else " > ".join(x for x in (t, h) if x)
     return f"{head}\n{d.page_content}" if head else d.page_content
+
+# %% ../nbs/13_documents.ipynb #c4e1a006
+def over_window(docs, # chunks (LangChain `Document`s)
+                emb, # the index's embeddings (`vectorstore.get_embeddings`)
+                warn: bool = True, # warn when there are some, with the fix
+               ) -> int | None: # the number of chunks longer than the model reads; None for a model that does not say
+    "How many chunks in `docs` are longer, in the embedding model's tokens, than its `max_seq_length`: it embeds only their start."
+    st = getattr(emb, "_client", None)  # langchain_huggingface's sentence-transformers model
+    tok, limit = getattr(st, "tokenizer", None), getattr(st, "max_seq_length", None)
+    if tok is None or not limit: return None
+    ids = tok([embed_text(d) for d in docs], verbose=False)["input_ids"] if docs else []
+    n = sum(len(i) > limit for i in ids)
+    if n and warn:
+        import warnings
+        warnings.warn(f"{n} of {len(docs)} chunks are longer than the {limit} tokens the embedding model reads; only their start is embedded, "
+                      "so dense search cannot find the rest: lower rag_index.chunk_size (text without spaces, such as Chinese or Japanese, "
+                      "is about one token a character)", stacklevel=2)
+    return n
 
 # %% ../nbs/13_documents.ipynb #f1a2b3c5
 def fingerprint(embedding_model: str) -> str:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/15_retrieval.ipynb #36bc16ad
 from __future__ import annotations
-import re
+import re, unicodedata
+import regex  # Unicode script properties (a sacrebleu dependency)
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -16,13 +17,22 @@ from .stages import declared
 from .documents import embed_text
 
 # %% auto #0
-__all__ = ['MODES', 'corpus', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k', 'retrieved_sources',
-           'score_retrieval']
+__all__ = ['MODES', 'CJK', 'corpus', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k',
+           'retrieved_sources', 'score_retrieval']
 
 # %% ../nbs/15_retrieval.ipynb #ad8442fc
 MODES = declared(RagEvalConfig)["retrieval"]["choices"]  # the setting's declaration: one list of modes
 
-def _tokens(text: str) -> list: return re.findall(r"\w+|[=!<>%{}\\*+\-/\[\]@^|&~]+", text.lower())
+CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}ー"  # scripts written without spaces between words, and the kana length mark (script Common)
+_TOKEN = regex.compile(rf"([{CJK}]+)|[^\W{CJK}]+|[=!<>%{{}}\\*+\-/\[\]@^|&~]+")
+
+def _tokens(text: str) -> list:
+    "BM25's tokens of `text` (NFKC, case-folded): words, runs of operator characters, and a CJK run's overlapping character pairs."
+    out = []
+    for m in _TOKEN.finditer(unicodedata.normalize("NFKC", text).casefold()):
+        w = m.group()
+        out += [w[i:i + 2] for i in range(max(1, len(w) - 1))] if m.group(1) else [w]
+    return out
 
 def corpus(store, fresh: bool = False) -> tuple:
     "(chunks, BM25 index over them) of `store`, kept on the store until its `version` changes (its size, for a store without one) or `fresh`."
@@ -93,7 +103,7 @@ def load_questions(path, limit: int = 0) -> list:
 # %% ../nbs/15_retrieval.ipynb #f91e7772
 def _same(a, b) -> bool:
     "Whether paths `a` and `b` name the same file as far as both go: `faq/README.md` is not `install/README.md`, `README.md` may be either."
-    a, b = Path(a).parts, Path(b).parts
+    a, b = (Path(unicodedata.normalize("NFC", str(x))).parts for x in (a, b))
     n = min(len(a), len(b))
     return n > 0 and a[-n:] == b[-n:]
 

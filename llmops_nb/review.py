@@ -4,7 +4,7 @@
 
 # %% ../nbs/45_review.ipynb #2d7055f8
 from __future__ import annotations
-import hashlib, json, re, sys
+import hashlib, json, re, sys, unicodedata
 from pathlib import Path
 from .core import ConfigError, project_root, resolve_path, sha256_path, write_json, write_jsonl
 from .feedback import DECISIONS, db_path, load, review
@@ -118,7 +118,7 @@ def parse_decision(body) -> dict:
     return out
 
 # %% ../nbs/45_review.ipynb #ba5b7830
-def _txt(v) -> str: return v.strip() if isinstance(v, str) else ""
+def _txt(v) -> str: return unicodedata.normalize("NFC", v).strip() if isinstance(v, str) else ""  # one form of one text: é, not e + ◌́
 def _norm(v) -> str: return " ".join(_txt(v).split())
 
 def _rating(v):

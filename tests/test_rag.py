@@ -221,3 +221,75 @@ def test_chat_shows_the_answer_as_text(tmp_path, browser):
             assert not [u for u in asked if "leak.invalid" in u], asked
             b.close()
     finally: app.close()
+
+
+ZH = {"battery.md": ("# 电池保修\n\n家用电池的保修期为十年或六千次充电循环，以先到者为准。", "电池的保修期有多长？"),
+      "inverter.md": ("# 逆变器维护\n\n逆变器应每年由技术人员检查一次；每月清洁其通风口。", "逆变器多久需要检查一次？"),
+      "panels.md": ("# 清洁太阳能板\n\n请用软刷和清水清洁太阳能板；切勿使用高压清洗机。", "应该用什么清洁太阳能板？"),
+      "app.md": ("# 手机应用\n\nKestrel应用显示实时发电量，并可通过手机设置充电计划。", "我可以用手机设置充电计划吗？"),
+      "billing.md": ("# 账单\n\n发票在每月第一天通过电子邮件发送，可通过直接借记支付。", "发票什么时候发送？"),
+      "outage.md": ("# 停电\n\n电网停电时，电池会在20毫秒内切换到备用模式。", "停电时会发生什么？"),
+      "install.md": ("# 安装\n\n安装由认证合作伙伴完成，需要一个工作日。", "安装需要多长时间？"),
+      "noise.md": ("# 噪音\n\n热泵在三米距离处产生约35分贝的噪音。", "热泵有多吵？")}
+
+
+def test_chinese_knowledge_base(tmp_path):
+    "BM25 over Chinese text: a CJK run was one token that no question repeats, so every chunk scored 0 and hybrid was dense; now character pairs."
+    root = tmp_path/"kb-zh"; root.mkdir()
+    for f, (text, _) in ZH.items(): (root/f).write_text(text, encoding="utf-8")
+    store, _ = V.build_index(root, None)
+    n, sparse = R.HybridRetriever(store=store, k=4)._sparse("电池的保修期有多长？")
+    assert sparse and sparse[0].metadata["source"] == "battery.md"
+    r = R.score_retrieval(store, [{"question": q, "answer": None, "sources": [f]} for f, (_, q) in ZH.items()], k=4, modes=("dense", "hybrid"))
+    assert r["hybrid"]["hit_at_1"] >= r["dense"]["hit_at_1"] and r["hybrid"]["mrr_at_k"] >= r["dense"]["mrr_at_k"]
+    assert r["hybrid"]["hit_at_1"] > 0.75, r  # 0.5 (as dense) before
+
+
+def test_nfd_file_names_match_nfc_sources(tmp_path):
+    "A macOS zip names `Gebühren.md` with u + combining diaeresis; the questions file has one ü: the same name, for hit@k and the pre-run check."
+    import unicodedata
+    from llmops_nb.checks import check_sources
+    root = tmp_path/"kb-de"; root.mkdir()
+    (root/unicodedata.normalize("NFD", "Gebühren.md")).write_text("# Gebühren\n\nDie Grundgebühr beträgt 5 Euro im Monat.", encoding="utf-8")
+    (root/"Akku.md").write_text("# Akku\n\nDer Akku hat zehn Jahre Garantie.", encoding="utf-8")
+    store, _ = V.build_index(root, None)
+    q = {"question": "Wie hoch ist die Grundgebühr?", "answer": None, "sources": ["Gebühren.md"]}
+    assert R.score_retrieval(store, [q], k=2, modes=("dense",))["dense"]["hit_at_1"] == 1.0
+    qf = tmp_path/"q.jsonl"; qf.write_text(json.dumps(q, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert check_sources(qf, root, "rag_eval") == []
+
+
+def test_pages_in_other_encodings(tmp_path):
+    "An HTML page is read in the encoding it declares (it was read as UTF-8 with U+FFFD for every other byte); text no encoding explains is skipped and said."
+    root = tmp_path/"kb-enc"; root.mkdir()
+    (root/"cp1252.html").write_bytes('<html><head><meta charset="windows-1252"><title>Preise</title></head><body><h1>Gebühren</h1>'
+                                     '<p>Die Grundgebühr beträgt 5 € pro Monat.</p></body></html>'.encode("cp1252"))
+    (root/"sjis.html").write_bytes('<html><head><meta charset="Shift_JIS"><title>保証</title></head><body><p>バッテリーの保証期間は十年です。</p></body></html>'.encode("shift_jis"))
+    (root/"notepad.txt").write_text("Der Akku hat zehn Jahre Garantie.", encoding="utf-16")
+    (root/"garbled.md").write_text("# ?\n\n" + "\ufffd" * 40 + " 5 \ufffd\n", encoding="utf-8")  # what a lossy conversion left behind
+    with pytest.warns(UserWarning, match="garbled"): store, stats = V.build_index(root, None)
+    text = {d.metadata["source"]: d.page_content for d in store.docs}
+    assert "Die Grundgebühr beträgt 5 € pro Monat." in text["cp1252.html"] and "バッテリーの保証期間は十年です。" in text["sjis.html"]
+    assert text["notepad.txt"] == "Der Akku hat zehn Jahre Garantie."
+    assert not any("\ufffd" in t for t in text.values()) and stats["skipped_files"] == {"garbled.md": "garbled text (mostly U+FFFD: its encoding could not be told)"}
+
+
+def test_chunks_longer_than_the_embedding_window(tmp_path):
+    "800 characters of Chinese are ~800 word pieces, MiniLM reads 256: the chunks it embeds only the start of are counted, with the fix; CJK chunks end at a full stop."
+    from llmops_nb.documents import chunk_file, over_window
+    (tmp_path/"zh.md").write_text("# 保修条款\n\n" + "".join(f"第{i}条：本产品的电池保修期为两年，逆变器保修期为五年，安装服务由授权经销商提供。" for i in range(40)), encoding="utf-8")
+    docs = chunk_file(tmp_path/"zh.md", tmp_path, 800, 100)
+    assert all(d.page_content.endswith("。") for d in docs[1:])  # cut mid-word before
+    emb = V.get_embeddings()
+    with pytest.warns(UserWarning, match="lower rag_index.chunk_size"): assert over_window(docs, emb) >= 2  # the full 800-character ones
+    (tmp_path/"en.md").write_text("# Warranty\n\n" + " ".join(f"Clause {i}: the battery warranty lasts two years." for i in range(40)))
+    assert over_window(chunk_file(tmp_path/"en.md", tmp_path, 800, 100), emb) == 0
+
+
+def test_cjk_answers_sentences_numbers_citations():
+    "A Chinese answer is several sentences (。 needs no space after it), full-width ３５ is 35, and 【1】 or ［1］ cite passage 1."
+    from langchain_core.documents import Document
+    assert rag.sentences("电池的保修期为十年。月亮是奶酪做的。") == ["电池的保修期为十年。", "月亮是奶酪做的。"]
+    assert rag.quantities("热泵噪音约为３５分贝") == {"35"}
+    ds = [Document("a", metadata={"source": "a.md"}), Document("b", metadata={"source": "b.md"})]
+    assert rag._package({"answer": "是的【2】，而且［１］。", "documents": ds})["cited"] == ["a.md", "b.md"]

@@ -158,3 +158,14 @@ def test_review_endpoints_need_the_key(runs):
         ok = urllib.request.Request(f"{srv.url}/v1/feedback/review", headers={"Authorization": "Bearer " + "k" * 24})
         assert urllib.request.urlopen(ok, timeout=60).status == 200
     finally: srv.stop(); backend.close(); reqlog.close()
+
+
+def test_one_answer_in_two_unicode_forms_is_one_answer(tmp_path):
+    "The same answer thumbed up in NFC and down in NFD (pasted from a macOS app): no DPO pair of identical-looking sides, and KTO sees the conflict."
+    import unicodedata
+    db, a = tmp_path/"fb.db", "Le délai est de quatorze jours."
+    for form, rating in (("NFC", 1), ("NFD", -1)):
+        F.review(F.record("Quel délai ?", unicodedata.normalize(form, a), run_id="r1", model_id="m", rating=rating, db=db), "approve", reviewer="anna", db=db)
+    ok, ref = F.load(db), {}
+    assert RV.preference_pairs(ok, ref) == [] and RV.kto_examples(ok, ref) == []
+    assert ref == {"pairs": {"same_answer": 1}, "kto": {"conflicting_labels": 2}}
