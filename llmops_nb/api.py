@@ -10,7 +10,7 @@ from .limits import MAX_MESSAGES, MAX_NOTE_CHARS
 
 # %% auto #0
 __all__ = ['TYPES', 'ROLES', 'UNSUPPORTED', 'KNOWN', 'DONE', 'ApiError', 'bad', 'ChatRequest', 'content_text', 'parse_chat',
-           'new_id', 'usage', 'completion', 'chunk', 'sse', 'finish_reason', 'parse_feedback']
+           'new_id', 'usage', 'completion', 'chunk', 'sse', 'finish_reason', 'parse_feedback', 'check_text']
 
 # %% ../nbs/32_api.ipynb #2d021336
 TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
@@ -172,3 +172,25 @@ def parse_feedback(body) -> dict:
             out[k] = body[k]
     if len(out) == 1: raise bad("give a rating, a correction or a comment", "rating")
     return out
+
+# %% ../nbs/32_api.ipynb #a7c1e202
+def _lone(s: str) -> str | None:
+    "The first character of `s` that UTF-8 cannot encode, as `\\uXXXX` (a lone surrogate); None when `s` is text."
+    try: s.encode("utf-8")
+    except UnicodeEncodeError as e: return f"\\u{ord(s[e.start]):04x}"
+    return None
+
+def check_text(body, # a parsed JSON body
+              ):
+    "`body` unchanged when every string in it, field names included, is text UTF-8 can encode; else `ApiError` 400 naming the field."
+    todo = [(body, "")]
+    while todo:  # a loop, not recursion: json.loads takes bodies nested deeper than Python's stack
+        v, where = todo.pop()
+        if isinstance(v, str) and (c := _lone(v)):
+            raise bad(f"'{where[:120] or 'the request body'}' is not valid UTF-8 text (a lone surrogate {c})", where[:120] or None)
+        if isinstance(v, dict):
+            if (k := next((k for k in v if _lone(k)), None)) is not None:
+                raise bad(f"a field name in '{where[:120] or 'the request body'}' is not valid UTF-8 text (a lone surrogate {_lone(k)})", where[:120] or None)
+            todo += [(x, f"{where}.{k}" if where else k) for k, x in reversed(v.items())]
+        elif isinstance(v, list): todo += [(x, f"{where}[{i}]") for i, x in reversed(list(enumerate(v)))]
+    return body

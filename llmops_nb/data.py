@@ -102,6 +102,7 @@ def _raw(source, split):
         kind = {".csv": "csv", ".parquet": "parquet", ".tsv": "csv"}.get(suf)
         if kind is None: raise ConfigError(f"{p}: unsupported data file type '{p.suffix}'; expected .jsonl, .json, .csv, .parquet or a datasets folder")
         kw = {"delimiter": "\t"} if suf == ".tsv" else {}
+        if kind == "csv": kw.update(keep_default_na=False, na_values=[""])  # as check_data's csv module: "NA", "None", "null" are text; an empty cell is null
         return p, "row", list(enumerate(datasets.load_dataset(kind, data_files=str(p), split="train", **kw), 1))
     try: ds = datasets.load_dataset(str(source), split=split or "train")  # a hub id
     except Exception as e: raise ConfigError(f"data '{source}': not a local file or folder, and not loadable from the hub ({str(e).splitlines()[0]})") from e

@@ -129,6 +129,13 @@ def connect(db=None, create=True):
     finally: con.close()
 
 # %% ../nbs/23_feedback.ipynb #3a55c7b9
+def _text(**fields):
+    "Refuse a string SQLite cannot store as UTF-8 (a lone surrogate: what a JSON escape like `\"\\ud83d\"` decodes to), naming its field."
+    for k, v in fields.items():
+        try:
+            if isinstance(v, str): v.encode("utf-8")
+        except UnicodeEncodeError as e: raise ConfigError(f"'{k}' is not valid UTF-8 text (a lone surrogate \\u{ord(v[e.start]):04x})") from None
+
 def record(question: str, # what the user asked
            answer: str, # what the model answered
            sources=(), # source names, or dicts with source, score, cited
@@ -145,12 +152,13 @@ def record(question: str, # what the user asked
           ) -> int: # the row id
     "Store one interaction; returns its id. `sources`: list of source names or dicts (`source`, `score`, ...)."
     if rating not in (None, 1, -1): raise ConfigError(f"rating {rating!r}: expected 1 (thumbs up), -1 (thumbs down) or None")
-    srcs = [s if isinstance(s, dict) else {"source": str(s)} for s in sources or ()]
+    srcs = json.dumps([s if isinstance(s, dict) else {"source": str(s)} for s in sources or ()], ensure_ascii=False)
+    _text(question=question, answer=answer, sources=srcs, run_id=run_id, model_id=model_id, adapter_id=adapter_id, correction=correction, comment=comment)
     with connect(db) as con:
         cur = con.execute(
             "INSERT INTO feedback (timestamp, run_id, model_id, adapter_id, question, sources, answer, rating, correction,"
             " comment, latency_ms, top_similarity, rated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (timestamp or _now(), run_id, model_id, adapter_id, question, json.dumps(srcs, ensure_ascii=False), answer,
+            (timestamp or _now(), run_id, model_id, adapter_id, question, srcs, answer,
              rating, correction or None, comment or None, latency_ms, top_similarity, _now() if rating else None))
         return cur.lastrowid
 
@@ -158,6 +166,7 @@ def rate(row_id: int, rating=..., correction=..., comment=..., db=None):
     "Set the rating (1, -1 or None), correction and/or comment of row `row_id`; arguments left out are kept. A changed rating or correction sends the row back to review."
     if rating is not ... and rating not in (None, 1, -1):
         raise ConfigError(f"rating {rating!r}: expected 1 (thumbs up), -1 (thumbs down) or None")
+    _text(correction=correction, comment=comment)
     sets = {k: (v.strip() or None) if isinstance(v, str) else v
             for k, v in dict(rating=rating, correction=correction, comment=comment).items() if v is not ...}
     if not sets: return
@@ -180,6 +189,7 @@ def review(row_id: int, # the feedback row
     "Record a reviewer's decision on row `row_id` (current state on the row, and one line in the `reviews` trail)."
     if decision not in DECISIONS: raise ConfigError(f"review decision {decision!r}: expected approve, reject or pending")
     if not (isinstance(reviewer, str) and reviewer.strip()): raise ConfigError("review: a reviewer's name is required (who decided)")
+    _text(reviewer=reviewer, answer=answer, note=note)
     state, at = DECISIONS[decision], _now()
     answer = (answer.strip() or None) if isinstance(answer, str) else None
     note = (note.strip() or None) if isinstance(note, str) else None

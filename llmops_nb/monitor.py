@@ -9,7 +9,8 @@ from .feedback import db_path, load
 from .servelog import load_requests
 
 # %% auto #0
-__all__ = ['SIM_THRESHOLD', 'daily_stats', 'top_downvoted', 'serving_stats', 'plot_serving', 'plot_monitor', 'monitor']
+__all__ = ['SIM_THRESHOLD', 'CSV_ENCODING', 'daily_stats', 'top_downvoted', 'serving_stats', 'plot_serving', 'plot_monitor',
+           'monitor']
 
 # %% ../nbs/24_monitor.ipynb #171ea9ab
 SIM_THRESHOLD = 0.4  # cosine similarity (normalised MiniLM embeddings) below which a retrieved chunk counts as unrelated
@@ -98,6 +99,8 @@ def plot_monitor(stats, top=None, path=None):
     if path is not None: fig.savefig(path, dpi=110)
     return fig
 
+CSV_ENCODING = "utf-8-sig"  # UTF-8 after a BOM: what Excel needs to read it as UTF-8 (without, Größe shows as GrÃ¶ÃŸe); pandas reads it away
+
 def monitor(out_dir=None, db=None, threshold: float = SIM_THRESHOLD, log: bool = True) -> dict:
     "Daily stats, most downvoted questions, serving stats per model and their plots, written to `out_dir` (default feedback/monitor) and logged to W&B."
     from llmops_nb import tracking
@@ -105,10 +108,10 @@ def monitor(out_dir=None, db=None, threshold: float = SIM_THRESHOLD, log: bool =
     out.mkdir(parents=True, exist_ok=True)
     df = load(db)
     stats, top = daily_stats(df, threshold), top_downvoted(df)
-    stats.to_csv(out/"daily.csv"); top.to_csv(out/"top_downvoted.csv", index=False)
+    stats.to_csv(out/"daily.csv", encoding=CSV_ENCODING); top.to_csv(out/"top_downvoted.csv", index=False, encoding=CSV_ENCODING)
     plot_monitor(stats, top, out/"monitor.png")
     serving = serving_stats(load_requests(db))
-    serving.to_csv(out/"serving.csv"); plot_serving(serving, out/"serving.png")
+    serving.to_csv(out/"serving.csv", encoding=CSV_ENCODING); plot_serving(serving, out/"serving.png")
     summary = {"requests": int(serving["requests"].sum()), "request_error_rate": float(serving["errors"].sum() / max(serving["requests"].sum(), 1)),"questions": len(df), "days": len(stats), "threshold": threshold,
                "thumbs_down_rate": float((df["rating"] == -1).sum() / max(df["rating"].notna().sum(), 1)),
                "latency_p50": float(df["latency_ms"].quantile(0.5)) if df["latency_ms"].notna().any() else None,

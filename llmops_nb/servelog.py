@@ -18,21 +18,32 @@ REQUEST_COLUMNS = ["response_id", "timestamp", "model", "base_model", "adapter_i
                    "error", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "rating"]
 FEEDBACK_FIELDS = ["timestamp", "run_id", "model_id", "adapter_id", "question", "sources", "answer", "latency_ms", "top_similarity"]
 
-def _write(con, items):
-    "Insert (request, feedback) pairs in one transaction."
+def _insert(con, req: dict, fb: dict | None):
+    "One request record and, when it has one, its feedback row."
+    fid = None
+    if fb is not None:
+        fb = {**fb, "sources": json.dumps(fb.get("sources") or [], ensure_ascii=False)}
+        fid = con.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_FIELDS)}) VALUES ({', '.join('?' * len(FEEDBACK_FIELDS))})",
+                          [fb.get(k) for k in FEEDBACK_FIELDS]).lastrowid
+    cols = [c for c in REQUEST_COLUMNS if c in req] + ["feedback_id"]
+    con.execute(f"INSERT INTO requests ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [req[c] for c in cols[:-1]] + [fid])
+
+def _write(con, items) -> list:
+    "Insert (request, feedback) pairs in one transaction, each on its own under a savepoint; returns `[(pair, error)]` for those the store refused."
+    refused = []
     con.execute("BEGIN IMMEDIATE")
     try:
-        for req, fb in items:
-            fid = None
-            if fb is not None:
-                fb = {**fb, "sources": json.dumps(fb.get("sources") or [], ensure_ascii=False)}
-                fid = con.execute(f"INSERT INTO feedback ({', '.join(FEEDBACK_FIELDS)}) VALUES ({', '.join('?' * len(FEEDBACK_FIELDS))})",
-                                  [fb.get(k) for k in FEEDBACK_FIELDS]).lastrowid
-            cols = [c for c in REQUEST_COLUMNS if c in req] + ["feedback_id"]
-            con.execute(f"INSERT INTO requests ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [req[c] for c in cols[:-1]] + [fid])
+        for item in items:
+            con.execute("SAVEPOINT record")
+            try: _insert(con, *item)
+            except sqlite3.OperationalError: raise  # busy or locked, disk full: the store's state, not this record's; the batch is retried
+            except Exception as e:  # text UTF-8 cannot encode, a value of no SQL type, a failed CHECK: this record only
+                con.execute("ROLLBACK TO record"); refused.append((item, e))
+            con.execute("RELEASE record")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK"); raise
+    return refused
 
 class RequestLog:
     "Request records (and their question/answer rows) written to the feedback store by a background thread."
@@ -65,8 +76,10 @@ class RequestLog:
                 else: items.append(item)
             for attempt in range(3) if items else ():
                 try:
-                    with connect(self.db) as con: _write(con, items)
-                    self.written += len(items); break
+                    with connect(self.db) as con: refused = _write(con, items)
+                    for (req, _), e in refused:  # logged by the server's request id (never a client's text), counted; the batch's others are written
+                        log.error("request log: record %s not stored (%s: %s)", req.get("request_id") or req.get("response_id") or "-", type(e).__name__, (str(e).splitlines() or [''])[0][:200])
+                    self.written += len(items) - len(refused); self.failed += len(refused); break
                 except Exception as e:  # locked for longer than the busy timeout, disk full, ...: retried, then counted
                     log.error("request log: writing %d records failed (%s: %s)", len(items), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
                     if attempt == 2: self.failed += len(items)

@@ -8,7 +8,7 @@ import asyncio, hashlib, hmac, ipaddress, json, logging, os, re, secrets, thread
 from pathlib import Path
 from urllib.parse import urlsplit
 import anyio
-from .api import DONE, ApiError, bad, chunk, completion, finish_reason, new_id, parse_chat, parse_feedback, sse, usage
+from .api import DONE, ApiError, bad, check_text, chunk, completion, finish_reason, new_id, parse_chat, parse_feedback, sse, usage
 from .core import ConfigError, listen, read_text_file
 from .serving import Caps, prepare, sources
 from fastapi import FastAPI, Request  # at module level: the routes' annotations are resolved in this module's namespace
@@ -105,7 +105,7 @@ class Metrics:
 
 # %% ../nbs/35_server.ipynb #f6ad4fe4
 async def _json(request, limit: int):
-    "The request body as JSON: 415 unless sent as `application/json`, 413 beyond `limit` bytes (before reading it when Content-Length says so)."
+    "The request body as JSON: 415 unless sent as `application/json`, 413 beyond `limit` bytes (before reading it when Content-Length says so), 400 with a string that is not text (`api.check_text`)."
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":  # what a page on another site cannot send without a CORS preflight (never granted here)
         raise ApiError(415, f"send the body as JSON, with Content-Type: application/json (got {ctype[:60] or 'none'})", code="unsupported_media_type")
@@ -115,7 +115,7 @@ async def _json(request, limit: int):
     async for part in request.stream():
         body += part
         if len(body) > limit: raise ApiError(413, f"request body is over {limit} bytes", code="request_too_large")
-    try: return json.loads(body)
+    try: return check_text(json.loads(body))  # a "\ud83d" escape is JSON, not text: refused before the log, the store or the tokenizer sees it
     except (ValueError, RecursionError): raise bad("the request body is not valid JSON") from None  # RecursionError: nested too deep
 
 async def unless_gone(request, aw):

@@ -27,11 +27,11 @@ h2{font-size:1rem}.card{background:#fafaf2;border:1px solid #ddd}.field{margin:.
 <button id="tab" type="button">Review feedback</button></header>
 <main id="chat"><div id="lineage" class="status"></div>
 <div id="log"></div>
-<form id="ask"><textarea id="question" placeholder="Ask about the documents..." required></textarea>
+<form id="ask"><textarea id="question" dir="auto" placeholder="Ask about the documents..." required></textarea>
 <button id="send" type="submit">Ask</button></form>
 <div id="status" class="status"></div></main>
 <section id="review" hidden><h2>Review feedback before it is reused</h2>
-<label>reviewer <input id="reviewer" autocomplete="off" placeholder="your name"></label>
+<label>reviewer <input id="reviewer" dir="auto" autocomplete="off" placeholder="your name"></label>
 <label>show <select id="rstatus"><option value="pending">pending</option><option value="approved">approved</option><option value="rejected">rejected</option></select></label>
 <button id="rload" type="button">Refresh</button> <span id="rnote" class="status"></span>
 <div id="rlist"></div></section>
@@ -44,6 +44,7 @@ SCRIPT = r"""
 const $ = (id) => document.getElementById(id);
 let history = [], models = [];
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
+function auto(e) { e.dir = "auto"; return e; }  // users' text: right to left when it starts so (Arabic, Hebrew), its punctuation where they put it
 function headers() {
   const h = {"Content-Type": "application/json"}, k = $("key").value || sessionStorage.getItem("llmops-key");
   if (k) { h["Authorization"] = "Bearer " + k; sessionStorage.setItem("llmops-key", k); }
@@ -70,14 +71,14 @@ function showSources(box, sources) {
   box.append(el("div", "", "Sources:"));
   const ol = el("ol");
   for (const s of sources) {
-    const li = el("li", s.cited ? "cited" : "", s.source + (s.heading ? " > " + s.heading : "") + (s.score != null ? " (similarity " + s.score.toFixed(2) + ")" : "") + (s.cited ? " (cited)" : ""));
+    const li = auto(el("li", s.cited ? "cited" : "", s.source + (s.heading ? " > " + s.heading : "") + (s.score != null ? " (similarity " + s.score.toFixed(2) + ")" : "") + (s.cited ? " (cited)" : "")));
     ol.append(li);
   }
   box.append(ol);
 }
 function rating(turn, id) {
   const box = el("div", "rate"), up = el("button", "up", "\u{1F44D} Helpful"), down = el("button", "down", "\u{1F44E} Not helpful");
-  const corr = el("textarea", "correction"), send = el("button", "send-correction", "Send correction"), note = el("span", "status rated");
+  const corr = auto(el("textarea", "correction")), send = el("button", "send-correction", "Send correction"), note = el("span", "status rated");
   up.type = down.type = send.type = "button"; corr.placeholder = "Corrected answer (optional)";
   const post = async (body, done) => {
     const r = await fetch("v1/feedback", {method: "POST", headers: headers(), body: JSON.stringify({response_id: id, ...body})});
@@ -91,8 +92,8 @@ function rating(turn, id) {
 }
 async function ask(question) {
   const model = $("model").value;
-  const user = el("div", "turn user"); user.append(el("div", "text", question)); $("log").append(user);
-  const turn = el("div", "turn assistant"), text = el("div", "text answer"), srcs = el("div", "sources");
+  const user = el("div", "turn user"); user.append(auto(el("div", "text", question))); $("log").append(user);
+  const turn = el("div", "turn assistant"), text = auto(el("div", "text answer")), srcs = el("div", "sources");
   text.dataset.chunks = "0"; turn.append(text, srcs); $("log").append(turn);
   const messages = history.concat([{role: "user", content: question}]);
   $("send").disabled = true; status("Answering...");
@@ -133,16 +134,16 @@ $("question").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.s
 $("model").addEventListener("change", showLineage);
 $("reset").addEventListener("click", () => { history = []; $("log").replaceChildren(); status(""); });
 $("key").addEventListener("change", () => { loadModels(); if (!$("review").hidden) loadReview(); });
-function field(name, value) { const d = el("div", "field"); d.append(el("b", "", name + ": "), el("span", "value", value == null ? "" : String(value))); return d; }
+function field(name, value) { const d = el("div", "field"); d.append(el("b", "", name + ": "), auto(el("span", "value", value == null ? "" : String(value)))); return d; }
 function card(r) {
-  const c = el("div", "turn card");
+  const c = auto(el("div", "turn card"));
   c.dataset.id = String(r.id);
   c.append(field("#" + r.id, r.timestamp + ", run " + (r.run_id || "-") + ", adapter " + (r.adapter_id || "-")), field("question", r.question),
            field("answer", r.answer), field("sources", (r.sources || []).map((s) => s.source).join(", ") || "none"),
            field("rating", r.rating === 1 ? "thumbs up" : r.rating === -1 ? "thumbs down" : "none"));
   for (const k of ["correction", "comment", "review_answer"]) if (r[k]) c.append(field(k.replace("_", " "), r[k]));
   if (r.reviewer) c.append(field("decision", r.review + " by " + r.reviewer + " at " + r.reviewed_at + (r.review_note ? ": " + r.review_note : "")));
-  const edit = el("textarea", "edit"), why = el("input", "why"), ok = el("button", "approve", "Approve"), no = el("button", "reject", "Reject"), msg = el("span", "status decided");
+  const edit = auto(el("textarea", "edit")), why = auto(el("input", "why")), ok = el("button", "approve", "Approve"), no = el("button", "reject", "Reject"), msg = el("span", "status decided");
   edit.placeholder = "Edited answer (optional; the exports use it instead of the correction)"; why.placeholder = "Reason (optional)"; ok.type = no.type = "button";
   const decide = async (decision) => {
     const who = $("reviewer").value.trim();

@@ -186,3 +186,20 @@ def test_corrupt_parquet_named(params, tmp_path, capsys):
     assert main(["run", str(params({"stages": ["prepare"], "prepare": {"data": str(tmp_path/"d.parquet")}}))]) == 2
     err = capsys.readouterr().err.strip()
     assert f"prepare.data: {tmp_path/'d.parquet'}: not a readable Parquet file" in err and "\n" not in err, err
+
+
+def test_csv_na_is_text_to_check_and_prepare(params, tmp_path):
+    "A CSV cell holding the text NA or None is that text for the params check and for `prepare` alike (pandas' missing-value words are not nulls); an empty cell is null to both."
+    from llmops_nb.checks import check_data
+    from llmops_nb.core import ConfigError
+    from llmops_nb.data import load_prepared, prepare
+    from llmops_nb.params import load_params
+    rows = [("Wie heißt der Tarif?", "NA"), ("Und der zweite?", "None"), ("null", "n/a")] + [(f"q{i}", f"a{i}") for i in range(7)]
+    f = tmp_path/"na.csv"; f.write_text("prompt,completion\n" + "".join(f"{p},{c}\n" for p, c in rows), encoding="utf-8")
+    load_params(params({"stages": ["prepare"], "prepare": {"data": str(f)}}))  # the check before the run passes ...
+    dd = load_prepared(prepare(f, tmp_path/"prep")["out_dir"])  # ... and so does prepare, with the same records
+    got = {tuple(m["content"] for m in r["messages"]) for split in dd.values() for r in split}
+    assert got == set(rows), got ^ set(rows)
+    (tmp_path/"empty.csv").write_text("prompt,completion\nq,\n")
+    for read in (lambda: check_data(tmp_path/"empty.csv", "prepare.data"), lambda: prepare(tmp_path/"empty.csv", tmp_path/"prep2")):
+        with pytest.raises(ConfigError, match="'completion' is null"): read()

@@ -228,6 +228,22 @@ def test_monitor(tmp_path):
     st = pd.read_csv(tmp_path/"mon"/"daily.csv", index_col=0)
     assert st["questions"].tolist() == [2, 2] and st["thumbs_down_rate"].tolist() == [0.5, 1.0]
     assert st["latency_p50"].tolist() == [200.0, 600.0] and st["no_source_share"].tolist() == [0.5, 0.5]
+    for name in ("daily.csv", "top_downvoted.csv", "serving.csv"):  # Excel reads UTF-8 as such only after a BOM (else Größe shows as GrÃ¶ÃŸe)
+        assert (tmp_path/"mon"/name).read_bytes().startswith(b"\xef\xbb\xbf"), name
+    assert st.index.name == "day"  # pandas reads the BOM away
+
+
+def test_store_refuses_text_that_is_not_utf8(tmp_path):
+    "A lone surrogate (what the JSON escape \"\\ud83d\" decodes to) is a one-line ConfigError naming the field, never an UnicodeEncodeError; nothing is stored."
+    from llmops_nb.core import ConfigError
+    db, cut = tmp_path/"fb.db", json.loads('"Hallo \\ud83d"')
+    with pytest.raises(ConfigError, match=r"'question' is not valid UTF-8 text \(a lone surrogate \\ud83d\)"): F.record(cut, "x", db=db)
+    with pytest.raises(ConfigError, match="'sources' is not valid UTF-8"): F.record("q", "x", sources=[cut], db=db)
+    i = F.record("Wie groß? 🔋", "x", db=db)
+    with pytest.raises(ConfigError, match="'correction' is not valid UTF-8"): F.rate(i, -1, correction=cut, db=db)
+    with pytest.raises(ConfigError, match="'reviewer' is not valid UTF-8"): F.review(i, "approve", cut, db=db)
+    df = F.load(db)
+    assert df["question"].tolist() == ["Wie groß? 🔋"] and df["rating"].isna().all() and (df["review"] == "pending").all()
 
 
 def test_chat_needs_run_or_index():

@@ -132,6 +132,37 @@ def test_error_statuses(server):
     assert e.value.code == 400  # too deep to parse is malformed, not a crash
 
 
+
+def test_text_that_is_not_utf8_is_refused_and_the_rest_recorded(server):
+    "Half an emoji's JSON escape (\"\\ud83d\": valid JSON, no text) is a 400 naming the field on every endpoint; the requests around one are answered and recorded."
+    import httpx
+    c, db, rlog = server["client"], server["db"], server["log"]
+    def raw(body: bytes, path="/v1/chat/completions"):
+        return httpx.post(f"{server['url']}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=120)
+    r = raw(b'{"model": "test-aaaa", "messages": [{"role": "user", "content": "Hallo \\ud83d"}], "max_tokens": 4}')
+    assert (r.status_code, r.json()) == (400, {"error": {"message": "'messages[0].content' is not valid UTF-8 text (a lone surrogate \\ud83d)",
+                                                         "type": "invalid_request_error", "param": "messages[0].content", "code": None}}), r.text
+    r = raw(b'{"response_id": "chatcmpl-x", "rating": -1, "comment": "gut \\udc00"}', "/v1/feedback")
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "comment"), r.text
+    r = raw(b'{"id": 1, "decision": "approve", "reviewer": "ana \\ud83d"}', "/v1/feedback/review")
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "reviewer"), r.text
+    assert rlog.flush()
+    before, failed = len(SL.load_requests(db)), rlog.failed
+    go = threading.Barrier(7)
+    def one(i):  # six questions and, among them, a model name with a lone surrogate: the log writes them in the same batches
+        go.wait()
+        if i == 3: return raw(b'{"model": "gpt\\ud83d", "messages": [{"role": "user", "content": "Hallo"}]}').status_code
+        return c.chat.completions.create(model="test-aaaa", messages=_ask(f"Frage {i}: welche Größe?"), max_tokens=8).id
+    with cf.ThreadPoolExecutor(7) as ex: got = list(ex.map(one, range(7)))
+    assert got[3] == 400
+    assert rlog.flush()
+    req = SL.load_requests(db).iloc[before:]
+    assert len(req) == 7 and rlog.failed == failed and sorted(req["status"]) == [200] * 6 + [400]
+    assert set(got[:3] + got[4:]) <= set(req["response_id"])
+    questions = F.load(db).set_index("id").loc[req["feedback_id"].dropna().astype(int), "question"]
+    assert sorted(questions) == sorted(f"Frage {i}: welche Größe?" for i in (0, 1, 2, 4, 5, 6))
+
+
 def test_served_name(runs):
     "`llmops serve --name kestrel` serves the run's models as kestrel and kestrel-rag."
     root, r1, _ = runs
@@ -413,6 +444,8 @@ def test_chat_page_in_browser(browser, server, tmp_path):
             answers = page.locator(".turn.assistant .answer")
             assert answers.count() == 2 and all(int(answers.nth(i).get_attribute("data-chunks")) > 1 for i in range(2))  # streamed, delta by delta
             assert "battery.md" in page.locator(".turn.assistant .sources").first.inner_text()
+            for box in (page.locator("#question"), page.locator(".turn.user .text").first, answers.first):  # right to left when users write so
+                assert box.get_attribute("dir") == "auto", box
             last = page.locator(".turn.assistant").nth(1)
             rid = last.get_attribute("data-id")
             last.locator("button.down").click()
