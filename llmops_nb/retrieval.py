@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_retrieval.ipynb #36bc16ad
 from __future__ import annotations
-import re, unicodedata
+import unicodedata
 import regex  # Unicode script properties (a sacrebleu dependency)
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,31 @@ from .documents import embed_text
 # %% auto #0
 __all__ = ['MODES', 'CJK', 'corpus', 'HybridRetriever', 'make_retriever', 'load_questions', 'hit_at_k', 'mrr_at_k',
            'retrieved_sources', 'score_retrieval']
+
+# %% ../nbs/15_retrieval.ipynb #9c58534e
+def _bm25(chunks: list):
+    "A BM25 index (`bm25s`) over `chunks`, each a list of tokens, scoring as `rank_bm25.BM25Okapi` (k1 1.5, b 0.75); None when no chunk has a token."
+    if not any(chunks): return None  # nothing to index (bm25s and rank_bm25 both fail on it)
+    import bm25s  # here, not at the top: 1-2 s with scipy
+    index = bm25s.BM25(k1=1.5, b=0.75, method="atire", idf_method="lucene", dtype="float64")  # Okapi's term part, an IDF > 0
+    index.index(chunks, show_progress=False)
+    m, n = index.scores, len(chunks)
+    df = np.diff(m["indptr"])  # a column per token, a row per chunk that holds it
+    idf = np.log(n - df + 0.5) - np.log(df + 0.5)  # Okapi's
+    idf[idf < 0] = 0.25 * idf.mean()  # rank_bm25's floor (epsilon 0.25) for a token in more than half the chunks
+    m["data"] *= np.repeat(idf / np.log1p((n - df + 0.5) / (df + 0.5)), df)  # lucene's IDF out, that one in
+    return index
+
+def _scores(index, tokens: list, n: int) -> np.ndarray:
+    "BM25 score of each of the `n` chunks of `index` for a query of `tokens` (a repeated token counts again, as in `rank_bm25`)."
+    return np.zeros(n) if index is None else index.get_scores_from_ids(index.get_tokens_ids(tokens))
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    "Indices of the `n` best positive `scores`, best first, ties in index order: a stable argsort's first `n`, without sorting every score."
+    pos = np.flatnonzero(scores > 0)
+    if len(pos) > n > 0: pos = pos[scores[pos] >= scores[pos[np.argpartition(-scores[pos], n - 1)[n - 1]]]]  # the n-th best and all that tie with it
+    return pos[np.argsort(-scores[pos], kind="stable")][:n]
+
 
 # %% ../nbs/15_retrieval.ipynb #ad8442fc
 MODES = declared(RagEvalConfig)["retrieval"]["choices"]  # the setting's declaration: one list of modes
@@ -39,9 +64,8 @@ def corpus(store, fresh: bool = False) -> tuple:
     key, hit = getattr(store, "version", None), getattr(store, "_llmops_bm25", None)
     key = len(store) if key is None else key  # read before `docs`: an edit meanwhile makes the next call rebuild
     if fresh or hit is None or hit[0] != key:
-        from rank_bm25 import BM25Okapi
         docs = list(store.docs)
-        hit = store._llmops_bm25 = (key, docs, BM25Okapi([_tokens(embed_text(d)) for d in docs]) if docs else None)
+        hit = store._llmops_bm25 = (key, docs, _bm25([_tokens(embed_text(d)) for d in docs]))
     return hit[1], hit[2]
 
 def _one_per_source(ids: list, by_id: dict) -> list:
@@ -66,8 +90,7 @@ class HybridRetriever(BaseRetriever):
             docs, index = corpus(self.store, fresh)
             n = min(self.fetch_k, len(docs))
             if n == 0: return 0, []
-            scores = index.get_scores(_tokens(query))
-            hits = [docs[i] for i in np.argsort(-scores, kind="stable")[:n] if scores[i] > 0]
+            hits = [docs[i] for i in _top(_scores(index, _tokens(query), len(docs)), n)]
             live = {d.id: d for d in self.store.get_by_ids([d.id for d in hits])} if hits else {}
             ok = [d.id in live and embed_text(live[d.id]) == embed_text(d) for d in hits]  # still what BM25 scored?
             if all(ok): break

@@ -293,3 +293,50 @@ def test_cjk_answers_sentences_numbers_citations():
     assert rag.quantities("热泵噪音约为３５分贝") == {"35"}
     ds = [Document("a", metadata={"source": "a.md"}), Document("b", metadata={"source": "b.md"})]
     assert rag._package({"answer": "是的【2】，而且［１］。", "documents": ds})["cited"] == ["a.md", "b.md"]
+
+
+def okapi(chunks, query, k1=1.5, b=0.75, eps=0.25):
+    "rank_bm25.BM25Okapi's scores, written out: Okapi's IDF, a quarter of the mean IDF for a token in more than half the chunks."
+    from collections import Counter
+    n, tf = len(chunks), [Counter(c) for c in chunks]
+    df = Counter(t for c in tf for t in c)
+    idf = {t: np.log(n - f + 0.5) - np.log(f + 0.5) for t, f in df.items()}
+    floor = eps * np.mean(list(idf.values()))
+    idf = {t: floor if v < 0 else v for t, v in idf.items()}
+    dl, avg = np.array([len(c) for c in chunks]), np.mean([len(c) for c in chunks])
+    return sum(idf.get(q, 0) * np.array([c[q] for c in tf]) * (k1 + 1) / (np.array([c[q] for c in tf]) + k1 * (1 - b + b * dl / avg)) for q in query)
+
+
+BM25_CHUNKS = [R._tokens(t) for t in [
+    "The battery stores 5.1 kWh and the warranty lasts ten years.", "The charger gives 11 kW to the car.",
+    "The inverter converts DC to AC; the inverter is silent.", "Returns are accepted within 30 days.",
+    "The app shows the battery level and the solar power.", "Support answers within one working day.",
+    "The warranty of the panel is 25 years.", "Delete your account: ask support."]]
+
+
+def test_bm25_scores_are_okapi():
+    "bm25s (sparse matrices) gives the scores rank_bm25's Okapi gave, `the` (in more than half the chunks) included, and the same top n."
+    index = R._bm25(BM25_CHUNKS)
+    for q in ["the battery warranty", "the the", "inverter the inverter", "solar 25 years support", "nothing matches", ""]:
+        s = R._scores(index, R._tokens(q), len(BM25_CHUNKS))
+        assert np.allclose(s, okapi(BM25_CHUNKS, R._tokens(q)), rtol=1e-12, atol=1e-12), q
+        for n in (1, 3, 8):
+            assert list(R._top(s, n)) == [i for i in np.argsort(-s, kind="stable")[:n] if s[i] > 0], (q, n)
+    assert R._bm25([]) is None and R._bm25([[], []]) is None  # nothing to index
+
+
+def test_bm25_ranking_equals_rank_bm25(kb):
+    "Where rank_bm25 is installed (no longer a requirement): the hybrid retriever's BM25 hits are those of its BM25Okapi, in its order."
+    rank_bm25 = pytest.importorskip("rank_bm25")
+    from llmops_nb.documents import embed_text
+    old = rank_bm25.BM25Okapi(BM25_CHUNKS)
+    for q in ["the battery warranty", "solar 25 years support", "the inverter"]:
+        a, b = R._scores(R._bm25(BM25_CHUNKS), R._tokens(q), len(BM25_CHUNKS)), old.get_scores(R._tokens(q))
+        assert np.allclose(a, b, rtol=1e-12) and list(R._top(a, 8)) == [i for i in np.argsort(-b, kind="stable") if b[i] > 0]
+    store, _ = V.build_index(kb, None, **KW)
+    docs, _ = R.corpus(store)
+    old = rank_bm25.BM25Okapi([R._tokens(embed_text(d)) for d in docs])
+    for q in ["How long is data stored?", "charging power of the KC-11", "the battery module", "returns within 30 days"]:
+        s = old.get_scores(R._tokens(q))
+        want = [docs[i].id for i in np.argsort(-s, kind="stable")[:5] if s[i] > 0]
+        assert [d.id for d in R.HybridRetriever(store=store, fetch_k=5)._sparse(q)[1]] == want, q
