@@ -7,8 +7,8 @@ from __future__ import annotations
 import os, threading, time
 from .core import ConfigError, listen, md_code, md_text
 from .limits import MAX_CHARS, MAX_NOTE_CHARS, MAX_TOKENS, InputTooLong, check_input
-from .feedback import connect, db_path, rate, record, review
-from .review import counts, parse_decision, queue
+from .feedback import connect, db_path, rate, record, review, select
+from .review import SAID, counts, parse_decision, queue
 from .settings import RagEvalConfig
 
 # %% auto #0
@@ -101,18 +101,18 @@ def _review_tab(gr, app, db):
     def listing(msg=""):  # the pending rows, the first one chosen
         import pandas as pd
         p = pending(db); first = p["ids"][0] if p["ids"] else None
+        md, text, read = shown(first)
         return (p["counts"], pd.DataFrame(p["rows"], columns=REVIEW_HEADERS),
-                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), show_row(first, db), _prefill(first), msg, _seen(first))
-    def _seen(i): return next((r["rated_at"] for r in queue("pending", db).to_dict("records") if int(r["id"]) == i), None)
-    def _prefill(i):
-        r = next((r for r in pending(db)["rows"] if r[0] == i), None)
-        return (r[5] or r[2]) if r else ""  # the user's correction, else the answer, to edit
+                gr.Dropdown(choices=[(f"#{i}", i) for i in p["ids"]], value=first), md, text, msg, read)
+    def shown(i):  # one row read once: in full, the text to edit (the user's correction, else the answer), its rated_at
+        r = _pending_row(i, db)
+        return (_show(r), _text(r["correction"]) or _text(r["answer"]), r["rated_at"]) if r else ("", "", None)
     def act(i, action, w, a, n, s):  # recorded: the list moves on; refused: what the reviewer typed stays
         ok, msg = decide(i, action, w, a, n, db, seen=s)
         return listing(msg) if ok else (*[gr.skip()] * 5, msg, gr.skip())
     lists = [rcounts, table, pick, item, edit, rstatus, seen]
     for ev in (rtab.select, refresh.click, app.load): ev(listing, None, lists)
-    pick.change(lambda i: (show_row(i, db), _prefill(i), _seen(i)), pick, [item, edit, seen])
+    pick.change(shown, pick, [item, edit, seen])
     for b, action in ((ok_b, "approve"), (ed_b, "edit"), (no_b, "reject")):
         b.click(lambda i, w, a, n, s, action=action: act(i, action, w, a, n, s), [pick, who, edit, why, seen], lists)
 
@@ -193,14 +193,22 @@ def _thumb(v) -> str:
 
 def pending(db=None) -> dict:
     "{counts, rows, ids}: what the review tab lists, the pending rows oldest first (`review.queue`) and the counts per state."
-    df, n = queue("pending", db), counts(db)
+    df, n = queue("pending", db, columns=REVIEW_HEADERS), counts(db)  # the listed columns only
     rows = [[int(r["id"]), _text(r["question"]), _text(r["answer"]), ", ".join(str(s.get("source")) for s in r["sources"] or []),
              _thumb(r["rating"]), _text(r["correction"]), _text(r["comment"])] for r in df.to_dict("records")]
     return {"counts": f"{n['pending']} pending, {n['approved']} approved, {n['rejected']} rejected", "rows": rows, "ids": [r[0] for r in rows]}
 
+def _pending_row(row_id, db=None):
+    "Row `row_id` as a dict while it waits for a review (pending, rated or corrected), else None: one look-up by id."
+    if row_id is None: return None
+    got = select(db, f"id = ? AND review = 'pending' AND {SAID}", (int(row_id),)).to_dict("records")
+    return got[0] if got else None
+
 def show_row(row_id, db=None) -> str:
     "Markdown of pending row `row_id` in full, data as text ('' when it is not pending)."
-    r = next((r for r in queue("pending", db).to_dict("records") if int(r["id"]) == int(row_id)), None) if row_id is not None else None
+    return _show(_pending_row(row_id, db))
+
+def _show(r) -> str:
     if r is None: return ""
     out = [f"**#{int(r['id'])}** asked {md_text(r['timestamp'])}, run {md_code(_text(r['run_id']) or '-')}",
            f"**Question:** {md_text(r['question'])}", f"**Answer:** {md_text(_text(r['answer'])) or '_(empty)_'}",

@@ -309,10 +309,11 @@ def cmd_feedback_prune(a):
 @command("monitor", "daily questions, thumbs-down rate, latency, retrieval gaps; served requests per model (+ plots, W&B)",
          arg("--out", default=None, help="output folder (default feedback/monitor)"), arg("--db", default=None, help=DB),
          arg("--threshold", type=float, default=0.4, help="similarity below which a retrieved chunk counts as unrelated"),
-         arg("--no-wandb", action="store_true", help="write the tables and plots only (no W&B run: e.g. from cron)"))
+         arg("--no-wandb", action="store_true", help="write the tables and plots only (no W&B run: e.g. from cron)"),
+         arg("--since", default=None, help="only questions and requests from this UTC date or time (2026-03-01) or the last N days (7)"))
 def cmd_monitor(a):
     from llmops_nb.monitor import monitor
-    r = monitor(a.out, db=a.db, threshold=a.threshold, log=not a.no_wandb)
+    r = monitor(a.out, db=a.db, threshold=a.threshold, log=not a.no_wandb, since=a.since)
     print(_plain(r["daily"].round(3)).to_string() if len(r["daily"]) else "no feedback yet")
     if len(r["top_downvoted"]): print("\nmost downvoted:\n" + _plain(r["top_downvoted"]).to_string(index=False))
     if len(r.get("serving", [])): print("\nserving, per model:\n" + _plain(r["serving"].round(3)).to_string())

@@ -12,7 +12,7 @@ from .core import ConfigError, project_root, resolve_path
 
 # %% auto #0
 __all__ = ['DEFAULT_DB', 'BUSY_MS', 'MIGRATIONS', 'SCHEMA_VERSION', 'DECISIONS', 'COLUMNS', 'db_path', 'schema_version',
-           'migrate', 'connect', 'record', 'rate', 'review', 'load']
+           'migrate', 'connect', 'record', 'rate', 'review', 'select', 'load']
 
 # %% ../nbs/23_feedback.ipynb #b566d329
 DEFAULT_DB = "feedback/feedback.db"
@@ -64,6 +64,10 @@ MIGRATIONS = [  # (version, SQL script or callable(connection)); append, never e
         feedback_id INTEGER NOT NULL REFERENCES feedback(id),
         decision TEXT NOT NULL, reviewer TEXT NOT NULL, at TEXT NOT NULL,
         answer TEXT, note TEXT);
+    """),
+    (4, """
+    CREATE INDEX feedback_run ON feedback(run_id);
+    CREATE INDEX feedback_said ON feedback(review, id) WHERE rating IS NOT NULL OR correction IS NOT NULL;
     """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -211,13 +215,24 @@ def review(row_id: int, # the feedback row
 COLUMNS = ["id", "timestamp", "run_id", "model_id", "adapter_id", "question", "sources", "answer", "rating", "correction",
            "comment", "latency_ms", "top_similarity", "rated_at", "review", "reviewer", "reviewed_at", "review_answer", "review_note"]
 
-def load(db=None):
-    "Every stored interaction as a pandas DataFrame, oldest first (`rating` is a nullable integer)."
+def select(db=None, # the store
+           where: str = "", # an SQL condition written in code, values as `?` (never text a user typed): "run_id = ?"
+           params=(), # the values of its `?`
+           columns=None, # the columns wanted (default: all of `COLUMNS`)
+           limit=None, # at most this many rows
+          ):
+    "The stored interactions matching `where`, oldest first, as a pandas DataFrame like `load`'s (`rating` a nullable integer)."
     import pandas as pd
+    cols = list(columns or COLUMNS)
+    q = f"SELECT {', '.join(cols)} FROM feedback" + (f" WHERE {where}" if where else "") + " ORDER BY id LIMIT ?"
     with connect(db, create=False) as con:
-        rows = [dict(r) for r in con.execute(f"SELECT {', '.join(COLUMNS)} FROM feedback ORDER BY id")]
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df["sources"] = df["sources"].map(json.loads)
-    df["rating"] = df["rating"].astype("Int64")
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
+        rows = [tuple(r) for r in con.execute(q, (*params, -1 if limit is None else max(int(limit), 0)))]  # LIMIT -1: all
+    df = pd.DataFrame(rows, columns=cols)
+    if "sources" in cols: df["sources"] = df["sources"].map(json.loads)
+    if "rating" in cols: df["rating"] = df["rating"].astype("Int64")
+    if "timestamp" in cols: df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
     return df
+
+def load(db=None):
+    "Every stored interaction as a pandas DataFrame, oldest first (`rating` is a nullable integer): for exploring; readers use `select`."
+    return select(db)

@@ -4,13 +4,13 @@
 
 # %% ../nbs/24_monitor.ipynb #9dab2e7c
 from __future__ import annotations
-from .core import check_folder, project_root
-from .feedback import db_path, load
+from .core import ConfigError, check_folder, project_root
+from .feedback import db_path, select
 from .servelog import load_requests
 
 # %% auto #0
-__all__ = ['SIM_THRESHOLD', 'CSV_ENCODING', 'daily_stats', 'top_downvoted', 'serving_stats', 'plot_serving', 'plot_monitor',
-           'monitor']
+__all__ = ['SIM_THRESHOLD', 'CSV_ENCODING', 'READ', 'daily_stats', 'top_downvoted', 'serving_stats', 'plot_serving',
+           'plot_monitor', 'since_time', 'monitor']
 
 # %% ../nbs/24_monitor.ipynb #171ea9ab
 SIM_THRESHOLD = 0.4  # cosine similarity (normalised MiniLM embeddings) below which a retrieved chunk counts as unrelated
@@ -101,24 +101,47 @@ def plot_monitor(stats, top=None, path=None):
 
 CSV_ENCODING = "utf-8-sig"  # UTF-8 after a BOM: what Excel needs to read it as UTF-8 (without, Größe shows as GrÃ¶ÃŸe); pandas reads it away
 
-def monitor(out_dir=None, db=None, threshold: float = SIM_THRESHOLD, log: bool = True) -> dict:
+READ = ["timestamp", "question", "rating", "latency_ms", "top_similarity"]  # all the monitor reads of a feedback row
+
+def since_time(since) -> str | None:
+    "The UTC time, as the store's text, that `since` means: a date or time (ISO 8601, UTC unless it says otherwise) or a number of days back from now."
+    from datetime import datetime, timedelta, timezone
+    if since is None or since == "": return None
+    try: days = float(since)
+    except (TypeError, ValueError): days = None
+    try:
+        t = datetime.now(timezone.utc) - timedelta(days=days) if days is not None and days >= 0 else datetime.fromisoformat(str(since))
+    except (ValueError, OverflowError): t = None
+    if t is None or days is not None and days < 0:
+        raise ConfigError(f"--since {since}: expected a date (2026-03-01), a UTC time (2026-03-01T12:00) or a number of days (7)")
+    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S")  # a prefix of the stored text (`_now`'s ISO form): compared as text, the cut's own second included
+
+def monitor(out_dir=None, db=None, threshold: float = SIM_THRESHOLD, log: bool = True,
+            since=None, # only questions and requests from then on: a date, a UTC time or a number of days back (see `since_time`)
+           ) -> dict:
     "Daily stats, most downvoted questions, serving stats per model and their plots, written to `out_dir` (default feedback/monitor) and logged to W&B."
     from llmops_nb import tracking
+    cut = since_time(since)
     out = check_folder(out_dir, "--out", "a folder for the monitor's tables and plots") if out_dir else project_root()/"feedback"/"monitor"  # a file there: one line, not mkdir's errno
     out.mkdir(parents=True, exist_ok=True)
-    df = load(db)
+    df = select(db, "timestamp >= ?" if cut else "", (cut,) if cut else (), READ)  # the columns the figures need, not the store
     stats, top = daily_stats(df, threshold), top_downvoted(df)
     stats.to_csv(out/"daily.csv", encoding=CSV_ENCODING); top.to_csv(out/"top_downvoted.csv", index=False, encoding=CSV_ENCODING)
     plot_monitor(stats, top, out/"monitor.png")
-    serving = serving_stats(load_requests(db))
+    req = load_requests(db)
+    if cut:
+        import pandas as pd
+        req = req[req["timestamp"] >= pd.Timestamp(cut, tz="UTC")]
+    serving = serving_stats(req)
     serving.to_csv(out/"serving.csv", encoding=CSV_ENCODING); plot_serving(serving, out/"serving.png")
     summary = {"requests": int(serving["requests"].sum()), "request_error_rate": float(serving["errors"].sum() / max(serving["requests"].sum(), 1)),"questions": len(df), "days": len(stats), "threshold": threshold,
                "thumbs_down_rate": float((df["rating"] == -1).sum() / max(df["rating"].notna().sum(), 1)),
                "latency_p50": float(df["latency_ms"].quantile(0.5)) if df["latency_ms"].notna().any() else None,
-               "latency_p95": float(df["latency_ms"].quantile(0.95)) if df["latency_ms"].notna().any() else None}
+               "latency_p95": float(df["latency_ms"].quantile(0.95)) if df["latency_ms"].notna().any() else None, **({"since": cut} if cut else {})}
     if log:
         import wandb
-        run = tracking.start("monitor", out, config={"db": str(db_path(db)), "threshold": threshold})
+        run = tracking.start("monitor", out, config={"db": str(db_path(db)), "threshold": threshold, **({"since": cut} if cut else {})})
         tracking.log_table(run, "daily", stats.reset_index().assign(day=lambda d: d["day"].astype(str)))
         tracking.log_table(run, "top_downvoted", top)
         tracking.log_table(run, "serving", serving.reset_index())

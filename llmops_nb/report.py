@@ -259,8 +259,7 @@ def show_feedback(rec: dict, db=None):
     from llmops_nb import feedback as F, monitor as M
     if not F.db_path(db).exists(): return _md(f"*No end-user feedback yet: {md_code('llmops serve ' + rec['id'])} or {md_code('llmops chat ' + rec['id'])} serves this run and stores ratings.*")
     show_serving(rec, db)
-    df = F.load(db)
-    df = df[df["run_id"] == rec["id"]]
+    df = F.select(db, "run_id = ?", (rec["id"],), ["timestamp", "question", "rating", "latency_ms", "top_similarity"])  # this run's rows (index feedback_run), what the section shows
     if df.empty: return _md(f"*No end-user feedback for this run yet: {md_code('llmops chat ' + rec['id'])} collects it; {md_code('llmops report ' + rec['id'])} re-renders this page.*")
     rated = df["rating"].notna().sum()
     _md(f"{len(df)} questions, {rated} rated, thumbs-down rate {(df['rating'] == -1).sum() / max(rated, 1):.0%}, "

@@ -7,29 +7,32 @@ from __future__ import annotations
 import hashlib, json, re, sys, unicodedata
 from pathlib import Path
 from .core import ConfigError, project_root, resolve_path, sha256_path, write_json, write_jsonl
-from .feedback import DECISIONS, db_path, load, review
+from .feedback import DECISIONS, connect, db_path, review, select
 
 # %% auto #0
-__all__ = ['STATES', 'PROMPT', 'MAX_TEXT', 'EXPORTS', 'SNAPSHOT', 'queue', 'counts', 'plain', 'describe', 'review_session',
-           'review_rows', 'parse_decision', 'provenance', 'eval_questions', 'sft_examples', 'preference_pairs',
-           'kto_examples', 'snapshot_rows', 'export']
+__all__ = ['STATES', 'SAID', 'PROMPT', 'MAX_TEXT', 'EXPORTS', 'SNAPSHOT', 'queue', 'counts', 'plain', 'describe',
+           'review_session', 'review_rows', 'parse_decision', 'provenance', 'eval_questions', 'sft_examples',
+           'preference_pairs', 'kto_examples', 'snapshot_rows', 'export']
 
 # %% ../nbs/45_review.ipynb #eb6ae49d
 STATES = ("pending", "approved", "rejected")
 
-def _said(df): return df[df["rating"].notna() | df["correction"].notna()]
+SAID = "(rating IS NOT NULL OR correction IS NOT NULL)"  # a row that says something: the condition of the index `feedback_said`, word for word
 
 def queue(status: str = "pending", # pending, approved or rejected
-          db=None):
+          db=None,
+          limit=None, # at most this many rows (the oldest)
+          columns=None, # only these columns (default: all of `feedback.COLUMNS`)
+         ):
     "The rated or corrected feedback rows in review state `status`, oldest first (a DataFrame)."
     if status not in STATES: raise ConfigError(f"review status {status!r}: expected one of {', '.join(STATES)}")
-    df = _said(load(db))
-    return df[df["review"] == status].reset_index(drop=True)
+    return select(db, f"review = ? AND {SAID}", (status,), columns, limit)
 
 def counts(db=None) -> dict:
     "How many rated or corrected rows are pending, approved and rejected."
-    df = _said(load(db))
-    return {s: int((df["review"] == s).sum()) for s in STATES}
+    with connect(db, create=False) as con:
+        got = dict(con.execute(f"SELECT review, COUNT(*) FROM feedback WHERE {SAID} GROUP BY review").fetchall())
+    return {s: got.get(s, 0) for s in STATES}
 
 # %% ../nbs/45_review.ipynb #07f6fd5a
 _CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -95,7 +98,7 @@ def _plain_json(v):
 
 def review_rows(status: str = "pending", db=None, limit: int = 200) -> dict:
     "The rows in review state `status` (oldest first, at most `limit`) as JSON-ready dicts, with the counts per state."
-    rows = queue(status, db).head(limit).to_dict("records")
+    rows = queue(status, db, limit).to_dict("records")
     return {"object": "list", "status": status, "counts": counts(db), "data": [{k: _plain_json(v) for k, v in r.items()} for r in rows]}
 
 MAX_TEXT = 20_000  # characters in an edited answer or a note
@@ -137,7 +140,7 @@ def provenance(r) -> dict:
 
 def _refuse(refused: dict, out: str, reason: str): refused.setdefault(out, {})[reason] = refused.get(out, {}).get(reason, 0) + 1
 
-def _rows(df): return df.sort_values("id").to_dict("records")
+def _rows(df): return df if isinstance(df, list) else df.sort_values("id").to_dict("records")  # a list: rows already read, in id order
 def _ids(provs): return sorted({p["feedback_id"] for p in provs})
 
 def eval_questions(df, refused: dict) -> list:
@@ -245,29 +248,33 @@ def export(out_dir=None, # where the files go (default feedback/export under the
     "Export the approved feedback: eval questions, SFT examples, preference pairs and KTO examples, with provenance."
     out = resolve_path(out_dir) if out_dir else project_root()/"feedback"/"export"
     out.mkdir(parents=True, exist_ok=True)
-    df = load(db); said = _said(df)
-    ok = said[said["review"] == "approved"]
+    ok, left = queue("approved", db), counts(db)  # the approved rows, nothing else
+    with connect(db, create=False) as con:
+        total, rated, corrected = con.execute("SELECT COUNT(*), COUNT(rating), COUNT(correction) FROM feedback").fetchone()
     refused, made = {}, {}
-    for fname, (_, make) in EXPORTS.items(): made[fname] = make(ok, refused)
-    snap = json.dumps(snapshot_rows(ok), ensure_ascii=False, sort_keys=True)
+    recs = _rows(ok)  # the rows as dicts once, not once per output
+    for fname, (_, make) in EXPORTS.items(): made[fname] = make(recs, refused)
+    snap = json.dumps(snapshot_rows(recs), ensure_ascii=False, sort_keys=True)
     body = {f: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) for f, rows in made.items()}
-    counts = {"feedback_rows": len(df), "rated": int(df["rating"].notna().sum()), "corrections": int(df["correction"].notna().sum()),
-              "approved": len(ok), **{f.split(".")[0]: len(rows) for f, rows in made.items()}}
+    tally = {"feedback_rows": total, "rated": rated, "corrections": corrected,
+             "approved": len(ok), **{f.split(".")[0]: len(rows) for f, rows in made.items()}}
     manifest = {"db": str(db_path(db)), "snapshot_sha256": hashlib.sha256(snap.encode()).hexdigest(),
-                "files": {f: hashlib.sha256(b.encode()).hexdigest() for f, b in body.items()}, "counts": counts,
-                "left_out": {s: int((said["review"] == s).sum()) for s in ("pending", "rejected")},
+                "files": {f: hashlib.sha256(b.encode()).hexdigest() for f, b in body.items()}, "counts": tally,
+                "left_out": {s: left[s] for s in ("pending", "rejected")},
                 "refused": {k: dict(sorted(v.items())) for k, v in sorted(refused.items())},
                 "runs": sorted({r for r in ok["run_id"] if isinstance(r, str) and r})}
-    res = {"out_dir": str(out), **counts, "left_out": manifest["left_out"], "refused": manifest["refused"]}
+    res = {"out_dir": str(out), **tally, "left_out": manifest["left_out"], "refused": manifest["refused"]}
     if _same(out, manifest): return {**res, "unchanged": True}
-    write_jsonl(out/"snapshot.jsonl", snapshot_rows(ok))
+    write_jsonl(out/"snapshot.jsonl", snapshot_rows(recs))
     for f, rows in made.items(): write_jsonl(out/f, rows)
     write_json(out/"export.json", manifest)  # last: an export without it (or with other hashes) is not a whole one
-    if log: _log(out, df, manifest, run_root)
+    if log: _log(out, db, manifest, run_root)
     return {**res, "unchanged": False}
 
-def _log(out: Path, df, manifest: dict, run_root):
+def _log(out: Path, db, manifest: dict, run_root):
     from llmops_nb import tracking
+    from llmops_nb.feedback import load
+    df = load(db)  # the W&B table `feedback` is the whole store, as it always was
     run = tracking.start("feedback_export", out, config={"db": manifest["db"], "out_dir": str(out), "runs": manifest["runs"]},
                          inputs=_run_dirs(manifest["runs"], run_root))
     tracking.log_table(run, "feedback", df.assign(timestamp=df["timestamp"].astype(str), rating=df["rating"].astype(float)))

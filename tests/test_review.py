@@ -61,7 +61,7 @@ def test_store_from_before_the_review_migrates(tmp_path):
     F.migrate(con, F.MIGRATIONS[:2])
     con.execute("INSERT INTO feedback (timestamp, question, answer, rating, model_id) VALUES ('2026-01-01T00:00:00+00:00', 'q', 'a', 1, 'm')")
     con.close()
-    with F.connect(db) as c2: assert F.schema_version(c2) == 3
+    with F.connect(db) as c2: assert F.schema_version(c2) == F.SCHEMA_VERSION  # every migration since, the indexes of 4 too
     assert RV.queue("pending", db)["question"].tolist() == ["q"]
     assert RV.export(tmp_path/"export", db=db, log=False)["left_out"] == {"pending": 1, "rejected": 0}
 
@@ -169,3 +169,101 @@ def test_one_answer_in_two_unicode_forms_is_one_answer(tmp_path):
     ok, ref = F.load(db), {}
     assert RV.preference_pairs(ok, ref) == [] and RV.kto_examples(ok, ref) == []
     assert ref == {"pairs": {"same_answer": 1}, "kto": {"conflicting_labels": 2}}
+
+
+def _store(db, n, seed=0):
+    "A store of `n` varied rows written in one executemany: ratings, corrections without a thumb, every review state, rows without latency or retrieval."
+    import json, random
+    rng = random.Random(seed)
+    with F.connect(db): pass  # the package's schema
+    rows = []
+    for i in range(n):
+        rating = rng.choice([1, -1]) if rng.random() < 0.3 else None
+        corr = "10 years or 6,000 cycles." if rng.random() < 0.1 else None
+        said = rating is not None or corr is not None
+        review = rng.choice(["pending", "approved", "rejected"]) if said else rng.choice(["pending"] * 9 + ["approved"])  # an approved row whose thumb was taken back
+        plain = i % 50 == 0  # a plain model: no latency, no retrieval
+        ts = f"2026-0{1 + i % 3}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00.000+00:00"
+        rows.append((ts, "plain" if plain else f"run{i % 3}", "tiny-random" if i % 13 else None, "sft" if i % 4 else None, f"question {i % 40}?",
+                     json.dumps([{"source": f"doc{i % 5}.md", "cited": i % 2 == 0}]), f"answer {i % 17}", rating, corr, "hm" if i % 19 == 0 else None,
+                     None if plain or i % 7 == 0 else 100.0 + i % 900, None if plain else (i % 100) / 100, ts if said else None, review,
+                     None if review == "pending" else "ana", None if review == "pending" else ts, "edited" if review == "approved" and i % 5 == 0 else None, None))
+    with sqlite3.connect(db) as con:
+        con.executemany("INSERT INTO feedback (timestamp, run_id, model_id, adapter_id, question, sources, answer, rating, correction, comment, latency_ms,"
+                        " top_similarity, rated_at, review, reviewer, reviewed_at, review_answer, review_note) VALUES (" + ",".join("?" * 18) + ")", rows)
+    return db
+
+
+def _plain(df):
+    "Rows as plain dicts, any missing value as None: what the reader sees, whatever dtype pandas picked."
+    import pandas as pd
+    return [{k: None if v is None or v is pd.NA or v != v else v for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _no_load(monkeypatch):
+    def refuse(*a, **k): raise AssertionError("feedback.load called: a reader read the whole store")
+    monkeypatch.setattr(F, "load", refuse)
+
+
+def test_readers_ask_sqlite_not_the_whole_store(tmp_path, monkeypatch):
+    "Queue, counts, the review page, the chat's review tab, the report's feedback section, monitor and export: no `feedback.load`, the same answers as the full-load path."
+    import pandas as pd
+    from llmops_nb import chat as C, monitor as M, report as R
+    db = _store(tmp_path/"fb.db", 600)
+    full = F.load(db)  # the old path, computed here as the spec
+    said = full[full["rating"].notna() | full["correction"].notna()]
+    old_q = {s: said[said["review"] == s].reset_index(drop=True) for s in RV.STATES}
+    old_n = {s: len(old_q[s]) for s in RV.STATES}
+    assert min(old_n.values()) > 10 and (full.loc[full["rating"].isna() & full["correction"].isna(), "review"] == "approved").any()
+    run = full[full["run_id"] == "run1"]; stats0, top0 = M.daily_stats(run), M.top_downvoted(run)
+    plain = full[full["run_id"] == "plain"]
+    mon0 = (M.daily_stats(full), M.top_downvoted(full), int((full["rating"] == -1).sum()), float(full["latency_ms"].quantile(0.5)))
+    _no_load(monkeypatch)
+
+    for s in RV.STATES: assert _plain(RV.queue(s, db)) == _plain(old_q[s]), s
+    assert RV.counts(db) == old_n
+    page = RV.review_rows("pending", db, limit=25)
+    assert page["counts"] == old_n and page["data"] == [{k: RV._plain_json(v) for k, v in r.items()} for r in old_q["pending"].head(25).to_dict("records")]
+    p = C.pending(db)
+    assert p["ids"] == old_q["pending"]["id"].tolist() and p["counts"] == f"{old_n['pending']} pending, {old_n['approved']} approved, {old_n['rejected']} rejected"
+    first = old_q["pending"].iloc[0]
+    assert p["rows"][0] == [int(first["id"]), first["question"], first["answer"], ", ".join(s["source"] for s in first["sources"]), C._thumb(first["rating"]),
+                            C._text(first["correction"]), C._text(first["comment"])]
+    assert C.show_row(int(first["id"]), db) == C._show(old_q["pending"].to_dict("records")[0]) and "**Question:**" in C.show_row(int(first["id"]), db)
+    assert C.show_row(int(old_q["approved"]["id"][0]), db) == "" and C.show_row(None, db) == ""
+
+    shown, figs = [], []
+    monkeypatch.setattr(R, "_md", shown.append); monkeypatch.setattr(R, "_table", lambda t: shown.append(t)); monkeypatch.setattr(R, "_fig", lambda f: None)
+    monkeypatch.setattr(M, "plot_monitor", lambda st, top=None, path=None: figs.append((st, top)))
+    R.show_feedback({"id": "run1"}, db)
+    rated = run["rating"].notna().sum()
+    assert f"{len(run)} questions, {rated} rated, thumbs-down rate {(run['rating'] == -1).sum() / max(rated, 1):.0%}, " \
+           f"latency p50 {run['latency_ms'].astype(float).quantile(0.5):.0f} ms" in "\n".join(x for x in shown if isinstance(x, str))
+    pd.testing.assert_frame_equal(figs[0][0], stats0); pd.testing.assert_frame_equal(figs[0][1], top0)
+    R.show_feedback({"id": "plain"}, db)  # a run whose rows have no latency and no retrieval
+    pd.testing.assert_frame_equal(figs[1][0], M.daily_stats(plain), check_dtype=False)
+
+    m = M.monitor(tmp_path/"mon", db=db, log=False)
+    pd.testing.assert_frame_equal(m["daily"], mon0[0]); pd.testing.assert_frame_equal(m["top_downvoted"], mon0[1])
+    assert (m["questions"], round(m["thumbs_down_rate"] * max(full["rating"].notna().sum(), 1)), m["latency_p50"]) == (len(full), mon0[2], mon0[3])
+    exp = RV.export(tmp_path/"export", db=db, log=False)
+    assert (exp["feedback_rows"], exp["rated"], exp["corrections"], exp["approved"], exp["left_out"]) == \
+        (len(full), int(full["rating"].notna().sum()), int(full["correction"].notna().sum()), old_n["approved"], {"pending": old_n["pending"], "rejected": old_n["rejected"]})
+
+
+def test_a_large_store_is_read_by_index(tmp_path, monkeypatch):
+    "20,000 rows: a page of the queue, the counts and one row are index look-ups (the query plans say so), and nothing loads the store."
+    db = _store(tmp_path/"big.db", 20_000, seed=1)
+    _no_load(monkeypatch)
+    n = RV.counts(db)
+    page = RV.review_rows("pending", db)
+    assert len(page["data"]) == 200 and page["counts"] == n and sum(n.values()) > 5_000
+    ids = [r["id"] for r in page["data"]]
+    assert ids == sorted(ids) and all(r["review"] == "pending" and (r["rating"] is not None or r["correction"]) for r in page["data"])
+    with F.connect(db) as con:
+        plan = lambda q, *a: " ".join(r[-1] for r in con.execute("EXPLAIN QUERY PLAN " + q, a))
+        assert plan(f"SELECT * FROM feedback WHERE review = ? AND {RV.SAID} ORDER BY id LIMIT 200", "pending") == "SEARCH feedback USING INDEX feedback_said (review=?)"
+        assert "USING INDEX feedback_said" in plan(f"SELECT review, COUNT(*) FROM feedback WHERE {RV.SAID} GROUP BY review")
+        assert "USING INDEX feedback_run" in plan("SELECT * FROM feedback WHERE run_id = ? ORDER BY id", "run1")
+    from llmops_nb import chat as C
+    assert C.show_row(ids[0], db).startswith(f"**#{ids[0]}**")
