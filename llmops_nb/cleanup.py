@@ -11,12 +11,20 @@ from .core import ConfigError, resolve_path
 from .runs import gates_passed, list_runs, load_record, registry, run_lock
 
 # %% auto #0
-__all__ = ['users', 'held_by', 'remove', 'collect']
+__all__ = ['used_by', 'users', 'held_by', 'remove', 'collect']
 
 # %% ../nbs/52_cleanup.ipynb #0e5f90a4
+def used_by(runs: list) -> dict:
+    "Run id -> the ids of the other runs among `runs` that took a stage from it (in the order of `runs`): `users` of every run in one pass."
+    out = {}
+    for r in runs:
+        for f in {s.get("cached_from"): None for s in r.get("stages", {}).values() if isinstance(s.get("cached_from"), str)}:  # once per run it took from
+            if f != r["id"]: out.setdefault(f, []).append(r["id"])
+    return out
+
 def users(rec: dict, runs: list) -> list:
     "Ids of the other runs among `runs` that took a stage from run `rec` (their stage folders are its)."
-    return [r["id"] for r in runs if r["id"] != rec["id"] and any(s.get("cached_from") == rec["id"] for s in r.get("stages", {}).values())]
+    return used_by(runs).get(rec["id"], [])
 
 def held_by(rec: dict, reg: dict) -> list:
     "The aliases that name run `rec`, in the registry `reg` or its own record."
@@ -29,22 +37,31 @@ def _outside(rec: dict, root: Path) -> str:
     if d.resolve().parent != root.resolve(): return f"its folder {d} is not in the run root {root} (give that run root with --run-root)"
     return ""
 
-def _why_not(rec, runs, reg, force, root) -> str:
+def _why_not(rec, used, reg, force, root) -> str:  # used: the ids of the kept runs that took a stage from `rec`
     if why := _outside(rec, root): return why
     if al := held_by(rec, reg): return f"it is '{', '.join(al)}' (move the alias with `llmops promote OTHER_RUN --alias {al[0]}` first)"
-    if (u := users(rec, runs)) and not force: return f"run {', '.join(u)} reuses its stages (--force removes it all the same)"
+    if used and not force: return f"run {', '.join(used)} reuses its stages (--force removes it all the same)"
     if (h := run_lock(rec).holder()): return f"process {h.get('pid', '?')} on {h.get('host', '?')} is running it"
     return ""
 
-def _drop(rec: dict, root: Path) -> int:
-    "Remove run `rec`'s folder and the cache entries that point into it; returns the bytes freed."
-    if why := _outside(rec, root): raise ConfigError(f"run {rec['id']} not removed: {why}")  # checked again right before the delete
-    d = Path(rec["run_dir"])
-    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and not p.is_symlink())
+def _cache(root: Path) -> dict:
+    "The stage cache entries under run root `root`, by what they point into: ('id', its run) and ('dir', each folder above its out_dir); read once for all the runs a command removes."
+    out = {}
     for c in (root/".cache").glob("*.json") if (root/".cache").exists() else []:
         try: entry = json.loads(c.read_text())
         except (OSError, ValueError): continue
-        if entry.get("run_id") == rec["id"] or str(entry.get("out_dir", "")).startswith(str(d) + "/"): c.unlink(missing_ok=True)
+        if not isinstance(entry, dict): continue
+        rid, od = entry.get("run_id"), str(entry.get("out_dir", ""))
+        for k in ([("id", rid)] if isinstance(rid, str) else []) + [("dir", od[:i]) for i, ch in enumerate(od) if ch == "/"]:
+            out.setdefault(k, []).append(c)
+    return out
+
+def _drop(rec: dict, root: Path, cache: dict) -> int:
+    "Remove run `rec`'s folder and the cache entries that point into it (its id, or a folder inside its own: see `_cache`); returns the bytes freed."
+    if why := _outside(rec, root): raise ConfigError(f"run {rec['id']} not removed: {why}")  # checked again right before the delete
+    d = Path(rec["run_dir"])
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and not p.is_symlink())
+    for c in cache.get(("id", rec["id"]), []) + cache.get(("dir", str(d)), []): c.unlink(missing_ok=True)
     shutil.rmtree(d)
     return size
 
@@ -58,10 +75,11 @@ def remove(refs, # runs: ids, short ids, latest or folders
     recs = list({(r := load_record(ref, run_root))["id"]: r for ref in ([refs] if isinstance(refs, str) else refs)}.values())  # a run named twice goes once
     root = resolve_path(run_root)
     runs, reg, ids = list_runs(root), registry(root), {r["id"] for r in recs}
+    used = used_by([r for r in runs if r["id"] not in ids])  # the runs that stay
     for rec in recs:
-        keep = [r for r in runs if r["id"] not in ids]
-        if why := _why_not(rec, keep, reg, force, root): raise ConfigError(f"run {rec['id']} not removed: {why}")
-    freed = sum(_drop(rec, root) for rec in recs)
+        if why := _why_not(rec, used.get(rec["id"], []), reg, force, root): raise ConfigError(f"run {rec['id']} not removed: {why}")
+    cache = _cache(root)
+    freed = sum(_drop(rec, root, cache) for rec in recs)
     echo(f"removed {len(recs)} run(s): {', '.join(r['id'] for r in recs)} ({freed / 1e6:.1f} MB)")
     return [r["id"] for r in recs]
 
@@ -70,6 +88,21 @@ def _age_days(rec: dict) -> float:
     try: t = datetime.fromisoformat(rec["created"])
     except (KeyError, ValueError): return 0.0
     return (datetime.now(timezone.utc) - t).total_seconds() / 86400
+
+def _removable(runs, ok: set) -> set:
+    "The ids in `ok` whose runs can go: those every user of which (see `used_by`) goes too; a run that reuses a stage of its own user (a cycle) stays."
+    used, took = used_by(runs), {}
+    for u, rs in used.items():
+        for r in rs: took.setdefault(r, set()).add(u)
+    left = {i: set(used.get(i, [])) for i in ok}  # users that may still stay
+    todo, gone = [i for i in ok if not left[i]], set()
+    while todo:  # from the runs nothing reuses towards the ones they took stages from
+        gone.add(i := todo.pop())
+        for u in took.get(i, ()):
+            if u in left and u not in gone and i in left[u]:
+                left[u].discard(i)
+                if not left[u]: todo.append(u)
+    return gone
 
 def collect(run_root="runs", # folder of runs
             days: float = 30, # only runs created more than this many days ago
@@ -80,12 +113,8 @@ def collect(run_root="runs", # folder of runs
     root = resolve_path(run_root)
     runs, reg = list_runs(root), registry(root)
     cand = [r["id"] for r in runs if r.get("status") == "done" and gates_passed(r)][-1:]  # what `candidate` names: kept too
-    gone, changed = set(), True
-    while changed:  # a run only a removed run reused can go too
-        changed = False
-        for r in runs:
-            keep = [x for x in runs if x["id"] not in gone]
-            if r["id"] not in gone and r["id"] not in cand and _age_days(r) > days and not _why_not(r, keep, reg, False, root): gone.add(r["id"]); changed = True
+    ok = {r["id"] for r in runs if r["id"] not in cand and _age_days(r) > days and not _why_not(r, [], reg, False, root)}  # all but the users
+    gone = _removable(runs, ok)  # a run only removed runs reused goes too
     todo = [r for r in runs if r["id"] in gone]
     if dry_run: echo(f"would remove {len(todo)} run(s) older than {days:g} days: {', '.join(r['id'] for r in todo) or 'none'}")
     elif todo: remove([r["run_dir"] for r in todo], root, force=True, echo=echo)

@@ -15,11 +15,11 @@ from .stages import declared
 
 # %% auto #0
 __all__ = ['TASK_METRICS', 'ROUGE_TYPES', 'LOWER_IS_BETTER', 'ANSWER_METRICS', 'RAG_GATES', 'TOKENIZE', 'SIMILARITY_MODEL',
-           'MECAB', 'PAIRWISE', 'PRESPLIT', 'MIN_BOOT', 'default_metrics', 'metrics_dir', 'metric_names', 'metric_path',
-           'load_metric', 'sacrebleu_tokenizer', 'installed', 'resolve_tokenize', 'example_tokenizers', 'tokenize_used',
-           'words', 'metric_keys', 'score_examples', 'corpus_scores', 'answer_and_score', 'bootstrap_ci', 'compare',
-           'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'summary_table', 'examples_table', 'extremes',
-           'plot_comparison']
+           'MECAB', 'PAIRWISE', 'PRESPLIT', 'MIN_BOOT', 'BOOT_BLOCK', 'default_metrics', 'metrics_dir', 'metric_names',
+           'metric_path', 'load_metric', 'sacrebleu_tokenizer', 'installed', 'resolve_tokenize', 'example_tokenizers',
+           'tokenize_used', 'words', 'metric_keys', 'score_examples', 'corpus_scores', 'answer_and_score',
+           'bootstrap_ci', 'compare', 'GateError', 'gate_metrics', 'validate_gates', 'check_gates', 'summary_table',
+           'examples_table', 'extremes', 'plot_comparison']
 
 # %% ../nbs/12_evaluation.ipynb #d9e925e7
 TASK_METRICS = {
@@ -188,6 +188,7 @@ def answer_and_score(model, tokenizer, prompts, references, metrics, desc="gener
 
 # %% ../nbs/12_evaluation.ipynb #dcb71f55
 MIN_BOOT = 5  # fewer examples: Student's t interval (a bootstrap of 2 to 4 values cannot reach its coverage)
+BOOT_BLOCK = 2**22  # resampled indices drawn at a time (32 MB): the memory of a bootstrap stays bounded at any n
 
 def bootstrap_ci(x, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple:
     "(mean, low, high): the mean of `x` and its (1-alpha) interval: the expanded percentile bootstrap, Student's t under `MIN_BOOT` examples."
@@ -199,7 +200,8 @@ def bootstrap_ci(x, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> t
     if n < MIN_BOOT:
         h = -t * x.std(ddof=1) / math.sqrt(n); return float(x.mean()), float(x.mean() - h), float(x.mean() + h)
     a = 2 * stats.norm.cdf(math.sqrt(n / (n - 1)) * t)  # Hesterberg's expansion: the plain percentile interval is too narrow for small n
-    means = x[np.random.default_rng(seed).integers(0, n, (n_boot, n))].mean(1)
+    rng, rows = np.random.default_rng(seed), max(1, BOOT_BLOCK // n)  # blocks of resamples draw the same stream as one n_boot x n draw
+    means = np.concatenate([np.empty(0), *(x[rng.integers(0, n, (min(rows, n_boot - i), n))].mean(1) for i in range(0, n_boot, rows))])
     return float(x.mean()), float(np.quantile(means, a / 2)), float(np.quantile(means, 1 - a / 2))
 
 def compare(base: dict, # per-example scores {key: [..]} of the base model

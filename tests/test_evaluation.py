@@ -306,3 +306,20 @@ def test_batched_equals_one_by_one_greedy(tiny):
     with G.base_model(pm):
         assert G.generate(pm, tok, prompts[:4], batch_size=4, **kw) == [G.generate(pm, tok, [p], **kw)[0] for p in prompts[:4]]
     pm.unload()  # leave the shared tiny model as it was
+
+
+def test_bootstrap_ci_in_blocks_equals_one_draw(monkeypatch):
+    "Resampling in blocks of bounded memory draws what one n_boot x n draw did: the same interval for the same seed."
+    from scipy import stats
+    def whole(x, n_boot, alpha=0.05, seed=0):  # bootstrap_ci as it was, all the indices at once
+        x, n = np.asarray(x, float), len(x)
+        a = 2 * stats.norm.cdf(math.sqrt(n / (n - 1)) * stats.t.ppf(alpha / 2, n - 1))
+        means = x[np.random.default_rng(seed).integers(0, n, (n_boot, n))].mean(1)
+        return float(x.mean()), float(np.quantile(means, a / 2)), float(np.quantile(means, 1 - a / 2))
+    for n, n_boot, seed in [(5, 200, 0), (37, 1000, 1), (1001, 301, 7), (4099, 50, 2)]:
+        x = np.random.default_rng(n).normal(size=n)
+        want = whole(x, n_boot, seed=seed)
+        assert E.bootstrap_ci(x, n_boot, seed=seed) == want
+        for block in (1, 3 * n + 1, n * n_boot - 1):  # one resample a block, three, all but the last
+            monkeypatch.setattr(E, "BOOT_BLOCK", block)
+            assert E.bootstrap_ci(x, n_boot, seed=seed) == want, (n, block)

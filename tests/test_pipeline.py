@@ -132,3 +132,65 @@ def test_cache_keys_follow_the_code_each_stage_runs(tmp_path):
     st, r4 = run()
     assert st == {"prepare": "cached", "finetune": "done", "evaluate": "done", "rag_index": "cached", "report": "done"}
     assert adapter(r4) != adapter(r1)
+
+
+def _gc_root(root: Path, n: int = 60) -> list:
+    "A run root of `n` small runs that take stages from older ones (stars, chains, any earlier run), with a cycle of reuse, young runs, an alias, a candidate and a running one; their ids."
+    import random
+    from datetime import datetime, timedelta, timezone
+    rng, now, ids = random.Random(0), datetime.now(timezone.utc), []
+    (root/".cache").mkdir(parents=True)
+    for i in range(n):
+        rid, stages = f"2026{i:04d}-000000-{i:04x}", {}
+        d = root/rid
+        for s in ("prepare", "finetune", "evaluate", "rag_index"):
+            (d/s).mkdir(parents=True); (d/s/"metrics.json").write_text("{}")
+            k = rng.random()
+            j = (rng.randrange(min(i, 3)) if k < 0.3 else i - 1 if k < 0.6 else rng.randrange(i) if k < 0.7 else None) if i else None
+            if j is None:
+                (root/".cache"/f"{s}-{rid}.json").write_text(json.dumps({"run_id": rid, "out_dir": str(d/s), "notebook": str(d/f"{s}.ipynb")}))
+                stages[s] = {"status": "done", "key": rid, "out_dir": str(d/s), "cached_from": None}
+            else: stages[s] = {"status": "cached", "key": ids[j], "out_dir": str(root/ids[j]/s), "cached_from": ids[j]}
+        created = now - timedelta(days=2 if i >= n - 8 else 90 - i)
+        (d/"run.json").write_text(json.dumps({"id": rid, "run_dir": str(d), "created": created.isoformat(), "status": "done", "stages": stages,
+                                              **({"aliases": ["staging"]} if i == 25 else {})}))
+        ids.append(rid)
+    for a, b in ((12, 13), (13, 12)):  # a cycle: each took a stage from the other
+        rec = json.loads((root/ids[a]/"run.json").read_text()); rec["stages"]["report"] = {"status": "cached", "cached_from": ids[b]}
+        (root/ids[a]/"run.json").write_text(json.dumps(rec))
+    (root/"registry.json").write_text(json.dumps({"production": {"run_id": ids[20]}}))
+    (root/ids[40]/"evaluate"/"metrics.json").write_text(json.dumps({"gates": {"rougeL": {"passed": True}}}))  # `candidate`
+    return ids
+
+
+def test_gc_decides_as_the_pass_by_pass_loop_did(tmp_path):
+    "`runs gc` decides in one pass (`used_by`, `_removable`) what the loop it replaced decided pass after pass, and drops the same cache entries."
+    from llmops_nb import cleanup as C
+    from llmops_nb.runs import gates_passed, list_runs, registry, run_lock
+    root = tmp_path/"runs"; ids = _gc_root(root)
+    lock = run_lock({"run_dir": str(root/ids[30])}); assert lock.acquire(run=ids[30])  # a run a live process holds
+
+    def before(days):  # collect's decision before: a run goes once no kept run reuses it, pass after pass until nothing changes
+        runs, reg = list_runs(root), registry(root)
+        cand = [r["id"] for r in runs if r.get("status") == "done" and gates_passed(r)][-1:]
+        users = lambda rec, rs: [r["id"] for r in rs if r["id"] != rec["id"] and any(s.get("cached_from") == rec["id"] for s in r.get("stages", {}).values())]
+        gone, changed = set(), True
+        while changed:
+            changed = False
+            for r in runs:
+                keep = [x for x in runs if x["id"] not in gone]
+                if r["id"] not in gone and r["id"] not in cand and C._age_days(r) > days and not C._why_not(r, users(r, keep), reg, False, root):
+                    gone.add(r["id"]); changed = True
+        return [r["id"] for r in runs if r["id"] in gone]
+
+    try:
+        for days in (0, 30, 60, 100):
+            assert C.collect(root, days, dry_run=True, echo=lambda *a: None) == before(days), days
+        want = before(30)
+        assert 10 < len(want) < 50 and {ids[12], ids[13], ids[20], ids[25], ids[30], ids[40]}.isdisjoint(want)
+        assert any(C.users({"id": i}, list_runs(root)) for i in want)  # some went only because their users went too
+        entries = {c.name: json.loads(c.read_text()) for c in (root/".cache").glob("*.json")}
+        assert C.collect(root, 30, echo=lambda *a: None) == want
+        assert sorted(r["id"] for r in list_runs(root)) == sorted(set(ids) - set(want))
+        assert sorted(c.name for c in (root/".cache").glob("*.json")) == sorted(n for n, e in entries.items() if e["run_id"] not in want)
+    finally: lock.release()
