@@ -48,11 +48,6 @@ def llmops(*args, cwd=ROOT, timeout=900):
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def pytest_configure(config):
-    # LangChain's standard store suite (tests/test_stores.py) has async tests without markers: let pytest-asyncio run them
-    if hasattr(config.option, "asyncio_mode"): config.option.asyncio_mode = "auto"
-
-
 SHARED_RUNS = {"smoke_cli", "preference_run"}  # session fixtures: the tests that use them share one xdist worker
 
 def pytest_collection_modifyitems(config, items):
